@@ -1,0 +1,118 @@
+//! Change application: routes each decoded change event to its absolute effect on the
+//! destination. Document changes for one collection are batched in source order; a catalog
+//! change (DDL) is a barrier: everything before it is written first, then it is applied alone.
+
+mod crud;
+mod ddl;
+pub mod incarnations;
+
+use anyhow::Result;
+use mongodb::Client;
+
+use crate::changes::{ChangeEvent, Op};
+use crate::filter::NamespaceFilter;
+use crate::progress::{EventCounts, Progress};
+use incarnations::Incarnations;
+
+pub use crud::{writes_for, Command, Writes};
+
+/// Applies change events to the destination.
+pub struct Applier {
+    source: Client,
+    destination: Client,
+    filter: NamespaceFilter,
+    incarnations: Incarnations,
+    progress: Progress,
+}
+
+impl Applier {
+    pub fn new(
+        source: Client,
+        destination: Client,
+        filter: NamespaceFilter,
+        incarnations: Incarnations,
+        progress: Progress,
+    ) -> Self {
+        Self {
+            source,
+            destination,
+            filter,
+            incarnations,
+            progress,
+        }
+    }
+
+    pub fn incarnations(&self) -> &Incarnations {
+        &self.incarnations
+    }
+
+    /// Applies events in order and returns once the destination has acknowledged all of them.
+    pub async fn apply(&mut self, events: Vec<ChangeEvent>) -> Result<()> {
+        let mut counts = EventCounts::default();
+        let mut batch: Option<crud::Batch> = None;
+        for event in events {
+            count(&mut counts, &event.op);
+            if !event.op.is_crud() {
+                if let Some(pending) = batch.take() {
+                    counts.refetched += pending.execute(&self.source, &self.destination).await?;
+                }
+                self.apply_catalog_change(&event).await?;
+                continue;
+            }
+            let Some(coll) = event.coll.clone() else { continue };
+            if !self.filter.wants(&event.db, &coll)
+                || !self
+                    .incarnations
+                    .applies(&event.ns(), event.collection_uuid.as_ref())
+            {
+                continue;
+            }
+            match crud::writes_for(&event)? {
+                Writes::Nothing => {}
+                Writes::Refetch => {
+                    if let Some(pending) = batch.take() {
+                        counts.refetched += pending.execute(&self.source, &self.destination).await?;
+                    }
+                    crud::refetch(&self.source, &self.destination, &event).await?;
+                    counts.refetched += 1;
+                }
+                Writes::Statements(command, statements) => {
+                    if !batch
+                        .as_ref()
+                        .is_some_and(|b| b.accepts(&event.db, &coll, command))
+                    {
+                        if let Some(full) = batch.replace(crud::Batch::new(&event.db, &coll, command)) {
+                            counts.refetched += full.execute(&self.source, &self.destination).await?;
+                        }
+                    }
+                    batch
+                        .as_mut()
+                        .expect("a batch was just ensured")
+                        .push(event, statements);
+                }
+            }
+        }
+        if let Some(pending) = batch.take() {
+            counts.refetched += pending.execute(&self.source, &self.destination).await?;
+        }
+        self.progress.update(|s| {
+            s.events.insert += counts.insert;
+            s.events.update += counts.update;
+            s.events.replace += counts.replace;
+            s.events.delete += counts.delete;
+            s.events.ddl += counts.ddl;
+            s.events.refetched += counts.refetched;
+        });
+        Ok(())
+    }
+}
+
+fn count(counts: &mut EventCounts, op: &Op) {
+    match op {
+        Op::Insert => counts.insert += 1,
+        Op::Update => counts.update += 1,
+        Op::Replace => counts.replace += 1,
+        Op::Delete => counts.delete += 1,
+        _ => counts.ddl += 1,
+    }
+}

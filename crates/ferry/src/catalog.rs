@@ -1,0 +1,255 @@
+//! The source's catalog: which collections and views exist, with their options and index specs
+//! kept as whole BSON documents so that no option is lost on the way to the destination.
+//!
+//! Also knows which parts of a spec would break a replay (unique and TTL indexes, capped limits,
+//! clustered expiry) and how to relax them while syncing (DESIGN rule 4).
+
+use anyhow::{Context, Result};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+
+use crate::filter::NamespaceFilter;
+use crate::server_error::{is_code, NAMESPACE_NOT_FOUND};
+
+/// What a namespace is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Collection,
+    View,
+    Timeseries,
+}
+
+/// One collection or view of the source, as `listCollections` and `listIndexes` describe it.
+#[derive(Clone, Debug)]
+pub struct CollectionSpec {
+    pub db: String,
+    pub name: String,
+    pub kind: Kind,
+    /// The `options` document of `listCollections`, exactly as the server reported it.
+    pub options: Document,
+    /// The source collection's UUID (views have none).
+    pub uuid: Option<Bson>,
+    /// `listIndexes` entries, in the server's order (empty for views).
+    pub indexes: Vec<Document>,
+}
+
+impl CollectionSpec {
+    pub fn ns(&self) -> String {
+        format!("{}.{}", self.db, self.name)
+    }
+
+    pub fn is_capped(&self) -> bool {
+        self.options.get_bool("capped").unwrap_or(false)
+    }
+
+    /// The `create` command that makes this namespace, relaxed for syncing or exact for commit.
+    pub fn create_command(&self, relaxed: bool) -> Document {
+        let mut cmd = doc! { "create": &self.name };
+        let options = if relaxed {
+            relax_collection_options(&self.options)
+        } else {
+            self.options.clone()
+        };
+        cmd.extend(options);
+        cmd
+    }
+}
+
+/// Lists every migrated collection and view of the source, with options and indexes.
+pub async fn list_namespaces(client: &Client, filter: &NamespaceFilter) -> Result<Vec<CollectionSpec>> {
+    let databases = client
+        .list_database_names()
+        .await
+        .context("listing the source's databases")?;
+    let mut specs = Vec::new();
+    for db in databases.into_iter().filter(|db| filter.wants_database(db)) {
+        for spec in list_database(client, &db, filter).await? {
+            specs.push(spec);
+        }
+    }
+    Ok(specs)
+}
+
+/// Lists the migrated collections and views of one database.
+pub async fn list_database(
+    client: &Client,
+    db: &str,
+    filter: &NamespaceFilter,
+) -> Result<Vec<CollectionSpec>> {
+    let database = client.database(db);
+    let entries: Vec<Document> = database
+        .run_cursor_command(doc! { "listCollections": 1 })
+        .await
+        .with_context(|| format!("listing the collections of database {db:?}"))?
+        .try_collect()
+        .await
+        .with_context(|| format!("listing the collections of database {db:?}"))?;
+    let mut specs = Vec::new();
+    for entry in entries {
+        let name = entry.get_str("name").unwrap_or_default().to_string();
+        if !filter.wants(db, &name) {
+            continue;
+        }
+        if let Some(spec) = describe(client, db, entry).await? {
+            specs.push(spec);
+        }
+    }
+    Ok(specs)
+}
+
+/// The spec of one namespace, or `None` when it does not exist (any more).
+pub async fn describe_one(client: &Client, db: &str, name: &str) -> Result<Option<CollectionSpec>> {
+    let entries: Vec<Document> = client
+        .database(db)
+        .run_cursor_command(doc! { "listCollections": 1, "filter": { "name": name } })
+        .await
+        .with_context(|| format!("describing {db}.{name}"))?
+        .try_collect()
+        .await?;
+    match entries.into_iter().next() {
+        Some(entry) => describe(client, db, entry).await,
+        None => Ok(None),
+    }
+}
+
+async fn describe(client: &Client, db: &str, entry: Document) -> Result<Option<CollectionSpec>> {
+    let name = entry.get_str("name").unwrap_or_default().to_string();
+    let kind = match entry.get_str("type").unwrap_or("collection") {
+        "view" => Kind::View,
+        "timeseries" => Kind::Timeseries,
+        _ => Kind::Collection,
+    };
+    let options = entry.get_document("options").cloned().unwrap_or_default();
+    let uuid = entry
+        .get_document("info")
+        .ok()
+        .and_then(|info| info.get("uuid").cloned());
+    let indexes = if kind == Kind::View {
+        Vec::new()
+    } else {
+        match list_indexes(client, db, &name).await {
+            Ok(indexes) => indexes,
+            Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => return Ok(None),
+            Err(e) => return Err(e),
+        }
+    };
+    Ok(Some(CollectionSpec {
+        db: db.to_string(),
+        name,
+        kind,
+        options,
+        uuid,
+        indexes,
+    }))
+}
+
+
+/// `listIndexes` of one collection, each spec exactly as the server reports it.
+pub async fn list_indexes(client: &Client, db: &str, coll: &str) -> Result<Vec<Document>> {
+    let cursor = client
+        .database(db)
+        .run_cursor_command(doc! { "listIndexes": coll })
+        .await
+        .map_err(anyhow::Error::from)?;
+    Ok(cursor.try_collect().await?)
+}
+
+/// Whether an index is built by the server itself (`_id` and clustered indexes).
+pub fn is_implicit_index(spec: &Document) -> bool {
+    spec.get_str("name") == Ok("_id_") || spec.get_bool("clustered").unwrap_or(false)
+}
+
+/// The index spec to build while syncing: unique and TTL constraints removed, since a replay
+/// passes through states that would break them. `None` when the spec needs no relaxing.
+pub fn relax_index(spec: &Document) -> Option<Document> {
+    let mut relaxed = spec.clone();
+    let mut changed = false;
+    if relaxed.get_bool("unique").unwrap_or(false) {
+        relaxed.remove("unique");
+        changed = true;
+    }
+    for key in ["expireAfterSeconds", "prepareUnique"] {
+        changed |= relaxed.remove(key).is_some();
+    }
+    changed.then_some(relaxed)
+}
+
+/// Collection options without the ones that make the destination delete on its own: capped
+/// limits (the destination would trim on its own schedule) and clustered-collection expiry.
+pub fn relax_collection_options(options: &Document) -> Document {
+    let mut relaxed = options.clone();
+    if relaxed.get_bool("capped").unwrap_or(false) {
+        for key in ["capped", "size", "max"] {
+            relaxed.remove(key);
+        }
+    }
+    relaxed.remove("expireAfterSeconds");
+    relaxed
+}
+
+/// Options of a `collMod` event (or command) with the constraint changes taken out, for replay.
+pub fn relax_coll_mod(description: &Document) -> Document {
+    let mut relaxed = Document::new();
+    for (key, value) in description {
+        match key.as_str() {
+            "expireAfterSeconds" | "cappedSize" | "cappedMax" => {}
+            "index" => {
+                if let Bson::Document(index) = value {
+                    let mut index = index.clone();
+                    for option in ["expireAfterSeconds", "unique", "prepareUnique"] {
+                        index.remove(option);
+                    }
+                    if index.keys().any(|k| k != "name" && k != "keyPattern") {
+                        relaxed.insert(key, Bson::Document(index));
+                    }
+                }
+            }
+            _ => {
+                relaxed.insert(key, value.clone());
+            }
+        }
+    }
+    relaxed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_and_ttl_indexes_are_relaxed_and_others_kept() {
+        let unique = doc! { "v": 2, "key": { "email": 1 }, "name": "email_1", "unique": true };
+        assert_eq!(
+            relax_index(&unique),
+            Some(doc! { "v": 2, "key": { "email": 1 }, "name": "email_1" })
+        );
+        let ttl = doc! { "v": 2, "key": { "at": 1 }, "name": "at_1", "expireAfterSeconds": 60 };
+        assert_eq!(
+            relax_index(&ttl),
+            Some(doc! { "v": 2, "key": { "at": 1 }, "name": "at_1" })
+        );
+        let plain = doc! { "v": 2, "key": { "a": 1 }, "name": "a_1", "sparse": true };
+        assert_eq!(relax_index(&plain), None);
+    }
+
+    #[test]
+    fn capped_limits_are_relaxed_and_other_options_kept() {
+        let options = doc! { "capped": true, "size": 4096, "max": 10, "validator": { "a": { "$type": "int" } } };
+        assert_eq!(
+            relax_collection_options(&options),
+            doc! { "validator": { "a": { "$type": "int" } } }
+        );
+    }
+
+    #[test]
+    fn coll_mod_keeps_what_is_safe_to_replay() {
+        let change = doc! { "index": { "name": "at_1", "expireAfterSeconds": 5 } };
+        assert_eq!(relax_coll_mod(&change), doc! {});
+        let change = doc! { "index": { "name": "a_1", "hidden": true }, "validationLevel": "off" };
+        assert_eq!(
+            relax_coll_mod(&change),
+            doc! { "index": { "name": "a_1", "hidden": true }, "validationLevel": "off" }
+        );
+    }
+}

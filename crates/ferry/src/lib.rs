@@ -1,0 +1,22 @@
+//! Ferry: live-migrate a MongoDB replica set into another one.
+//!
+//! The binary (`main.rs`) is a thin shell over [`migration::Migration`]; the HTTP API and the
+//! terminal view only read its [`progress::Progress`] and send it a commit request.
+
+pub mod api;
+pub mod apply;
+pub mod catalog;
+pub mod changes;
+pub mod cli;
+pub mod constraints;
+pub mod copy;
+pub mod filter;
+pub mod migration;
+pub mod plan;
+pub mod preflight;
+pub mod progress;
+pub mod redact;
+pub mod report;
+pub mod server_error;
+pub mod source_clock;
+pub mod state;

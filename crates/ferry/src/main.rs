@@ -1,0 +1,19 @@
+//! The `ferry` binary: parse the command line, set up logging, run, exit with the command's code.
+
+use clap::Parser;
+
+fn main() {
+    let cli = ferry::cli::Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .init();
+    let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
+    let code = runtime.block_on(ferry::cli::run(cli));
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    std::process::exit(code);
+}

@@ -1,0 +1,134 @@
+//! Raw command-line arguments turned into a validated migration plan: parsed connection strings
+//! (kept secret, shown redacted), the namespace filter, and the API address. Everything here is
+//! checked before anything touches a server, and each mistake is an [`InputError`] (exit code 2).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::Client;
+
+use crate::filter::{NamespaceFilter, NsPattern};
+use crate::redact::redact_uri;
+
+/// A mistake in what the user gave: reported in one line with the fix, exit code 2.
+#[derive(Debug)]
+pub struct InputError(pub String);
+
+impl fmt::Display for InputError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for InputError {}
+
+/// One end of the migration.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `source` or `destination`, for messages.
+    pub role: &'static str,
+    /// The connection string with its password hidden.
+    pub redacted: String,
+    options: ClientOptions,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.role, self.redacted)
+    }
+}
+
+/// How long to look for a server before calling it unreachable.
+const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+impl Endpoint {
+    /// Parses a connection string. Writes default to majority write concern.
+    pub async fn parse(role: &'static str, uri: &str) -> Result<Self, InputError> {
+        let redacted = redact_uri(uri);
+        let mut options = ClientOptions::parse(uri).await.map_err(|e| {
+            InputError(format!(
+                "--{role} {redacted} is not a valid MongoDB connection string: {}; write it as mongodb://[user:password@]host[:port][,host...]/?replicaSet=NAME",
+                redact_uri(&e.to_string())
+            ))
+        })?;
+        options.app_name.get_or_insert_with(|| "ferry".to_string());
+        options
+            .server_selection_timeout
+            .get_or_insert(SERVER_SELECTION_TIMEOUT);
+        options.write_concern.get_or_insert(WriteConcern::majority());
+        Ok(Self {
+            role,
+            redacted,
+            options,
+        })
+    }
+
+    pub fn client(&self) -> anyhow::Result<Client> {
+        Ok(Client::with_options(self.options.clone())?)
+    }
+}
+
+/// A validated migration plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    pub filter: NamespaceFilter,
+    /// Clear the included namespaces (and earlier Ferry state) on the destination first.
+    pub drop: bool,
+    pub api_addr: SocketAddr,
+}
+
+impl Plan {
+    pub async fn new(
+        source: &str,
+        destination: &str,
+        include: &[String],
+        exclude: &[String],
+        state_db: &str,
+        drop: bool,
+        api_addr: &str,
+    ) -> Result<Self, InputError> {
+        let parse_all = |patterns: &[String], flag: &str| -> Result<Vec<NsPattern>, InputError> {
+            patterns
+                .iter()
+                .map(|p| NsPattern::parse(p).map_err(|e| InputError(format!("--{flag}: {e}"))))
+                .collect()
+        };
+        if state_db.is_empty() || state_db.contains(['.', '/', '\\', ' ', '"', '$']) {
+            return Err(InputError(format!(
+                "--state-db {state_db:?} is not a valid database name; use letters, digits and underscores, e.g. __ferry"
+            )));
+        }
+        let api_addr = api_addr.parse().map_err(|_| {
+            InputError(format!(
+                "--api-addr {api_addr:?} is not HOST:PORT; write it like 127.0.0.1:27182"
+            ))
+        })?;
+        Ok(Self {
+            source: Endpoint::parse("source", source).await?,
+            destination: Endpoint::parse("destination", destination).await?,
+            filter: NamespaceFilter {
+                include: parse_all(include, "include")?,
+                exclude: parse_all(exclude, "exclude")?,
+                state_db: state_db.to_string(),
+            },
+            drop,
+            api_addr,
+        })
+    }
+
+    /// The plan as stored with the migration's state (no secrets).
+    pub fn describe(&self) -> Document {
+        let patterns = |ps: &[NsPattern]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
+        doc! {
+            "source": &self.source.redacted,
+            "destination": &self.destination.redacted,
+            "include": patterns(&self.filter.include),
+            "exclude": patterns(&self.filter.exclude),
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! What a running migration reports: one shared snapshot that the migration updates and that the
+//! HTTP API, the terminal view and the log lines read. Its JSON follows mongosync's
+//! `/api/v1/progress` reply so that runbooks written for mongosync keep working.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// The migration's state, named as mongosync names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    Idle,
+    Running,
+    Committing,
+    Committed,
+    Failed,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "IDLE",
+            State::Running => "RUNNING",
+            State::Committing => "COMMITTING",
+            State::Committed => "COMMITTED",
+            State::Failed => "FAILED",
+        }
+    }
+}
+
+/// What the migration is doing while RUNNING (mongosync's `info`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub enum Phase {
+    #[serde(rename = "validating")]
+    Validating,
+    #[serde(rename = "collection copy")]
+    CollectionCopy,
+    #[serde(rename = "index building")]
+    IndexBuilding,
+    #[serde(rename = "change event application")]
+    ChangeEventApplication,
+    #[serde(rename = "restoring constraints")]
+    RestoringConstraints,
+    #[serde(rename = "done")]
+    Done,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Validating => "validating",
+            Phase::CollectionCopy => "collection copy",
+            Phase::IndexBuilding => "index building",
+            Phase::ChangeEventApplication => "change event application",
+            Phase::RestoringConstraints => "restoring constraints",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// Copy progress of one namespace.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CollectionProgress {
+    pub namespace: String,
+    pub estimated_total_bytes: u64,
+    pub estimated_total_documents: u64,
+    pub copied_bytes: u64,
+    pub copied_documents: u64,
+    pub done: bool,
+}
+
+/// Counts of applied change events by kind.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EventCounts {
+    pub insert: u64,
+    pub update: u64,
+    pub replace: u64,
+    pub delete: u64,
+    pub ddl: u64,
+    /// Updates that could not apply as a delta and were replaced by the source's current document.
+    pub refetched: u64,
+}
+
+impl EventCounts {
+    pub fn total(&self) -> u64 {
+        self.insert + self.update + self.replace + self.delete + self.ddl
+    }
+}
+
+/// Everything the migration reports at one moment.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Snapshot {
+    pub state: State,
+    pub phase: Phase,
+    pub can_commit: bool,
+    pub can_write: bool,
+    pub lag_time_seconds: Option<u64>,
+    pub error: Option<String>,
+    pub collections: Vec<CollectionProgress>,
+    pub events: EventCounts,
+    pub commit_requested: bool,
+    #[serde(skip)]
+    pub started: Instant,
+}
+
+impl Snapshot {
+    pub fn copied_bytes(&self) -> u64 {
+        self.collections.iter().map(|c| c.copied_bytes).sum()
+    }
+
+    pub fn total_bytes(&self) -> u64 {
+        self.collections
+            .iter()
+            .map(|c| c.estimated_total_bytes.max(c.copied_bytes))
+            .sum()
+    }
+
+    pub fn copied_documents(&self) -> u64 {
+        self.collections.iter().map(|c| c.copied_documents).sum()
+    }
+
+    /// The mongosync-shaped reply of `GET /api/v1/progress`.
+    pub fn to_api_json(&self) -> serde_json::Value {
+        let mut progress = serde_json::json!({
+            "state": self.state.as_str(),
+            "canCommit": self.can_commit,
+            "canWrite": self.can_write,
+            "info": self.phase.as_str(),
+            "lagTimeSeconds": self.lag_time_seconds,
+            "collectionCopy": {
+                "estimatedTotalBytes": self.total_bytes(),
+                "estimatedCopiedBytes": self.copied_bytes(),
+            },
+            "directionMapping": { "Source": "cluster0: source", "Destination": "cluster1: destination" },
+            "commitRequested": self.commit_requested,
+            "eventsApplied": self.events,
+            "collections": self.collections,
+            "elapsedSeconds": self.started.elapsed().as_secs(),
+        });
+        if let Some(error) = &self.error {
+            progress["error"] = serde_json::Value::String(error.clone());
+        }
+        serde_json::json!({ "progress": progress })
+    }
+}
+
+/// The shared, lockable progress of one migration.
+#[derive(Clone)]
+pub struct Progress(Arc<Mutex<Snapshot>>);
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(Snapshot {
+            state: State::Idle,
+            phase: Phase::Validating,
+            can_commit: false,
+            can_write: false,
+            lag_time_seconds: None,
+            error: None,
+            collections: Vec::new(),
+            events: EventCounts::default(),
+            commit_requested: false,
+            started: Instant::now(),
+        })))
+    }
+}
+
+impl Progress {
+    pub fn snapshot(&self) -> Snapshot {
+        self.0.lock().expect("progress lock poisoned").clone()
+    }
+
+    pub fn update<R>(&self, change: impl FnOnce(&mut Snapshot) -> R) -> R {
+        change(&mut self.0.lock().expect("progress lock poisoned"))
+    }
+
+    /// Adds copied documents to one namespace's counters.
+    pub fn add_copied(&self, namespace: &str, documents: u64, bytes: u64) {
+        self.update(|s| {
+            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == namespace) {
+                c.copied_documents += documents;
+                c.copied_bytes += bytes;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_reply_has_mongosync_shape() {
+        let progress = Progress::default();
+        progress.update(|s| {
+            s.state = State::Running;
+            s.phase = Phase::CollectionCopy;
+            s.collections.push(CollectionProgress {
+                namespace: "a.b".into(),
+                estimated_total_bytes: 100,
+                copied_bytes: 40,
+                ..Default::default()
+            });
+        });
+        let json = progress.snapshot().to_api_json();
+        assert_eq!(json["progress"]["state"], "RUNNING");
+        assert_eq!(json["progress"]["info"], "collection copy");
+        assert_eq!(json["progress"]["canCommit"], false);
+        assert_eq!(json["progress"]["lagTimeSeconds"], serde_json::Value::Null);
+        assert_eq!(json["progress"]["collectionCopy"]["estimatedTotalBytes"], 100);
+        assert_eq!(json["progress"]["collectionCopy"]["estimatedCopiedBytes"], 40);
+        assert!(json["progress"].get("error").is_none());
+    }
+}

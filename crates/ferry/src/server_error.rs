@@ -1,0 +1,41 @@
+//! Server error codes Ferry reacts to, and how to read them out of a driver error.
+
+use mongodb::error::{ErrorKind, WriteFailure};
+
+pub const NAMESPACE_NOT_FOUND: i32 = 26;
+pub const INDEX_NOT_FOUND: i32 = 27;
+pub const NAMESPACE_EXISTS: i32 = 48;
+pub const INDEX_ALREADY_EXISTS: i32 = 68;
+pub const INDEX_OPTIONS_CONFLICT: i32 = 85;
+pub const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+pub const DUPLICATE_KEY: i32 = 11000;
+
+/// The server's error code carried by an error, if any.
+pub fn code_of(error: &anyhow::Error) -> Option<i32> {
+    let driver = error.chain().find_map(|e| e.downcast_ref::<mongodb::error::Error>())?;
+    match driver.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+        _ => None,
+    }
+}
+
+/// Whether an error carries one of the given server codes.
+pub fn is_code(error: &anyhow::Error, codes: &[i32]) -> bool {
+    code_of(error).is_some_and(|code| codes.contains(&code))
+}
+
+/// Whether an `insert_many` failed only because some documents were already there.
+pub fn only_duplicates(error: &mongodb::error::Error) -> bool {
+    match error.kind.as_ref() {
+        ErrorKind::InsertMany(failure) => {
+            failure.write_concern_error.is_none()
+                && failure
+                    .write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|e| e.code == DUPLICATE_KEY))
+        }
+        _ => false,
+    }
+}

@@ -1,0 +1,120 @@
+//! Edge cases of what must migrate: nothing at all, empty collections, filters, large documents,
+//! unicode names.
+
+use mongodb::bson::{doc, Document};
+
+use crate::harness::Pair;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_source_commits_to_an_empty_destination() {
+    let pair = Pair::start().await;
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("empty source").await;
+    let databases = pair.dst.list_database_names().await.unwrap();
+    assert!(
+        databases.iter().all(|d| ["admin", "local", "config", "__ferry"].contains(&d.as_str())),
+        "{databases:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_empty_collections_is_recreated() {
+    let pair = Pair::start().await;
+    let db = pair.src.database("hollow");
+    for name in ["a", "b", "c"] {
+        db.create_collection(name).await.unwrap();
+    }
+    db.collection::<Document>("b")
+        .create_index(mongodb::IndexModel::builder().keys(doc! { "k": 1 }).build())
+        .await
+        .unwrap();
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("empty collections").await;
+    let mut names = pair.dst.database("hollow").list_collection_names().await.unwrap();
+    names.sort();
+    assert_eq!(names, ["a", "b", "c"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn include_and_exclude_select_namespaces_during_copy_and_changes() {
+    let pair = Pair::start().await;
+    for (db, coll) in [("keep", "x"), ("keep", "secret"), ("other", "y"), ("partly", "in"), ("partly", "out")] {
+        pair.src
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_one(doc! { "_id": 1, "at": "copy" })
+            .await
+            .unwrap();
+    }
+    let mut ferry = pair.migrate(&["--include", "keep", "--include", "partly.in", "--exclude", "keep.secret"]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    for (db, coll) in [("keep", "x"), ("keep", "secret"), ("other", "y"), ("partly", "in"), ("partly", "out"), ("keep", "later")] {
+        pair.src
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_one(doc! { "_id": 2, "at": "stream" })
+            .await
+            .unwrap();
+    }
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+
+    let count = |db: &'static str, coll: &'static str| {
+        let dst = pair.dst.clone();
+        async move { dst.database(db).collection::<Document>(coll).count_documents(doc! {}).await.unwrap() }
+    };
+    assert_eq!(count("keep", "x").await, 2);
+    assert_eq!(count("keep", "later").await, 1, "a collection created while streaming");
+    assert_eq!(count("partly", "in").await, 2);
+    let mut databases = pair.dst.list_database_names().await.unwrap();
+    databases.sort();
+    assert!(!databases.contains(&"other".to_string()), "{databases:?}");
+    let keep = pair.dst.database("keep").list_collection_names().await.unwrap();
+    assert!(!keep.contains(&"secret".to_string()), "{keep:?}");
+    let partly = pair.dst.database("partly").list_collection_names().await.unwrap();
+    assert_eq!(partly, ["in"]);
+}
+
+/// A document of about `mib` MiB whose content depends on `id`.
+fn large_document(id: i32, mib: usize) -> Document {
+    let text: String = (0..mib * 1024 * 1024).map(|i| (b'a' + ((i + id as usize) % 26) as u8) as char).collect();
+    doc! { "_id": id, "payload": text, "tail": id }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_mib_documents_are_copied_and_replayed() {
+    let pair = Pair::start().await;
+    let coll = pair.src.database("big").collection::<Document>("docs");
+    for id in 0..8 {
+        coll.insert_one(large_document(id, 3)).await.unwrap();
+    }
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    for id in 8..12 {
+        coll.insert_one(large_document(id, 3)).await.unwrap();
+    }
+    coll.replace_one(doc! { "_id": 0 }, large_document(100, 3)).await.unwrap();
+    coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "tail": "changed" } }).await.unwrap();
+    coll.delete_one(doc! { "_id": 2 }).await.unwrap();
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("3 MiB documents").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unicode_database_and_collection_names_migrate() {
+    let pair = Pair::start().await;
+    let names = [("données", "élèves"), ("数据库", "集合"), ("emoji_🚢", "ferry ⛴ coll")];
+    for (db, coll) in names {
+        pair.src.database(db).collection::<Document>(coll).insert_one(doc! { "_id": 1, "v": db }).await.unwrap();
+    }
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    for (db, coll) in names {
+        pair.src.database(db).collection::<Document>(coll).insert_one(doc! { "_id": 2, "v": coll }).await.unwrap();
+    }
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("unicode names").await;
+    let found = pair.dst.database("数据库").collection::<Document>("集合").count_documents(doc! {}).await.unwrap();
+    assert_eq!(found, 2);
+}

@@ -1,0 +1,193 @@
+//! Shared pieces of the integration tests: a source and a destination server, the `ferry`
+//! binary run as a process, its API, and the equality check.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mongodb::Client;
+use serde_json::Value;
+use testkit::Server;
+
+/// A source and a destination server with a client on each.
+pub struct Pair {
+    pub source: Server,
+    pub destination: Server,
+    pub src: Client,
+    pub dst: Client,
+}
+
+impl Pair {
+    pub async fn start() -> Pair {
+        Self::start_with(&testkit::ServerOptions::default()).await
+    }
+
+    pub async fn start_with(options: &testkit::ServerOptions) -> Pair {
+        let source = Server::start_with(options).expect("starting the source server");
+        let destination = Server::start().expect("starting the destination server");
+        let src = Client::with_uri_str(source.uri()).await.unwrap();
+        let dst = Client::with_uri_str(destination.uri()).await.unwrap();
+        Pair {
+            source,
+            destination,
+            src,
+            dst,
+        }
+    }
+
+    /// Starts `ferry migrate` from the source to the destination with extra arguments.
+    pub fn migrate(&self, extra: &[&str]) -> Ferry {
+        Ferry::start(&self.source.uri(), &self.destination.uri(), extra)
+    }
+
+    /// Asserts that the destination's user data equals the source's.
+    pub async fn assert_equal(&self, context: &str) {
+        let differences = testkit::compare::differences(&self.src, &self.dst)
+            .await
+            .expect("comparing the clusters");
+        assert!(
+            differences.is_empty(),
+            "{context}: the destination differs from the source:\n{}",
+            differences.join("\n")
+        );
+    }
+}
+
+/// A running `ferry migrate` process.
+pub struct Ferry {
+    child: Child,
+    pub api: String,
+    output: Arc<Mutex<String>>,
+}
+
+impl Ferry {
+    pub fn start(source: &str, destination: &str, extra: &[&str]) -> Ferry {
+        let port = testkit::server::free_port().unwrap();
+        let api = format!("127.0.0.1:{port}");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(["migrate", "--source", source, "--destination", destination, "--api-addr", &api])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting ferry");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut out = output.lock().unwrap();
+                    out.push_str(&line);
+                    out.push('\n');
+                }
+            });
+        }
+        Ferry { child, api, output }
+    }
+
+    /// Everything ferry printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    fn call(&self, method: &str, path: &str) -> Option<(u16, Value)> {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(10)))
+            .build()
+            .into();
+        let url = format!("http://{}{path}", self.api);
+        let response = match method {
+            "POST" => agent.post(&url).header("Content-Type", "application/json").send("{}"),
+            _ => agent.get(&url).call(),
+        }
+        .ok()?;
+        let status = response.status().as_u16();
+        let body = response.into_body().read_to_string().ok()?;
+        Some((status, serde_json::from_str(&body).ok()?))
+    }
+
+    /// The `progress` object of `GET /api/v1/progress`, once the API answers.
+    pub fn progress(&self) -> Option<Value> {
+        self.call("GET", "/api/v1/progress").map(|(_, v)| v["progress"].clone())
+    }
+
+    /// `POST /api/v1/commit`: (HTTP status, reply).
+    pub fn commit(&self) -> (u16, Value) {
+        self.call("POST", "/api/v1/commit").expect("the API answers")
+    }
+
+    /// Waits until the progress satisfies `condition`; panics with ferry's output on timeout or
+    /// when ferry exits first.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(progress) = self.progress() {
+                if condition(&progress) {
+                    return progress;
+                }
+                if progress["state"] == "FAILED" {
+                    panic!("ferry FAILED while waiting for {what}: {progress}\n{}", self.output());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("ferry exited ({status}) while waiting for {what}:\n{}", self.output());
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn wait_can_commit(&mut self) -> Value {
+        self.wait_for("canCommit", Duration::from_secs(180), |p| p["canCommit"] == true)
+    }
+
+    /// Waits for the process to exit and returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> i32 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code().unwrap_or(-1);
+            }
+            assert!(Instant::now() < deadline, "ferry did not exit in time:\n{}", self.output());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Commits once canCommit is true and asserts a clean exit after COMMITTED.
+    pub fn commit_and_finish(&mut self) {
+        self.wait_can_commit();
+        let (status, reply) = self.commit();
+        assert_eq!((status, reply["success"].clone()), (200, Value::Bool(true)), "{reply}");
+        let code = self.wait_exit(Duration::from_secs(180));
+        assert_eq!(code, 0, "ferry should exit 0 after COMMITTED:\n{}", self.output());
+        assert!(self.output().contains("COMMITTED"), "{}", self.output());
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A seed from `FERRY_TEST_SEED` or the clock, printed so that a failure can be replayed.
+pub fn seed(test: &str) -> u64 {
+    let seed = std::env::var("FERRY_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
+    eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
+    seed
+}

@@ -1,0 +1,178 @@
+//! Real database servers for tests, the demo and the benchmark: a `secantusd-rs` process (the
+//! MongoDB-wire-compatible stand-in, see DESIGN.md) per end, on an ephemeral port with its own
+//! temporary storage, or a real `mongod` when `FERRY_TEST_MONGOD` names one.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+/// The pinned stand-in server version (crates.io package `secantus-mdb`).
+pub const SECANTUS_VERSION: &str = "0.5.3-beta.196";
+
+/// Where the stand-in server is installed, once per machine.
+pub fn secantus_root() -> PathBuf {
+    if let Ok(root) = std::env::var("FERRY_SERVER_CACHE") {
+        return PathBuf::from(root);
+    }
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/tmp".into());
+    PathBuf::from(home)
+        .join(".cache/ferry")
+        .join(format!("secantus-{SECANTUS_VERSION}"))
+}
+
+/// The stand-in server's binary, `FERRY_SECANTUSD` when set.
+pub fn secantus_binary() -> PathBuf {
+    std::env::var("FERRY_SECANTUSD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| secantus_root().join("bin/secantusd-rs"))
+}
+
+/// Options of a test server.
+#[derive(Clone, Debug, Default)]
+pub struct ServerOptions {
+    /// Keep at most this many oplog entries (the stand-in's default is 100,000).
+    pub oplog_max_entries: Option<u64>,
+}
+
+/// A running server; killed and its storage removed on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    _storage: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts a server with default options.
+    pub fn start() -> Result<Self> {
+        Self::start_with(&ServerOptions::default())
+    }
+
+    /// Starts a real `mongod` when `FERRY_TEST_MONGOD` names one, else the stand-in server.
+    pub fn start_with(options: &ServerOptions) -> Result<Self> {
+        match std::env::var("FERRY_TEST_MONGOD") {
+            Ok(mongod) if !mongod.is_empty() => start_mongod(&mongod, options),
+            _ => start_secantus(options),
+        }
+    }
+
+    /// A connection string for this server (a single-node replica set).
+    pub fn uri(&self) -> String {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_secantus(options: &ServerOptions) -> Result<Server> {
+    let binary = secantus_binary();
+    if !binary.exists() {
+        bail!(
+            "the test server is not installed at {}: run `cargo xtask install-server` (or `cargo xtask test`)",
+            binary.display()
+        );
+    }
+    let storage = tempfile::Builder::new().prefix("ferry-server-").tempdir()?;
+    let mut command = Command::new(&binary);
+    command
+        .args(["--host", "127.0.0.1", "--port", "0", "--storage-path"])
+        .arg(storage.path())
+        .args(["--cache-size", "256M", "--log-file-max", "32MB", "--log-level", "WARNING"])
+        .args([
+            "--oplog-max-entries",
+            &options.oplog_max_entries.unwrap_or(5_000_000).to_string(),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let port = loop {
+        let Some(line) = lines.next() else {
+            let _ = child.kill();
+            bail!("the test server exited before saying which port it listens on");
+        };
+        let line = line?;
+        if let Some(addr) = line.split("listening on ").nth(1) {
+            break addr
+                .trim()
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse::<u16>().ok())
+                .with_context(|| format!("unexpected listening line: {line}"))?;
+        }
+    };
+    // Keep draining stdout so the server never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    Ok(Server {
+        child,
+        port,
+        _storage: storage,
+    })
+}
+
+fn start_mongod(mongod: &str, options: &ServerOptions) -> Result<Server> {
+    let storage = tempfile::Builder::new().prefix("ferry-mongod-").tempdir()?;
+    let port = free_port()?;
+    let oplog_mb = if options.oplog_max_entries.is_some() { 990 } else { 2048 };
+    let child = Command::new(mongod)
+        .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dbpath")
+        .arg(storage.path())
+        .args(["--oplogSize", &oplog_mb.to_string(), "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {mongod}"))?;
+    let server = Server {
+        child,
+        port,
+        _storage: storage,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(initiate_replica_set(port))?;
+    Ok(server)
+}
+
+async fn initiate_replica_set(port: u16) -> Result<()> {
+    use mongodb::bson::doc;
+    let client =
+        mongodb::Client::with_uri_str(format!("mongodb://127.0.0.1:{port}/?directConnection=true"))
+            .await?;
+    let admin = client.database("admin");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut initiated = false;
+    while Instant::now() < deadline {
+        if !initiated {
+            initiated = admin
+                .run_command(doc! { "replSetInitiate": { "_id": "rs0", "members": [{ "_id": 0, "host": format!("127.0.0.1:{port}") }] } })
+                .await
+                .is_ok();
+        }
+        if let Ok(hello) = admin.run_command(doc! { "hello": 1 }).await {
+            if hello.get_bool("isWritablePrimary").unwrap_or(false) {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("mongod on port {port} did not become a writable primary within 60 s")
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
