@@ -1,5 +1,7 @@
 //! The `ferry` binary: parse the command line, set up logging, run, exit with the command's code.
 
+use std::io::IsTerminal;
+
 use clap::Parser;
 
 fn main() {
@@ -11,6 +13,7 @@ fn main() {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_target(false)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let code = runtime.block_on(ferry::cli::run(cli));

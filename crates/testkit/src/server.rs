@@ -84,7 +84,8 @@ fn start_secantus(options: &ServerOptions) -> Result<Server> {
     command
         .args(["--host", "127.0.0.1", "--port", "0", "--storage-path"])
         .arg(storage.path())
-        .args(["--cache-size", "256M", "--log-file-max", "32MB", "--log-level", "WARNING"])
+        // A smaller cache stalls 2dsphere index builds over existing data in the stand-in.
+        .args(["--cache-size", "1G", "--log-file-max", "32MB", "--log-level", "WARNING"])
         .args([
             "--oplog-max-entries",
             &options.oplog_max_entries.unwrap_or(5_000_000).to_string(),

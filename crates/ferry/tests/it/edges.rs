@@ -76,9 +76,9 @@ async fn include_and_exclude_select_namespaces_during_copy_and_changes() {
     assert_eq!(partly, ["in"]);
 }
 
-/// A document of about `mib` MiB whose content depends on `id`.
-fn large_document(id: i32, mib: usize) -> Document {
-    let text: String = (0..mib * 1024 * 1024).map(|i| (b'a' + ((i + id as usize) % 26) as u8) as char).collect();
+/// A document of about `mib` MiB whose content depends on `variant`.
+fn large_document(id: i32, variant: usize, mib: usize) -> Document {
+    let text: String = (0..mib * 1024 * 1024).map(|i| (b'a' + ((i + variant) % 26) as u8) as char).collect();
     doc! { "_id": id, "payload": text, "tail": id }
 }
 
@@ -87,14 +87,14 @@ async fn three_mib_documents_are_copied_and_replayed() {
     let pair = Pair::start().await;
     let coll = pair.src.database("big").collection::<Document>("docs");
     for id in 0..8 {
-        coll.insert_one(large_document(id, 3)).await.unwrap();
+        coll.insert_one(large_document(id, id as usize, 3)).await.unwrap();
     }
     let mut ferry = pair.migrate(&[]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     for id in 8..12 {
-        coll.insert_one(large_document(id, 3)).await.unwrap();
+        coll.insert_one(large_document(id, id as usize, 3)).await.unwrap();
     }
-    coll.replace_one(doc! { "_id": 0 }, large_document(100, 3)).await.unwrap();
+    coll.replace_one(doc! { "_id": 0 }, large_document(0, 7, 3)).await.unwrap();
     coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "tail": "changed" } }).await.unwrap();
     coll.delete_one(doc! { "_id": 2 }).await.unwrap();
     tokio::task::block_in_place(|| ferry.commit_and_finish());
