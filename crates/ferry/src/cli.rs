@@ -56,6 +56,9 @@ pub struct MigrateArgs {
     /// Database on the destination that holds Ferry's own state.
     #[arg(long, value_name = "NAME", default_value = "__ferry")]
     pub state_db: String,
+    /// How long to ride out network errors, restarts and elections without progress.
+    #[arg(long, value_name = "DURATION", default_value = "30m")]
+    pub retry_window: String,
 }
 
 #[derive(Args, Debug)]
@@ -83,17 +86,7 @@ fn input_error(error: InputError) -> i32 {
 }
 
 async fn migrate(args: MigrateArgs) -> i32 {
-    let plan = match Plan::new(
-        &args.source,
-        &args.destination,
-        &args.include,
-        &args.exclude,
-        &args.state_db,
-        args.drop,
-        &args.api_addr,
-    )
-    .await
-    {
+    let plan = match Plan::new(&args).await {
         Ok(plan) => plan,
         Err(e) => return input_error(e),
     };
@@ -152,7 +145,11 @@ async fn migrate(args: MigrateArgs) -> i32 {
         }
         Err(e) => {
             eprintln!("error: {}", redact_uri(&format!("{e:#}")));
-            1
+            if e.downcast_ref::<InputError>().is_some() {
+                2
+            } else {
+                1
+            }
         }
     }
 }

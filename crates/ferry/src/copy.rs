@@ -4,7 +4,7 @@
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::options::ReadConcern;
 use mongodb::Client;
 use tokio::sync::mpsc;
@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::progress::Progress;
 use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
+use crate::state::StateStore;
 
 /// Documents per insert batch, and the byte size at which a batch is sent early.
 const BATCH_DOCUMENTS: usize = 1000;
@@ -57,15 +58,24 @@ pub async fn create_namespace(destination: &Client, spec: &CollectionSpec) -> Re
     }
 }
 
+/// Where a collection's copy records its progress, and where it resumes.
+pub struct Resume<'a> {
+    pub store: &'a StateStore,
+    /// The greatest `_id` already acknowledged: reading continues after it.
+    pub after: Option<Bson>,
+}
+
 /// Copies every document of one collection into the destination collection `target` of the same
 /// database, in `_id` order (natural order for capped ones, whose insertion order is part of their
-/// content). Returns the number of documents copied.
+/// content). With `resume`, each acknowledged batch is checkpointed and reading starts after the
+/// last checkpointed `_id`. Returns the number of documents copied.
 pub async fn copy_documents(
     source: &Client,
     destination: &Client,
     spec: &CollectionSpec,
     target: &str,
     progress: &Progress,
+    resume: Option<Resume<'_>>,
 ) -> Result<u64> {
     let ns = spec.ns();
     let reader = source
@@ -79,6 +89,17 @@ pub async fn copy_documents(
     let writer = destination
         .database(&spec.db)
         .collection::<RawDocumentBuf>(target);
+    let (store, after) = match resume {
+        Some(Resume { store, after }) => (Some(store.clone()), after),
+        None => (None, None),
+    };
+    // Capped collections are read in natural order, so they restart from the beginning; the
+    // documents already there are refused as duplicates and skipped.
+    let ordered = !spec.is_capped();
+    let filter = match (&after, ordered) {
+        (Some(last), true) => after_id_filter(last),
+        _ => doc! {},
+    };
 
     let (batches, mut incoming) = mpsc::channel::<Vec<RawDocumentBuf>>(BATCHES_IN_FLIGHT);
     let write_progress = progress.clone();
@@ -88,6 +109,7 @@ pub async fn copy_documents(
         while let Some(batch) = incoming.recv().await {
             let documents = batch.len() as u64;
             let bytes: u64 = batch.iter().map(|d| d.as_bytes().len() as u64).sum();
+            let last_id = batch.last().and_then(|d| d.get("_id").ok().flatten()).map(|id| id.to_raw_bson());
             match writer
                 .insert_many(batch)
                 .ordered(false)
@@ -101,14 +123,18 @@ pub async fn copy_documents(
                         .with_context(|| format!("writing documents of {write_ns}"))
                 }
             }
+            if let (Some(store), Some(last_id), true) = (&store, last_id, ordered) {
+                let last_id: Bson = last_id.try_into()?;
+                store.copied_up_to(&write_ns, &last_id, documents, bytes).await?;
+            }
             written += documents;
             write_progress.add_copied(&write_ns, documents, bytes);
         }
         Ok::<u64, anyhow::Error>(written)
     });
 
-    let mut find = reader.find(doc! {}).batch_size(BATCH_DOCUMENTS as u32);
-    if !spec.is_capped() {
+    let mut find = reader.find(filter).batch_size(BATCH_DOCUMENTS as u32);
+    if ordered {
         find = find.sort(doc! { "_id": 1 });
     }
     let read = async {
@@ -144,6 +170,46 @@ pub async fn copy_documents(
     Ok(written)
 }
 
+/// BSON type codes in MongoDB's sort order of `_id` values, one group per comparison bracket:
+/// MinKey, null, numbers, strings, objects, binary, ObjectId, booleans, dates, timestamps,
+/// regular expressions and the rest, MaxKey. (`_id` is never an array.)
+const TYPE_BRACKETS: [&[i32]; 13] = [
+    &[-1],
+    &[6, 10],
+    &[1, 16, 18, 19],
+    &[2, 14],
+    &[3],
+    &[5],
+    &[7],
+    &[8],
+    &[9],
+    &[17],
+    &[11],
+    &[12, 13, 15],
+    &[127],
+];
+
+/// A filter for the documents whose `_id` sorts after `last`, whatever the types involved:
+/// `$gt` only compares within one type bracket, so the later brackets are added by type.
+pub fn after_id_filter(last: &Bson) -> Document {
+    let code = match last.element_type() {
+        mongodb::bson::spec::ElementType::MinKey => -1,
+        other => other as i32,
+    };
+    let bracket = TYPE_BRACKETS
+        .iter()
+        .position(|b| b.contains(&code))
+        .unwrap_or(TYPE_BRACKETS.len() - 1);
+    let later: Vec<i32> = TYPE_BRACKETS[bracket + 1..]
+        .iter()
+        .flat_map(|b| b.iter().copied())
+        .collect();
+    if later.is_empty() {
+        return doc! { "_id": { "$gt": last.clone() } };
+    }
+    doc! { "$or": [ { "_id": { "$gt": last.clone() } }, { "_id": { "$type": later } } ] }
+}
+
 /// Builds a collection's indexes on the destination, relaxed (no unique, no TTL) while syncing.
 pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Result<()> {
     let indexes: Vec<Document> = spec
@@ -161,4 +227,28 @@ pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Resul
         .await
         .with_context(|| format!("building the indexes of {} on the destination", spec.ns()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resuming_after_an_id_also_takes_every_later_type() {
+        assert_eq!(
+            after_id_filter(&Bson::Int32(5)),
+            doc! { "$or": [
+                { "_id": { "$gt": 5 } },
+                { "_id": { "$type": [2, 14, 3, 5, 7, 8, 9, 17, 11, 12, 13, 15, 127] } },
+            ] }
+        );
+        let oid = mongodb::bson::oid::ObjectId::new();
+        assert_eq!(
+            after_id_filter(&Bson::ObjectId(oid)),
+            doc! { "$or": [
+                { "_id": { "$gt": oid } },
+                { "_id": { "$type": [8, 9, 17, 11, 12, 13, 15, 127] } },
+            ] }
+        );
+    }
 }

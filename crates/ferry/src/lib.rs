@@ -12,6 +12,7 @@ pub mod constraints;
 pub mod copy;
 pub mod filter;
 pub mod migration;
+pub mod oplog;
 pub mod plan;
 pub mod preflight;
 pub mod progress;

@@ -1,9 +1,13 @@
 //! The migration state machine: validate, take T0, copy, build indexes, apply changes until the
 //! operator commits, then drain to the commit point, restore constraints and record COMMITTED.
 //!
-//! `run` takes its stop signal as an argument; the CLI and the HTTP API only read the shared
-//! [`Progress`] and ask for a commit through it.
+//! Every step resumes from the state stored on the destination, so one mechanism serves a
+//! restart after a crash and the retry after a transient fault: `run` re-enters the state
+//! machine with backoff until the fault passes or the retry window (time without durable
+//! progress) runs out. `run` takes its stop signal as an argument; the CLI and the HTTP API only
+//! read the shared [`Progress`] and ask for a commit through it.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -17,12 +21,13 @@ use crate::apply::incarnations::Incarnations;
 use crate::apply::Applier;
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::changes::{self, ChangeEvent};
-use crate::plan::Plan;
+use crate::plan::{InputError, Plan};
 use crate::progress::{CollectionProgress, Phase, Progress, State};
 use crate::redact::redact_uri;
+use crate::server_error::{self, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST};
 use crate::source_clock::{self, seconds_between};
-use crate::state::{Checkpoint, StateStore};
-use crate::{constraints, copy, preflight};
+use crate::state::{Checkpoint, CollectionState, CopyStatus, StateStore, Stored};
+use crate::{constraints, copy, oplog, preflight};
 
 /// Collections copied at the same time.
 const COPY_CONCURRENCY: usize = 4;
@@ -31,8 +36,13 @@ const ROUND_EVENTS: usize = 5000;
 const ROUND_TIME: Duration = Duration::from_millis(300);
 /// Checkpoints are written at most this often while applying changes.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the source's oplog window is measured.
+const OPLOG_WINDOW_INTERVAL: Duration = Duration::from_secs(10);
 /// `canCommit` needs the lag at or below this many seconds.
 pub const COMMITTABLE_LAG_SECONDS: u64 = 5;
+/// Backoff between retries after a transient fault.
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(15);
 
 /// How a migration ended without an error.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,36 +52,63 @@ pub enum Outcome {
     Stopped,
 }
 
-/// Runs a migration to its end, recording FAILED with the reason when it fails.
+/// Runs a migration to its end, riding out transient faults, and records FAILED with the
+/// reason when it fails for good.
 pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Result<Outcome> {
     progress.update(|s| s.state = State::Running);
     let source = plan.source.client()?;
     let destination = plan.destination.client()?;
     let store = StateStore::new(&destination, &plan.filter.state_db);
-    let result = Migration {
-        plan: &plan,
-        source,
-        destination,
-        store: store.clone(),
-        progress: progress.clone(),
-        stop,
-    }
-    .run()
-    .await;
-    if let Err(error) = &result {
+    let mut backoff = FIRST_BACKOFF;
+    let mut first_attempt = true;
+    loop {
+        let attempt = Migration {
+            plan: &plan,
+            source: source.clone(),
+            destination: destination.clone(),
+            store: store.clone(),
+            progress: progress.clone(),
+            stop: stop.clone(),
+            allow_drop: first_attempt,
+        }
+        .run()
+        .await;
+        first_attempt = false;
+        let error = match attempt {
+            Ok(outcome) => {
+                progress.update(|s| s.retrying = None);
+                return Ok(outcome);
+            }
+            Err(error) => error,
+        };
+        let stalled = progress.snapshot().last_progress.elapsed();
+        if server_error::is_transient(&error) && stalled < plan.retry_window && !stop.is_cancelled() {
+            let reason = redact_uri(&format!("{error:#}"));
+            tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "retrying: {reason}");
+            progress.update(|s| s.retrying = Some(reason));
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.cancelled() => return Ok(Outcome::Stopped),
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+            continue;
+        }
         let message = redact_uri(&format!("{error:#}"));
         let phase = progress.update(|s| {
             s.state = State::Failed;
             s.can_commit = false;
+            s.retrying = None;
             s.error = Some(message.clone());
             s.phase
         });
         tracing::error!(phase = phase.as_str(), error = %message, "migration FAILED");
-        if let Err(e) = store.set_state(State::Failed, phase, Some(&message)).await {
-            tracing::warn!(error = %redact_uri(&e.to_string()), "could not record FAILED on the destination");
+        if error.downcast_ref::<InputError>().is_none() {
+            if let Err(e) = store.set_state(State::Failed, phase, Some(&message)).await {
+                tracing::warn!(error = %redact_uri(&e.to_string()), "could not record FAILED on the destination");
+            }
         }
+        return Err(error);
     }
-    result
 }
 
 struct Migration<'a> {
@@ -81,28 +118,103 @@ struct Migration<'a> {
     store: StateStore,
     progress: Progress,
     stop: CancellationToken,
+    /// `--drop` clears the destination only on the first attempt, never on a retry.
+    allow_drop: bool,
+}
+
+/// Where change application starts.
+struct StreamStart {
+    token: Bson,
+    applied: Timestamp,
+    incarnations: Incarnations,
+    commit_point: Option<Timestamp>,
 }
 
 impl Migration<'_> {
     async fn run(&self) -> Result<Outcome> {
-        self.enter(Phase::Validating).await?;
-        preflight::validate(self.plan, &self.source, &self.destination).await?;
-
-        // T0: the change stream's starting point, taken before the first document is read.
-        let start_token = changes::start_point(&self.source).await?;
-        self.store.start(self.plan.describe(), start_token.clone()).await?;
+        let (stored, planned) =
+            preflight::validate(self.plan, &self.source, &self.destination, self.allow_drop).await?;
+        let stored = match stored {
+            Some(stored) => {
+                tracing::info!(state = stored.state.as_str(), phase = stored.phase.as_str(), "resuming the migration stored on the destination");
+                stored
+            }
+            None => {
+                // T0: the change stream's starting point, taken before the first document is read.
+                let start_token = changes::start_point(&self.source).await?;
+                self.store.start(planned, start_token.clone()).await?;
+                Stored {
+                    state: State::Running,
+                    phase: Phase::Validating,
+                    plan: Default::default(),
+                    start_token,
+                    checkpoint: None,
+                    commit_point: None,
+                }
+            }
+        };
+        if stored.state == State::Committed {
+            self.progress.update(|s| {
+                s.state = State::Committed;
+                s.phase = Phase::Done;
+                s.can_write = true;
+            });
+            tracing::info!("this migration was already COMMITTED");
+            return Ok(Outcome::Committed);
+        }
+        if stored.state == State::Committing {
+            self.progress.update(|s| {
+                s.state = State::Committing;
+                s.commit_requested = true;
+            });
+        }
+        self.touch();
+        let _oplog_watch = OplogWatch::start(self.source.clone(), self.progress.clone());
 
         let specs = catalog::list_namespaces(&self.source, &self.plan.filter).await?;
-        self.enter(Phase::CollectionCopy).await?;
-        let Some(incarnations) = self.until_stopped(self.copy_all(&specs)).await? else {
-            return Ok(Outcome::Stopped);
-        };
-        self.enter(Phase::IndexBuilding).await?;
-        if self.until_stopped(self.build_indexes(&specs)).await?.is_none() {
-            return Ok(Outcome::Stopped);
+        if stored.phase > Phase::CollectionCopy {
+            self.show_finished_copy().await?;
+        }
+        if stored.phase <= Phase::CollectionCopy {
+            self.enter(Phase::CollectionCopy).await?;
+            if self.until_stopped(self.copy_all(&specs)).await?.is_none() {
+                return Ok(Outcome::Stopped);
+            }
+        }
+        if stored.phase <= Phase::IndexBuilding {
+            self.enter(Phase::IndexBuilding).await?;
+            if self.until_stopped(self.build_indexes(&specs)).await?.is_none() {
+                return Ok(Outcome::Stopped);
+            }
+        }
+        if stored.phase == Phase::RestoringConstraints {
+            self.finish_commit().await?;
+            return Ok(Outcome::Committed);
         }
         self.enter(Phase::ChangeEventApplication).await?;
-        self.follow_changes(start_token, incarnations).await
+        let start = match stored.checkpoint {
+            Some(checkpoint) => StreamStart {
+                token: checkpoint.resume_token,
+                applied: checkpoint.applied_time,
+                incarnations: checkpoint.incarnations,
+                commit_point: stored.commit_point,
+            },
+            None => StreamStart {
+                token: stored.start_token,
+                applied: Timestamp { time: 0, increment: 0 },
+                incarnations: self.copied_incarnations().await?,
+                commit_point: stored.commit_point,
+            },
+        };
+        self.follow_changes(start).await
+    }
+
+    /// Records durable progress: the retry window counts from here.
+    fn touch(&self) {
+        self.progress.update(|s| {
+            s.last_progress = Instant::now();
+            s.retrying = None;
+        });
     }
 
     /// Runs `work` unless the operator stops the migration first (`None`).
@@ -119,88 +231,169 @@ impl Migration<'_> {
             s.state
         });
         tracing::info!(state = state.as_str(), phase = phase.as_str(), "phase");
-        self.store.set_state(state, phase, None).await.or_else(|e| {
-            // Before T0 is recorded there is no state document to update yet.
-            if phase == Phase::Validating {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })
+        self.store.set_state(state, phase, None).await
     }
 
-    async fn copy_all(&self, specs: &[CollectionSpec]) -> Result<Incarnations> {
+    /// Copies every collection not yet copied, continuing each from its last checkpoint.
+    async fn copy_all(&self, specs: &[CollectionSpec]) -> Result<()> {
+        let stored: HashMap<String, CollectionState> = self
+            .store
+            .collections()
+            .await?
+            .into_iter()
+            .map(|c| (c.ns.clone(), c))
+            .collect();
         let collections: Vec<&CollectionSpec> =
             specs.iter().filter(|s| s.kind == Kind::Collection).collect();
         for spec in &collections {
             let (documents, bytes) = copy::estimate_size(&self.source, spec).await;
+            let ns = spec.ns();
+            let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
             self.progress.update(|s| {
+                s.collections.retain(|c| c.namespace != ns);
                 s.collections.push(CollectionProgress {
-                    namespace: spec.ns(),
+                    namespace: ns.clone(),
                     estimated_total_documents: documents,
                     estimated_total_bytes: bytes,
-                    ..Default::default()
+                    copied_documents: resumed.map_or(0, |c| c.copied_documents),
+                    copied_bytes: resumed.map_or(0, |c| c.copied_bytes),
+                    done: resumed.is_some_and(|c| c.status != CopyStatus::Copying),
                 })
             });
         }
         for spec in specs.iter().filter(|s| s.kind == Kind::Timeseries) {
             tracing::warn!(namespace = %spec.ns(), "time-series collections are not migrated");
         }
-        stream::iter(collections.iter().map(|spec| async move {
-            copy::create_namespace(&self.destination, spec).await?;
-            let copied =
-                copy::copy_documents(&self.source, &self.destination, spec, &spec.name, &self.progress)
-                    .await?;
-            self.progress.update(|s| {
-                if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == spec.ns()) {
-                    c.done = true;
-                }
-            });
-            tracing::info!(namespace = %spec.ns(), documents = copied, "collection copied");
-            Ok::<(), anyhow::Error>(())
-        }))
-        .buffer_unordered(COPY_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+        stream::iter(collections.iter().map(|spec| self.copy_one(spec, stored.get(&spec.ns()))))
+            .buffer_unordered(COPY_CONCURRENCY)
+            .try_collect::<Vec<()>>()
+            .await?;
         for view in specs.iter().filter(|s| s.kind == Kind::View) {
             copy::create_namespace(&self.destination, view).await?;
         }
+        Ok(())
+    }
+
+    /// Shows the stored copy counts of a copy that finished before a restart.
+    async fn show_finished_copy(&self) -> Result<()> {
+        let stored = self.store.collections().await?;
+        self.progress.update(|s| {
+            s.collections = stored
+                .iter()
+                .map(|c| CollectionProgress {
+                    namespace: c.ns.clone(),
+                    estimated_total_documents: c.copied_documents,
+                    estimated_total_bytes: c.copied_bytes,
+                    copied_documents: c.copied_documents,
+                    copied_bytes: c.copied_bytes,
+                    done: true,
+                })
+                .collect();
+        });
+        Ok(())
+    }
+
+    async fn copy_one(&self, spec: &CollectionSpec, stored: Option<&CollectionState>) -> Result<()> {
+        let ns = spec.ns();
+        let after = match stored {
+            Some(state) if state.uuid == spec.uuid && state.status != CopyStatus::Copying => {
+                tracing::info!(namespace = %ns, "already copied");
+                return Ok(());
+            }
+            Some(state) if state.uuid == spec.uuid => {
+                tracing::info!(namespace = %ns, after_id = %state.last_id.as_ref().map_or("the start".to_string(), ToString::to_string), "resuming the copy");
+                state.last_id.clone()
+            }
+            Some(_) => {
+                // The source holds a new incarnation: start this collection over.
+                self.destination
+                    .database(&spec.db)
+                    .collection::<mongodb::bson::Document>(&spec.name)
+                    .drop()
+                    .await?;
+                self.store.begin_copy(&ns, spec.uuid.as_ref()).await?;
+                None
+            }
+            None => {
+                self.store.begin_copy(&ns, spec.uuid.as_ref()).await?;
+                None
+            }
+        };
+        copy::create_namespace(&self.destination, spec).await?;
+        let resume = copy::Resume {
+            store: &self.store,
+            after,
+        };
+        let copied = copy::copy_documents(
+            &self.source,
+            &self.destination,
+            spec,
+            &spec.name,
+            &self.progress,
+            Some(resume),
+        )
+        .await?;
+        self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
+        self.touch();
+        self.progress.update(|s| {
+            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == ns) {
+                c.done = true;
+            }
+        });
+        tracing::info!(namespace = %ns, documents = copied, "collection copied");
+        Ok(())
+    }
+
+    async fn build_indexes(&self, specs: &[CollectionSpec]) -> Result<()> {
+        let stored = self.store.collections().await?;
+        for spec in specs.iter().filter(|s| s.kind == Kind::Collection) {
+            let state = stored.iter().find(|c| c.ns == spec.ns() && c.uuid == spec.uuid);
+            if state.is_some_and(|c| c.status == CopyStatus::Indexed) {
+                continue;
+            }
+            copy::build_indexes(&self.destination, spec).await?;
+            if state.is_some() {
+                self.store.set_copy_status(&spec.ns(), CopyStatus::Indexed).await?;
+            }
+            self.touch();
+        }
+        Ok(())
+    }
+
+    /// The incarnations the copy left on the destination: each copied namespace holds the
+    /// source UUID it was copied from.
+    async fn copied_incarnations(&self) -> Result<Incarnations> {
         let mut incarnations = Incarnations::default();
-        for spec in &collections {
-            if let Some(Bson::Binary(uuid)) = &spec.uuid {
-                incarnations.hold(&spec.ns(), uuid.bytes.clone());
+        for state in self.store.collections().await? {
+            if let Some(Bson::Binary(uuid)) = &state.uuid {
+                incarnations.hold(&state.ns, uuid.bytes.clone());
             }
         }
         Ok(incarnations)
     }
 
-    async fn build_indexes(&self, specs: &[CollectionSpec]) -> Result<()> {
-        for spec in specs.iter().filter(|s| s.kind == Kind::Collection) {
-            copy::build_indexes(&self.destination, spec).await?;
-        }
-        Ok(())
-    }
-
-    /// Applies changes from T0 on, until a commit completes or the operator stops.
-    async fn follow_changes(&self, start_token: Bson, incarnations: Incarnations) -> Result<Outcome> {
-        let mut stream = changes::open(&self.source, Some(&start_token)).await?;
+    /// Applies changes from `start` on, until a commit completes or the operator stops.
+    async fn follow_changes(&self, start: StreamStart) -> Result<Outcome> {
+        let mut stream = changes::open(&self.source, Some(&start.token))
+            .await
+            .map_err(history_lost)?;
         let mut applier = Applier::new(
             self.source.clone(),
             self.destination.clone(),
             self.plan.filter.clone(),
-            incarnations,
+            start.incarnations,
             self.progress.clone(),
         );
-        let mut applied = Timestamp { time: 0, increment: 0 };
-        let mut commit_point: Option<Timestamp> = None;
+        let mut applied = start.applied;
+        let mut commit_point = start.commit_point;
         let mut last_checkpoint = Instant::now();
         loop {
             if self.stop.is_cancelled() {
-                self.checkpoint(&stream, applied).await?;
+                self.checkpoint(&stream, applied, &applier).await?;
                 return Ok(Outcome::Stopped);
             }
             let clock = source_clock::read(&self.source).await?;
-            let (events, caught_up) = read_round(&mut stream).await?;
+            let (events, caught_up) = read_round(&mut stream).await.map_err(history_lost)?;
             if let Some(last) = events.last() {
                 applied = applied.max(last.cluster_time);
             }
@@ -212,6 +405,7 @@ impl Migration<'_> {
             let lag = seconds_between(applied, clock.last_write);
             let commit_requested = self.progress.update(|s| {
                 s.lag_time_seconds = Some(lag);
+                s.resume_time = Some(applied);
                 s.can_commit = s.state == State::Running && lag <= COMMITTABLE_LAG_SECONDS;
                 s.commit_requested
             });
@@ -219,17 +413,23 @@ impl Migration<'_> {
                 commit_point = Some(self.begin_commit().await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit_point.is_some() {
-                self.checkpoint(&stream, applied).await?;
+                self.checkpoint(&stream, applied, &applier).await?;
                 last_checkpoint = Instant::now();
             }
             if commit_point.is_some_and(|point| applied >= point) {
+                self.checkpoint(&stream, applied, &applier).await?;
                 self.finish_commit().await?;
                 return Ok(Outcome::Committed);
             }
         }
     }
 
-    async fn checkpoint(&self, stream: &ChangeStream<RawDocumentBuf>, applied: Timestamp) -> Result<()> {
+    async fn checkpoint(
+        &self,
+        stream: &ChangeStream<RawDocumentBuf>,
+        applied: Timestamp,
+        applier: &Applier,
+    ) -> Result<()> {
         let Some(token) = stream.resume_token() else {
             return Ok(());
         };
@@ -237,41 +437,78 @@ impl Migration<'_> {
             .checkpoint(&Checkpoint {
                 resume_token: mongodb::bson::to_bson(&token)?,
                 applied_time: applied,
+                incarnations: applier.incarnations().clone(),
             })
-            .await
+            .await?;
+        self.touch();
+        Ok(())
     }
 
     /// Enters COMMITTING and returns the commit point: the source's latest write right after the
     /// operator's request. Everything up to it must be applied before COMMITTED.
     async fn begin_commit(&self) -> Result<Timestamp> {
         let point = source_clock::read(&self.source).await?.last_write;
+        self.store.set_commit_point(point).await?;
         self.progress.update(|s| {
             s.state = State::Committing;
             s.can_commit = false;
         });
         tracing::info!(commit_point = %point, "COMMITTING: applying the last changes");
-        self.store
-            .set_state(State::Committing, Phase::ChangeEventApplication, None)
-            .await?;
         Ok(point)
     }
 
     async fn finish_commit(&self) -> Result<()> {
+        self.progress.update(|s| s.state = State::Committing);
         self.enter(Phase::RestoringConstraints).await?;
         constraints::restore(&self.source, &self.destination, &self.plan.filter, &self.progress)
             .await
             .context("restoring relaxed constraints at commit")?;
+        self.store
+            .set_state(State::Committed, Phase::Done, None)
+            .await?;
         self.progress.update(|s| {
             s.state = State::Committed;
             s.phase = Phase::Done;
             s.lag_time_seconds = Some(0);
             s.can_write = true;
         });
-        self.store
-            .set_state(State::Committed, Phase::Done, None)
-            .await?;
         tracing::info!(state = "COMMITTED", "the destination is ready: point the application at it");
         Ok(())
+    }
+}
+
+/// Turns a lost change-stream history into a FAILED migration that explains cause and remedy.
+fn history_lost(error: anyhow::Error) -> anyhow::Error {
+    if server_error::is_code(&error, &[CHANGE_STREAM_HISTORY_LOST, CHANGE_STREAM_FATAL]) {
+        error.context(oplog::history_lost_message())
+    } else {
+        error
+    }
+}
+
+/// Measures the source's oplog window in the background while a migration attempt runs.
+struct OplogWatch(tokio::task::JoinHandle<()>);
+
+impl OplogWatch {
+    fn start(source: Client, progress: Progress) -> Self {
+        Self(tokio::spawn(async move {
+            let start = source_clock::read(&source).await.ok().map(|c| c.last_write);
+            loop {
+                if let Ok(Some(oldest)) = oplog::oldest_entry(&source).await {
+                    let resume = progress.snapshot().resume_time.or(start);
+                    if let Some(resume) = resume {
+                        progress.update(|s| s.oplog_window_seconds = Some(seconds_between(oldest, resume)));
+                    }
+                }
+                tokio::time::sleep(OPLOG_WINDOW_INTERVAL).await;
+            }
+        }))
+    }
+}
+
+impl Drop for OplogWatch {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

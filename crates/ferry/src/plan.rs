@@ -71,6 +71,23 @@ impl Endpoint {
     }
 }
 
+/// Parses `90s`, `30m`, `2h` or a number of seconds.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let number: u64 = number.parse().ok()?;
+    let seconds = match unit {
+        "s" => number,
+        "m" => number.checked_mul(60)?,
+        "h" => number.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(seconds))
+}
+
 /// A validated migration plan.
 #[derive(Clone, Debug)]
 pub struct Plan {
@@ -80,18 +97,15 @@ pub struct Plan {
     /// Clear the included namespaces (and earlier Ferry state) on the destination first.
     pub drop: bool,
     pub api_addr: SocketAddr,
+    /// How long to ride out transient faults without progress before failing.
+    pub retry_window: Duration,
 }
 
 impl Plan {
-    pub async fn new(
-        source: &str,
-        destination: &str,
-        include: &[String],
-        exclude: &[String],
-        state_db: &str,
-        drop: bool,
-        api_addr: &str,
-    ) -> Result<Self, InputError> {
+    pub async fn new(args: &crate::cli::MigrateArgs) -> Result<Self, InputError> {
+        let (source, destination, state_db, api_addr) =
+            (&args.source, &args.destination, &args.state_db, &args.api_addr);
+        let (include, exclude) = (&args.include, &args.exclude);
         let parse_all = |patterns: &[String], flag: &str| -> Result<Vec<NsPattern>, InputError> {
             patterns
                 .iter()
@@ -108,7 +122,14 @@ impl Plan {
                 "--api-addr {api_addr:?} is not HOST:PORT; write it like 127.0.0.1:27182"
             ))
         })?;
+        let retry_window = parse_duration(&args.retry_window).ok_or_else(|| {
+            InputError(format!(
+                "--retry-window {:?} is not a duration: write it like 90s, 30m or 2h",
+                args.retry_window
+            ))
+        })?;
         Ok(Self {
+            retry_window,
             source: Endpoint::parse("source", source).await?,
             destination: Endpoint::parse("destination", destination).await?,
             filter: NamespaceFilter {
@@ -116,7 +137,7 @@ impl Plan {
                 exclude: parse_all(exclude, "exclude")?,
                 state_db: state_db.to_string(),
             },
-            drop,
+            drop: args.drop,
             api_addr,
         })
     }
@@ -130,5 +151,21 @@ impl Plan {
             "include": patterns(&self.filter.include),
             "exclude": patterns(&self.filter.exclude),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_duration;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_take_seconds_minutes_and_hours() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
+        assert_eq!(parse_duration("soon"), None);
+        assert_eq!(parse_duration("5d"), None);
     }
 }

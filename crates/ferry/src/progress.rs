@@ -19,6 +19,17 @@ pub enum State {
 }
 
 impl State {
+    /// Reads a stored state name (unknown names read as RUNNING).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "IDLE" => State::Idle,
+            "COMMITTING" => State::Committing,
+            "COMMITTED" => State::Committed,
+            "FAILED" => State::Failed,
+            _ => State::Running,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             State::Idle => "IDLE",
@@ -30,8 +41,8 @@ impl State {
     }
 }
 
-/// What the migration is doing while RUNNING (mongosync's `info`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+/// What the migration is doing while RUNNING (mongosync's `info`), in the order it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub enum Phase {
     #[serde(rename = "validating")]
     Validating,
@@ -48,6 +59,20 @@ pub enum Phase {
 }
 
 impl Phase {
+    /// Reads a stored phase name (unknown names read as the first phase).
+    pub fn parse(text: &str) -> Self {
+        [
+            Phase::CollectionCopy,
+            Phase::IndexBuilding,
+            Phase::ChangeEventApplication,
+            Phase::RestoringConstraints,
+            Phase::Done,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == text)
+        .unwrap_or(Phase::Validating)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Phase::Validating => "validating",
@@ -104,8 +129,18 @@ pub struct Snapshot {
     pub collections: Vec<CollectionProgress>,
     pub events: EventCounts,
     pub commit_requested: bool,
+    /// Why the migration is retrying, while it rides out a transient fault.
+    pub retrying: Option<String>,
+    /// Seconds of source history between the oldest oplog entry and Ferry's resume point.
+    pub oplog_window_seconds: Option<u64>,
+    /// The source time change application has reached.
+    #[serde(skip)]
+    pub resume_time: Option<mongodb::bson::Timestamp>,
     #[serde(skip)]
     pub started: Instant,
+    /// The last time the migration made durable progress (a checkpoint).
+    #[serde(skip)]
+    pub last_progress: Instant,
 }
 
 impl Snapshot {
@@ -141,7 +176,11 @@ impl Snapshot {
             "eventsApplied": self.events,
             "collections": self.collections,
             "elapsedSeconds": self.started.elapsed().as_secs(),
+            "oplogWindowSeconds": self.oplog_window_seconds,
         });
+        if let Some(reason) = &self.retrying {
+            progress["retrying"] = serde_json::Value::String(reason.clone());
+        }
         if let Some(error) = &self.error {
             progress["error"] = serde_json::Value::String(error.clone());
         }
@@ -165,7 +204,11 @@ impl Default for Progress {
             collections: Vec::new(),
             events: EventCounts::default(),
             commit_requested: false,
+            retrying: None,
+            oplog_window_seconds: None,
+            resume_time: None,
             started: Instant::now(),
+            last_progress: Instant::now(),
         })))
     }
 }

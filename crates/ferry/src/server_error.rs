@@ -39,3 +39,43 @@ pub fn only_duplicates(error: &mongodb::error::Error) -> bool {
         _ => false,
     }
 }
+
+/// The change stream's resume point is no longer in the source's oplog.
+pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
+pub const CHANGE_STREAM_FATAL: i32 = 280;
+
+/// Server codes of faults that pass: elections, restarts, shutdowns, network trouble.
+const TRANSIENT_CODES: [i32; 14] = [
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    43,    // CursorNotFound (the server restarted under an open cursor)
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+    112,   // WriteConflict
+];
+
+/// Whether an error is a fault worth riding out (retry with backoff) rather than a reason to
+/// fail: lost connections, unreachable servers, elections and restarts.
+pub fn is_transient(error: &anyhow::Error) -> bool {
+    let Some(driver) = error.chain().find_map(|e| e.downcast_ref::<mongodb::error::Error>()) else {
+        return false;
+    };
+    if ["RetryableWriteError", "TransientTransactionError", "ResumableChangeStreamError"]
+        .iter()
+        .any(|label| driver.contains_label(label))
+    {
+        return true;
+    }
+    match driver.kind.as_ref() {
+        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::ServerSelection { .. } => true,
+        _ => code_of(error).is_some_and(|code| TRANSIENT_CODES.contains(&code)),
+    }
+}

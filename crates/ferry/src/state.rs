@@ -1,58 +1,142 @@
 //! The migration's durable state, kept on the destination in its own database (`--state-db`,
-//! default `__ferry`) and never mixed with user data. Written with majority write concern, and a
-//! checkpoint only ever names changes the destination has acknowledged (DESIGN rule 5).
+//! default `__ferry`) and never mixed with user data. Written with majority write concern; a
+//! checkpoint only ever names changes and copied ranges that the destination has acknowledged
+//! (DESIGN rule 5). Because it lives on the destination, a migration resumes from any machine.
+//!
+//! Two collections: `migration` holds one document (state, phase, plan, T0, the change-stream
+//! checkpoint, the commit point); `collections` holds one document per copied collection (its
+//! source UUID, copy status and the last `_id` written).
 
 use anyhow::{Context, Result};
+use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
-use mongodb::options::WriteConcern;
+use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection};
 
+use crate::apply::incarnations::Incarnations;
 use crate::progress::{Phase, State};
 
 const STATE_ID: &str = "migration";
 
-/// The state document's collection on the destination.
+/// The state collections on the destination.
 #[derive(Clone)]
 pub struct StateStore {
-    collection: Collection<Document>,
+    migration: Collection<Document>,
+    collections: Collection<Document>,
 }
 
-/// Where change application stands: the resume token of the last acknowledged batch and the
-/// source time it reached.
-#[derive(Clone, Debug, PartialEq)]
+/// Where change application stands: the resume token of the last acknowledged round, the
+/// source time it reached, and which incarnation each destination namespace holds.
+#[derive(Clone, Debug)]
 pub struct Checkpoint {
     pub resume_token: Bson,
     pub applied_time: Timestamp,
+    pub incarnations: Incarnations,
+}
+
+/// The stored state of a migration, as read back on a restart.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub state: State,
+    pub phase: Phase,
+    pub plan: Document,
+    pub start_token: Bson,
+    pub checkpoint: Option<Checkpoint>,
+    pub commit_point: Option<Timestamp>,
+}
+
+/// How far one collection's copy got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyStatus {
+    Copying,
+    Copied,
+    Indexed,
+}
+
+impl CopyStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            CopyStatus::Copying => "copying",
+            CopyStatus::Copied => "copied",
+            CopyStatus::Indexed => "indexed",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        match text {
+            "copied" => CopyStatus::Copied,
+            "indexed" => CopyStatus::Indexed,
+            _ => CopyStatus::Copying,
+        }
+    }
+}
+
+/// The stored copy state of one collection.
+#[derive(Clone, Debug)]
+pub struct CollectionState {
+    pub ns: String,
+    pub uuid: Option<Bson>,
+    pub status: CopyStatus,
+    /// The greatest `_id` acknowledged by the destination, in `_id` order.
+    pub last_id: Option<Bson>,
+    pub copied_documents: u64,
+    pub copied_bytes: u64,
 }
 
 impl StateStore {
     pub fn new(destination: &Client, state_db: &str) -> Self {
-        let collection = destination
-            .database(state_db)
-            .collection_with_options(
-                "migration",
-                mongodb::options::CollectionOptions::builder()
-                    .write_concern(WriteConcern::majority())
-                    .build(),
-            );
-        Self { collection }
+        let options = mongodb::options::CollectionOptions::builder()
+            .write_concern(WriteConcern::majority())
+            .read_concern(ReadConcern::majority())
+            .build();
+        let db = destination.database(state_db);
+        Self {
+            migration: db.collection_with_options("migration", options.clone()),
+            collections: db.collection_with_options("collections", options),
+        }
     }
 
     /// Whether a migration has left its state on this destination.
     pub async fn exists(&self) -> Result<bool> {
-        Ok(self
-            .collection
+        Ok(self.load().await?.is_some())
+    }
+
+    /// Reads the stored state, if a migration has left one.
+    pub async fn load(&self) -> Result<Option<Stored>> {
+        let Some(document) = self
+            .migration
             .find_one(doc! { "_id": STATE_ID })
             .await
             .context("reading Ferry's state on the destination")?
-            .is_some())
+        else {
+            return Ok(None);
+        };
+        let checkpoint = match (document.get("resumeToken"), document.get_timestamp("appliedTime")) {
+            (Some(token), Ok(applied_time)) => Some(Checkpoint {
+                resume_token: token.clone(),
+                applied_time,
+                incarnations: incarnations_from(document.get_array("incarnations").ok()),
+            }),
+            _ => None,
+        };
+        Ok(Some(Stored {
+            state: State::parse(document.get_str("state").unwrap_or_default()),
+            phase: Phase::parse(document.get_str("phase").unwrap_or_default()),
+            plan: document.get_document("plan").cloned().unwrap_or_default(),
+            start_token: document
+                .get("startToken")
+                .cloned()
+                .context("Ferry's state on the destination has no start token")?,
+            checkpoint,
+            commit_point: document.get_timestamp("commitPoint").ok(),
+        }))
     }
 
     /// Drops the state database: the destination forgets any earlier migration.
     pub async fn clear(&self) -> Result<()> {
-        self.collection
+        self.migration
             .client()
-            .database(self.collection.namespace().db.as_str())
+            .database(self.migration.namespace().db.as_str())
             .drop()
             .await
             .context("dropping Ferry's state database on the destination")
@@ -60,7 +144,7 @@ impl StateStore {
 
     /// Records the migration's start: the plan it runs and the change stream's starting point.
     pub async fn start(&self, plan: Document, start_token: Bson) -> Result<()> {
-        self.collection
+        self.migration
             .insert_one(doc! {
                 "_id": STATE_ID,
                 "state": State::Running.as_str(),
@@ -84,21 +168,111 @@ impl StateStore {
         .await
     }
 
+    /// Records the commit point the migration must reach before COMMITTED.
+    pub async fn set_commit_point(&self, point: Timestamp) -> Result<()> {
+        self.set(doc! { "state": State::Committing.as_str(), "commitPoint": point })
+            .await
+    }
+
     /// Records how far change application has got.
     pub async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
+        let incarnations: Vec<Document> = checkpoint
+            .incarnations
+            .iter()
+            .map(|(ns, uuid)| doc! { "ns": ns, "uuid": uuid_bson(uuid) })
+            .collect();
         self.set(doc! {
             "resumeToken": checkpoint.resume_token.clone(),
             "appliedTime": checkpoint.applied_time,
+            "incarnations": incarnations,
         })
         .await
     }
 
     async fn set(&self, mut fields: Document) -> Result<()> {
         fields.insert("updatedAt", DateTime::now());
-        self.collection
+        self.migration
             .update_one(doc! { "_id": STATE_ID }, doc! { "$set": fields })
             .await
             .context("writing Ferry's state on the destination")?;
         Ok(())
     }
+
+    /// Every collection's stored copy state.
+    pub async fn collections(&self) -> Result<Vec<CollectionState>> {
+        let documents: Vec<Document> = self
+            .collections
+            .find(doc! {})
+            .await
+            .context("reading Ferry's copy state")?
+            .try_collect()
+            .await?;
+        Ok(documents
+            .into_iter()
+            .map(|d| CollectionState {
+                ns: d.get_str("_id").unwrap_or_default().to_string(),
+                uuid: d.get("uuid").cloned(),
+                status: CopyStatus::parse(d.get_str("status").unwrap_or_default()),
+                last_id: d.get("lastId").cloned(),
+                copied_documents: d.get_i64("copiedDocuments").unwrap_or(0) as u64,
+                copied_bytes: d.get_i64("copiedBytes").unwrap_or(0) as u64,
+            })
+            .collect())
+    }
+
+    /// Registers a collection to copy (or restarts its copy for a new incarnation).
+    pub async fn begin_copy(&self, ns: &str, uuid: Option<&Bson>) -> Result<()> {
+        self.collections
+            .replace_one(
+                doc! { "_id": ns },
+                doc! {
+                    "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
+                    "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
+                },
+            )
+            .upsert(true)
+            .await
+            .with_context(|| format!("recording the copy of {ns}"))?;
+        Ok(())
+    }
+
+    /// Records documents of `ns` acknowledged up to `last_id`.
+    pub async fn copied_up_to(&self, ns: &str, last_id: &Bson, documents: u64, bytes: u64) -> Result<()> {
+        self.collections
+            .update_one(
+                doc! { "_id": ns },
+                doc! {
+                    "$set": { "lastId": last_id.clone() },
+                    "$inc": { "copiedDocuments": documents as i64, "copiedBytes": bytes as i64 },
+                },
+            )
+            .await
+            .with_context(|| format!("recording the copy progress of {ns}"))?;
+        Ok(())
+    }
+
+    pub async fn set_copy_status(&self, ns: &str, status: CopyStatus) -> Result<()> {
+        self.collections
+            .update_one(doc! { "_id": ns }, doc! { "$set": { "status": status.as_str() } })
+            .await
+            .with_context(|| format!("recording the copy status of {ns}"))?;
+        Ok(())
+    }
+}
+
+fn uuid_bson(uuid: &[u8]) -> Bson {
+    Bson::Binary(mongodb::bson::Binary {
+        subtype: mongodb::bson::spec::BinarySubtype::Uuid,
+        bytes: uuid.to_vec(),
+    })
+}
+
+fn incarnations_from(stored: Option<&mongodb::bson::Array>) -> Incarnations {
+    let mut incarnations = Incarnations::default();
+    for entry in stored.into_iter().flatten().filter_map(Bson::as_document) {
+        if let (Ok(ns), Some(Bson::Binary(uuid))) = (entry.get_str("ns"), entry.get("uuid")) {
+            incarnations.hold(ns, uuid.bytes.clone());
+        }
+    }
+    incarnations
 }

@@ -92,7 +92,11 @@ fn start_secantus(options: &ServerOptions) -> Result<Server> {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null());
+        .stderr(if std::env::var_os("FERRY_SERVER_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        });
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;

@@ -189,7 +189,8 @@ impl Applier {
         };
         copy::create_namespace(&self.destination, &spec).await?;
         if spec.kind == Kind::Collection {
-            copy::copy_documents(&self.source, &self.destination, &spec, coll, &self.progress).await?;
+            copy::copy_documents(&self.source, &self.destination, &spec, coll, &self.progress, None)
+                .await?;
             copy::build_indexes(&self.destination, &spec).await?;
             if let Some(Bson::Binary(uuid)) = &spec.uuid {
                 self.incarnations.hold(&ns, uuid.bytes.clone());

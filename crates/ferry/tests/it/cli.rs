@@ -67,7 +67,7 @@ async fn a_non_empty_destination_is_refused_unless_drop_is_given() {
 
     let mut refused = pair.migrate(&[]);
     let code = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(60)));
-    assert_eq!(code, 1, "{}", refused.output());
+    assert_eq!(code, 2, "{}", refused.output());
     assert!(refused.output().contains("already holds 1 included namespace(s) (shop.orders)"), "{}", refused.output());
     assert!(refused.output().contains("--drop"), "{}", refused.output());
     assert_eq!(stale.count_documents(doc! { "_id": "stale" }).await.unwrap(), 1, "nothing was written");
