@@ -73,7 +73,6 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
         }
         .run()
         .await;
-        first_attempt = false;
         let error = match attempt {
             Ok(outcome) => {
                 progress.update(|s| s.retrying = None);
@@ -81,8 +80,16 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
             }
             Err(error) => error,
         };
-        let stalled = progress.snapshot().last_progress.elapsed();
-        if server_error::is_transient(&error) && stalled < plan.retry_window && !stop.is_cancelled() {
+        let snapshot = progress.snapshot();
+        // A fault before anything was started is a setting to fix, not a fault to ride out.
+        let started = !first_attempt || snapshot.phase > Phase::Validating;
+        first_attempt = false;
+        let stalled = snapshot.last_progress.elapsed();
+        if started
+            && server_error::is_transient(&error)
+            && stalled < plan.retry_window
+            && !stop.is_cancelled()
+        {
             let reason = redact_uri(&format!("{error:#}"));
             tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "retrying: {reason}");
             progress.update(|s| s.retrying = Some(reason));

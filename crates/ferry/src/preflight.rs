@@ -18,7 +18,6 @@ async fn hello(client: &Client, endpoint: &Endpoint) -> Result<Document> {
         .database("admin")
         .run_command(doc! { "hello": 1 })
         .await
-        .map_err(|e| anyhow::anyhow!(crate::redact::redact_uri(&e.to_string())))
         .with_context(|| {
             format!(
                 "cannot reach the {} at {}: check the host, port, credentials and TLS options",

@@ -3,7 +3,7 @@
 //! temporary storage, or a real `mongod` when `FERRY_TEST_MONGOD` names one.
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -41,7 +41,8 @@ pub struct ServerOptions {
 pub struct Server {
     child: Child,
     pub port: u16,
-    _storage: tempfile::TempDir,
+    storage: tempfile::TempDir,
+    options: ServerOptions,
 }
 
 impl Server {
@@ -58,6 +59,26 @@ impl Server {
         }
     }
 
+    /// Kills the server (SIGKILL), waits `down_for`, and starts it again on the same port and
+    /// storage, as a crashed and restarted server would be.
+    pub fn restart(&mut self, down_for: Duration) -> Result<()> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down_for);
+        let port = self.port;
+        let (child, _) = match std::env::var("FERRY_TEST_MONGOD") {
+            Ok(mongod) if !mongod.is_empty() => {
+                let child = spawn_mongod(&mongod, &self.options, self.storage.path(), port)?;
+                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                runtime.block_on(initiate_replica_set(port))?;
+                (child, port)
+            }
+            _ => spawn_secantus(&self.options, self.storage.path(), port)?,
+        };
+        self.child = child;
+        Ok(())
+    }
+
     /// A connection string for this server (a single-node replica set).
     pub fn uri(&self) -> String {
         format!("mongodb://127.0.0.1:{}/?directConnection=true", self.port)
@@ -72,6 +93,18 @@ impl Drop for Server {
 }
 
 fn start_secantus(options: &ServerOptions) -> Result<Server> {
+    let storage = tempfile::Builder::new().prefix("ferry-server-").tempdir()?;
+    let (child, port) = spawn_secantus(options, storage.path(), 0)?;
+    Ok(Server {
+        child,
+        port,
+        storage,
+        options: options.clone(),
+    })
+}
+
+/// Starts the stand-in server on `port` (0: any) and returns it with the port it listens on.
+fn spawn_secantus(options: &ServerOptions, storage: &Path, port: u16) -> Result<(Child, u16)> {
     let binary = secantus_binary();
     if !binary.exists() {
         bail!(
@@ -79,11 +112,10 @@ fn start_secantus(options: &ServerOptions) -> Result<Server> {
             binary.display()
         );
     }
-    let storage = tempfile::Builder::new().prefix("ferry-server-").tempdir()?;
     let mut command = Command::new(&binary);
     command
-        .args(["--host", "127.0.0.1", "--port", "0", "--storage-path"])
-        .arg(storage.path())
+        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
+        .arg(storage)
         // A smaller cache stalls 2dsphere index builds over existing data in the stand-in.
         .args(["--cache-size", "1G", "--log-file-max", "32MB", "--log-level", "WARNING"])
         .args([
@@ -92,11 +124,7 @@ fn start_secantus(options: &ServerOptions) -> Result<Server> {
         ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(if std::env::var_os("FERRY_SERVER_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
+        .stderr(server_log(storage)?);
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;
@@ -119,37 +147,49 @@ fn start_secantus(options: &ServerOptions) -> Result<Server> {
     };
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    Ok(Server {
-        child,
-        port,
-        _storage: storage,
-    })
+    Ok((child, port))
+}
+
+/// Where a server's own log goes: a file in `FERRY_SERVER_LOG` (a directory) when set.
+fn server_log(storage: &Path) -> Result<Stdio> {
+    let Some(dir) = std::env::var_os("FERRY_SERVER_LOG") else {
+        return Ok(Stdio::null());
+    };
+    let name = storage.file_name().unwrap_or_default().to_string_lossy().to_string();
+    std::fs::create_dir_all(&dir)?;
+    Ok(std::fs::File::create(Path::new(&dir).join(format!("{name}.log")))?.into())
 }
 
 fn start_mongod(mongod: &str, options: &ServerOptions) -> Result<Server> {
     let storage = tempfile::Builder::new().prefix("ferry-mongod-").tempdir()?;
     let port = free_port()?;
-    let oplog_mb = if options.oplog_max_entries.is_some() { 990 } else { 2048 };
-    let child = Command::new(mongod)
-        .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port", &port.to_string()])
-        .arg("--dbpath")
-        .arg(storage.path())
-        .args(["--oplogSize", &oplog_mb.to_string(), "--quiet"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {mongod}"))?;
+    let child = spawn_mongod(mongod, options, storage.path(), port)?;
     let server = Server {
         child,
         port,
-        _storage: storage,
+        storage,
+        options: options.clone(),
     };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     runtime.block_on(initiate_replica_set(port))?;
     Ok(server)
+}
+
+fn spawn_mongod(mongod: &str, options: &ServerOptions, storage: &Path, port: u16) -> Result<Child> {
+    // mongod's smallest oplog is 990 MB; a tiny-oplog test cannot be reproduced exactly.
+    let oplog_mb = if options.oplog_max_entries.is_some() { 990 } else { 2048 };
+    Command::new(mongod)
+        .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--dbpath")
+        .arg(storage)
+        .args(["--oplogSize", &oplog_mb.to_string(), "--quiet"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {mongod}"))
 }
 
 async fn initiate_replica_set(port: u16) -> Result<()> {
@@ -180,4 +220,15 @@ async fn initiate_replica_set(port: u16) -> Result<()> {
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Makes the stand-in server drop the oplog entries beyond its bounds now (it otherwise prunes
+/// only on its heartbeat). A real `mongod` trims its oplog by size on its own; there the command
+/// fails and is ignored.
+pub async fn trim_oplog(client: &mongodb::Client) {
+    use mongodb::bson::doc;
+    let _ = client
+        .database("admin")
+        .run_command(doc! { "secantusAdmin.pruneOplog": 1 })
+        .await;
 }

@@ -90,6 +90,21 @@ impl Ferry {
         Ferry { child, api, output }
     }
 
+    /// Kills ferry the hard way (SIGKILL), as a crash would.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends SIGTERM and returns the exit code.
+    pub fn terminate(&mut self) -> i32 {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("sending SIGTERM");
+        self.wait_exit(Duration::from_secs(60))
+    }
+
     /// Everything ferry printed so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()

@@ -5,3 +5,4 @@ mod harness;
 mod live;
 mod edges;
 mod cli;
+mod faults;

@@ -1,0 +1,269 @@
+//! Crashes, restarts, stops and lost history: each case ends with a full equality check, and
+//! resumed runs must not copy again what was already copied.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+
+use crate::harness::{seed, Pair};
+use testkit::workload::{self, Workload};
+
+/// Inserts `count` documents of about 1 KB into `db.coll`.
+async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
+    let collection = client.database(db).collection::<Document>(coll);
+    let mut batch = Vec::new();
+    for id in 0..count {
+        batch.push(doc! { "_id": id, "pad": "x".repeat(1000), "n": id });
+        if batch.len() == 2000 {
+            collection.insert_many(std::mem::take(&mut batch)).await.unwrap();
+        }
+    }
+    if !batch.is_empty() {
+        collection.insert_many(batch).await.unwrap();
+    }
+}
+
+/// The number of documents a run's log says it copied into `ns` ("collection copied").
+fn copied_in_log(output: &str, ns: &str) -> Option<u64> {
+    output
+        .lines()
+        .filter(|l| l.contains("collection copied") && l.contains(&format!("namespace={ns} ")))
+        .find_map(|l| l.split("documents=").nth(1)?.split_whitespace().next()?.parse().ok())
+}
+
+/// A writer that keeps running the seeded workload until stopped.
+struct App {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<workload::Stats>>,
+}
+
+impl App {
+    fn start(client: &Client, seed: u64) -> App {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(Workload::new(client.clone(), seed).run(stop.clone(), Duration::from_millis(1)));
+        App { stop, task }
+    }
+
+    async fn stop(self) -> workload::Stats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap().unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_during_copy_resumes_without_copying_again() {
+    let seed = seed("kill_during_copy");
+    let pair = Pair::start().await;
+    workload::seed(&pair.src, seed, 500).await.unwrap();
+    fill(&pair.src, "big", "items", 60_000).await;
+    let app = App::start(&pair.src, seed);
+
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| {
+        first.wait_for("the big copy half done", Duration::from_secs(120), |p| {
+            p["collections"].as_array().is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c["namespace"] == "big.items" && c["copiedDocuments"].as_u64().unwrap_or(0) > 10_000
+                })
+            })
+        })
+    });
+    first.kill9();
+    assert!(copied_in_log(&first.output(), "big.items").is_none(), "the copy had finished already");
+    let small_done: Vec<String> = ["wl_main.capped", "wl_main.validated"]
+        .iter()
+        .filter(|ns| copied_in_log(&first.output(), ns).is_some())
+        .map(|ns| ns.to_string())
+        .collect();
+
+    let mut second = pair.migrate(&[]);
+    tokio::task::block_in_place(|| second.wait_can_commit());
+    let output = second.output();
+    assert!(output.contains("resuming the migration stored on the destination"), "{output}");
+    let recopied = copied_in_log(&output, "big.items").expect("the big copy finished in the second run");
+    assert!(recopied < 50_000, "the second run copied {recopied} documents of 60,000 again:\n{output}");
+    for ns in small_done {
+        assert!(copied_in_log(&output, &ns).is_none(), "{ns} was copied again:\n{output}");
+    }
+    app.stop().await;
+    tokio::task::block_in_place(|| second.commit_and_finish());
+    pair.assert_equal(&format!("seed {seed}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_during_change_application_under_load_resumes_from_the_checkpoint() {
+    let seed = seed("kill_during_apply");
+    let pair = Pair::start().await;
+    workload::seed(&pair.src, seed, 2000).await.unwrap();
+    let app = App::start(&pair.src, seed);
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| {
+        first.wait_for("changes applied", Duration::from_secs(120), |p| {
+            p["info"] == "change event application" && p["eventsApplied"]["update"].as_u64() > Some(50)
+        })
+    });
+    first.kill9();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut second = pair.migrate(&[]);
+    tokio::task::block_in_place(|| second.wait_can_commit());
+    let output = second.output();
+    assert!(!output.contains("collection copied"), "nothing is copied again:\n{output}");
+    app.stop().await;
+    tokio::task::block_in_place(|| second.commit_and_finish());
+    pair.assert_equal(&format!("seed {seed}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_during_index_build_finishes_what_is_missing() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "idx", "c", 30_000).await;
+    let c = pair.src.database("idx").collection::<Document>("c");
+    for (i, key) in ["n", "pad"].iter().enumerate() {
+        c.create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { *key: 1 })
+                .options(mongodb::options::IndexOptions::builder().name(format!("i{i}")).unique(i == 0).build())
+                .build(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| {
+        first.wait_for("index building", Duration::from_secs(120), |p| p["info"] == "index building")
+    });
+    first.kill9();
+    let mut second = pair.migrate(&[]);
+    tokio::task::block_in_place(|| second.commit_and_finish());
+    assert!(copied_in_log(&second.output(), "idx.c").is_none(), "{}", second.output());
+    pair.assert_equal("kill during index build").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_between_commit_request_and_committed_finishes_the_commit() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "shop", "orders", 40_000).await;
+    pair.src
+        .database("shop")
+        .collection::<Document>("orders")
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { "n": 1 })
+                .options(mongodb::options::IndexOptions::builder().unique(true).build())
+                .build(),
+        )
+        .await
+        .unwrap();
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| first.wait_can_commit());
+    let (status, _) = first.commit();
+    assert_eq!(status, 200);
+    tokio::task::block_in_place(|| {
+        first.wait_for("COMMITTING", Duration::from_secs(60), |p| p["state"] == "COMMITTING")
+    });
+    first.kill9();
+
+    // The same command again finishes the commit without being asked twice.
+    let mut second = pair.migrate(&[]);
+    let code = tokio::task::block_in_place(|| second.wait_exit(Duration::from_secs(120)));
+    assert_eq!(code, 0, "{}", second.output());
+    assert!(second.output().contains("COMMITTED"), "{}", second.output());
+    pair.assert_equal("kill during commit").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_stops_cleanly_and_the_same_command_resumes() {
+    let seed = seed("sigterm");
+    let pair = Pair::start().await;
+    workload::seed(&pair.src, seed, 1000).await.unwrap();
+    let app = App::start(&pair.src, seed);
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| first.wait_can_commit());
+    let code = tokio::task::block_in_place(|| first.terminate());
+    assert_eq!(code, 143, "{}", first.output());
+    assert!(first.output().contains("run the same command again"), "{}", first.output());
+
+    // The destination stays a staging copy; more writes happen while Ferry is down.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut second = pair.migrate(&[]);
+    tokio::task::block_in_place(|| second.wait_can_commit());
+    app.stop().await;
+    tokio::task::block_in_place(|| second.commit_and_finish());
+    pair.assert_equal(&format!("seed {seed}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_with_other_arguments_is_refused() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "a", "x", 10).await;
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| first.wait_can_commit());
+    first.kill9();
+    let mut other = pair.migrate(&["--include", "a"]);
+    let code = tokio::task::block_in_place(|| other.wait_exit(Duration::from_secs(60)));
+    assert_eq!(code, 2, "{}", other.output());
+    assert!(other.output().contains("another --include (none then, a now)"), "{}", other.output());
+    let mut fresh = pair.migrate(&["--include", "a", "--drop"]);
+    tokio::task::block_in_place(|| fresh.commit_and_finish());
+    pair.assert_equal("after starting over").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lost_history_fails_loudly_with_the_remedy() {
+    let pair = Pair::start_with(&testkit::ServerOptions { oplog_max_entries: Some(200) }).await;
+    fill(&pair.src, "a", "x", 100).await;
+    let mut first = pair.migrate(&[]);
+    tokio::task::block_in_place(|| first.wait_can_commit());
+    assert_eq!(tokio::task::block_in_place(|| first.terminate()), 143);
+    // While Ferry is stopped, the source writes more than its oplog keeps.
+    let x = pair.src.database("a").collection::<Document>("x");
+    for i in 0..600 {
+        x.update_one(doc! { "_id": i % 100 }, doc! { "$inc": { "n": 1 } }).await.unwrap();
+    }
+    testkit::server::trim_oplog(&pair.src).await;
+    let mut second = pair.migrate(&[]);
+    let code = tokio::task::block_in_place(|| second.wait_exit(Duration::from_secs(120)));
+    assert_eq!(code, 1, "{}", second.output());
+    let output = second.output();
+    assert!(output.contains("history lost"), "{output}");
+    assert!(output.contains("enlarge the source's oplog"), "{output}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn restarted_servers_are_ridden_out_mid_copy_and_mid_stream() {
+    let seed = seed("restarts");
+    let mut pair = Pair::start().await;
+    workload::seed(&pair.src, seed, 500).await.unwrap();
+    fill(&pair.src, "big", "items", 60_000).await;
+    // A short server selection timeout lets the outages surface as errors Ferry must retry,
+    // rather than being waited out inside the driver.
+    let quick = |uri: String| format!("{uri}&serverSelectionTimeoutMS=1000");
+    let mut ferry = crate::harness::Ferry::start(
+        &quick(pair.source.uri()),
+        &quick(pair.destination.uri()),
+        &[],
+    );
+    tokio::task::block_in_place(|| {
+        ferry.wait_for("the copy under way", Duration::from_secs(120), |p| {
+            p["collectionCopy"]["estimatedCopiedBytes"].as_u64() > Some(5_000_000)
+        })
+    });
+    pair.destination.restart(Duration::from_secs(3)).unwrap();
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    assert!(ferry.output().contains("retrying"), "{}", ferry.output());
+
+    let app = App::start(&pair.src, seed);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    app.stop().await;
+    pair.source.restart(Duration::from_secs(3)).unwrap();
+    pair.src = Client::with_uri_str(pair.source.uri()).await.unwrap();
+    let app = App::start(&pair.src, seed ^ 1);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    app.stop().await;
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.dst = Client::with_uri_str(pair.destination.uri()).await.unwrap();
+    pair.assert_equal(&format!("seed {seed}")).await;
+}
