@@ -31,23 +31,20 @@ pub enum Command {
     Commit(ApiArgs),
     /// Show a running migration's progress.
     Status(ApiArgs),
+    /// Prove that the destination holds what the source holds (exit 0 equal, 1 not).
+    Verify(VerifyArgs),
 }
 
+/// The two clusters and the namespaces a command works on.
 #[derive(Args, Debug)]
-pub struct MigrateArgs {
+pub struct ClusterArgs {
     /// Connection string of the source replica set.
     #[arg(long, value_name = "URI")]
     pub source: String,
     /// Connection string of the destination replica set.
     #[arg(long, value_name = "URI")]
     pub destination: String,
-    /// Address of the HTTP API (progress, commit).
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
-    pub api_addr: String,
-    /// Drop the included namespaces and any earlier Ferry state on the destination first.
-    #[arg(long)]
-    pub drop: bool,
-    /// Migrate only this database (`db`) or collection (`db.coll`); repeatable.
+    /// Only this database (`db`) or collection (`db.coll`); repeatable.
     #[arg(long, value_name = "NS")]
     pub include: Vec<String>,
     /// Leave out this database or collection; repeatable.
@@ -56,9 +53,36 @@ pub struct MigrateArgs {
     /// Database on the destination that holds Ferry's own state.
     #[arg(long, value_name = "NAME", default_value = "__ferry")]
     pub state_db: String,
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Address of the HTTP API (progress, commit).
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
+    pub api_addr: String,
+    /// Drop the included namespaces and any earlier Ferry state on the destination first.
+    #[arg(long)]
+    pub drop: bool,
+    /// Verify the whole destination at commit, before COMMITTED; a difference fails the commit.
+    #[arg(long)]
+    pub verify: bool,
     /// How long to ride out network errors, restarts and elections without progress.
     #[arg(long, value_name = "DURATION", default_value = "30m")]
     pub retry_window: String,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Compare documents without regard to field order (MongoDB compares in order).
+    #[arg(long)]
+    pub ignore_field_order: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +101,44 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Migrate(args) => migrate(args).await,
         Command::Commit(args) => commit(args).await,
         Command::Status(args) => status(args).await,
+        Command::Verify(args) => verify(args).await,
+    }
+}
+
+async fn verify(args: VerifyArgs) -> i32 {
+    let clusters = match crate::plan::Clusters::new(&args.clusters).await {
+        Ok(clusters) => clusters,
+        Err(e) => return input_error(e),
+    };
+    let comparison = crate::verify::Comparison {
+        ignore_field_order: args.ignore_field_order,
+    };
+    let run = async {
+        let source = clusters.source.client()?;
+        let destination = clusters.destination.client()?;
+        crate::verify::verify(&source, &destination, &clusters.filter, comparison, None).await
+    };
+    match run.await {
+        Ok(report) => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.equal {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}", redact_uri(&format!("{e:#}")));
+            if e.downcast_ref::<InputError>().is_some() {
+                2
+            } else {
+                3
+            }
+        }
     }
 }
 

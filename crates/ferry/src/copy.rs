@@ -10,6 +10,7 @@ use mongodb::Client;
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, CollectionSpec, Kind};
+use crate::id_order;
 use crate::progress::Progress;
 use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
 use crate::state::StateStore;
@@ -97,7 +98,7 @@ pub async fn copy_documents(
     // documents already there are refused as duplicates and skipped.
     let ordered = !spec.is_capped();
     let filter = match (&after, ordered) {
-        (Some(last), true) => after_id_filter(last),
+        (Some(last), true) => id_order::after(last),
         _ => doc! {},
     };
 
@@ -170,46 +171,6 @@ pub async fn copy_documents(
     Ok(written)
 }
 
-/// BSON type codes in MongoDB's sort order of `_id` values, one group per comparison bracket:
-/// MinKey, null, numbers, strings, objects, binary, ObjectId, booleans, dates, timestamps,
-/// regular expressions and the rest, MaxKey. (`_id` is never an array.)
-const TYPE_BRACKETS: [&[i32]; 13] = [
-    &[-1],
-    &[6, 10],
-    &[1, 16, 18, 19],
-    &[2, 14],
-    &[3],
-    &[5],
-    &[7],
-    &[8],
-    &[9],
-    &[17],
-    &[11],
-    &[12, 13, 15],
-    &[127],
-];
-
-/// A filter for the documents whose `_id` sorts after `last`, whatever the types involved:
-/// `$gt` only compares within one type bracket, so the later brackets are added by type.
-pub fn after_id_filter(last: &Bson) -> Document {
-    let code = match last.element_type() {
-        mongodb::bson::spec::ElementType::MinKey => -1,
-        other => other as i32,
-    };
-    let bracket = TYPE_BRACKETS
-        .iter()
-        .position(|b| b.contains(&code))
-        .unwrap_or(TYPE_BRACKETS.len() - 1);
-    let later: Vec<i32> = TYPE_BRACKETS[bracket + 1..]
-        .iter()
-        .flat_map(|b| b.iter().copied())
-        .collect();
-    if later.is_empty() {
-        return doc! { "_id": { "$gt": last.clone() } };
-    }
-    doc! { "$or": [ { "_id": { "$gt": last.clone() } }, { "_id": { "$type": later } } ] }
-}
-
 /// Builds a collection's indexes on the destination, relaxed (no unique, no TTL) while syncing.
 pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Result<()> {
     let indexes: Vec<Document> = spec
@@ -227,28 +188,4 @@ pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Resul
         .await
         .with_context(|| format!("building the indexes of {} on the destination", spec.ns()))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn resuming_after_an_id_also_takes_every_later_type() {
-        assert_eq!(
-            after_id_filter(&Bson::Int32(5)),
-            doc! { "$or": [
-                { "_id": { "$gt": 5 } },
-                { "_id": { "$type": [2, 14, 3, 5, 7, 8, 9, 17, 11, 12, 13, 15, 127] } },
-            ] }
-        );
-        let oid = mongodb::bson::oid::ObjectId::new();
-        assert_eq!(
-            after_id_filter(&Bson::ObjectId(oid)),
-            doc! { "$or": [
-                { "_id": { "$gt": oid } },
-                { "_id": { "$type": [8, 9, 17, 11, 12, 13, 15, 127] } },
-            ] }
-        );
-    }
 }

@@ -27,7 +27,7 @@ use crate::redact::redact_uri;
 use crate::server_error::{self, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST};
 use crate::source_clock::{self, seconds_between};
 use crate::state::{Checkpoint, CollectionState, CopyStatus, StateStore, Stored};
-use crate::{constraints, copy, oplog, preflight};
+use crate::{constraints, copy, oplog, preflight, verify};
 
 /// Collections copied at the same time.
 const COPY_CONCURRENCY: usize = 4;
@@ -470,6 +470,9 @@ impl Migration<'_> {
         constraints::restore(&self.source, &self.destination, &self.plan.filter, &self.progress)
             .await
             .context("restoring relaxed constraints at commit")?;
+        if self.plan.verify {
+            self.verify_before_committed().await?;
+        }
         self.store
             .set_state(State::Committed, Phase::Done, None)
             .await?;
@@ -480,6 +483,30 @@ impl Migration<'_> {
             s.can_write = true;
         });
         tracing::info!(state = "COMMITTED", "the destination is ready: point the application at it");
+        Ok(())
+    }
+}
+
+impl Migration<'_> {
+    /// The final verification (`--verify`): the source is quiescent and every change applied,
+    /// so any difference is real and the commit is refused with the report.
+    async fn verify_before_committed(&self) -> Result<()> {
+        tracing::info!("verifying the destination before COMMITTED");
+        let report = verify::verify(
+            &self.source,
+            &self.destination,
+            &self.plan.filter,
+            verify::Comparison::default(),
+            Some(&self.progress),
+        )
+        .await?;
+        tracing::info!(documents = report.documents_checked, equal = report.equal, "verification finished");
+        if !report.equal {
+            anyhow::bail!(
+                "verification found differences, so the commit is refused:\n{}",
+                report.to_text()
+            );
+        }
         Ok(())
     }
 }

@@ -88,12 +88,48 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Some(Duration::from_secs(seconds))
 }
 
+/// The two ends and the namespace filter, validated.
+#[derive(Clone, Debug)]
+pub struct Clusters {
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    pub filter: NamespaceFilter,
+}
+
+impl Clusters {
+    pub async fn new(args: &crate::cli::ClusterArgs) -> Result<Self, InputError> {
+        let parse_all = |patterns: &[String], flag: &str| -> Result<Vec<NsPattern>, InputError> {
+            patterns
+                .iter()
+                .map(|p| NsPattern::parse(p).map_err(|e| InputError(format!("--{flag}: {e}"))))
+                .collect()
+        };
+        let state_db = &args.state_db;
+        if state_db.is_empty() || state_db.contains(['.', '/', '\\', ' ', '"', '$']) {
+            return Err(InputError(format!(
+                "--state-db {state_db:?} is not a valid database name; use letters, digits and underscores, e.g. __ferry"
+            )));
+        }
+        Ok(Self {
+            filter: NamespaceFilter {
+                include: parse_all(&args.include, "include")?,
+                exclude: parse_all(&args.exclude, "exclude")?,
+                state_db: state_db.clone(),
+            },
+            source: Endpoint::parse("source", &args.source).await?,
+            destination: Endpoint::parse("destination", &args.destination).await?,
+        })
+    }
+}
+
 /// A validated migration plan.
 #[derive(Clone, Debug)]
 pub struct Plan {
     pub source: Endpoint,
     pub destination: Endpoint,
     pub filter: NamespaceFilter,
+    /// Verify the destination at commit.
+    pub verify: bool,
     /// Clear the included namespaces (and earlier Ferry state) on the destination first.
     pub drop: bool,
     pub api_addr: SocketAddr,
@@ -103,23 +139,10 @@ pub struct Plan {
 
 impl Plan {
     pub async fn new(args: &crate::cli::MigrateArgs) -> Result<Self, InputError> {
-        let (source, destination, state_db, api_addr) =
-            (&args.source, &args.destination, &args.state_db, &args.api_addr);
-        let (include, exclude) = (&args.include, &args.exclude);
-        let parse_all = |patterns: &[String], flag: &str| -> Result<Vec<NsPattern>, InputError> {
-            patterns
-                .iter()
-                .map(|p| NsPattern::parse(p).map_err(|e| InputError(format!("--{flag}: {e}"))))
-                .collect()
-        };
-        if state_db.is_empty() || state_db.contains(['.', '/', '\\', ' ', '"', '$']) {
-            return Err(InputError(format!(
-                "--state-db {state_db:?} is not a valid database name; use letters, digits and underscores, e.g. __ferry"
-            )));
-        }
-        let api_addr = api_addr.parse().map_err(|_| {
+        let api_addr = args.api_addr.parse().map_err(|_| {
             InputError(format!(
-                "--api-addr {api_addr:?} is not HOST:PORT; write it like 127.0.0.1:27182"
+                "--api-addr {:?} is not HOST:PORT; write it like 127.0.0.1:27182",
+                args.api_addr
             ))
         })?;
         let retry_window = parse_duration(&args.retry_window).ok_or_else(|| {
@@ -128,17 +151,19 @@ impl Plan {
                 args.retry_window
             ))
         })?;
+        let Clusters {
+            source,
+            destination,
+            filter,
+        } = Clusters::new(&args.clusters).await?;
         Ok(Self {
-            retry_window,
-            source: Endpoint::parse("source", source).await?,
-            destination: Endpoint::parse("destination", destination).await?,
-            filter: NamespaceFilter {
-                include: parse_all(include, "include")?,
-                exclude: parse_all(exclude, "exclude")?,
-                state_db: state_db.to_string(),
-            },
+            source,
+            destination,
+            filter,
+            verify: args.verify,
             drop: args.drop,
             api_addr,
+            retry_window,
         })
     }
 

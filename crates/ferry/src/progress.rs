@@ -116,6 +116,16 @@ impl EventCounts {
     }
 }
 
+/// Where a verification stands.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct VerificationProgress {
+    /// `running`, `equal` or `different`.
+    pub state: String,
+    pub documents_checked: u64,
+    pub mismatches: u64,
+}
+
 /// Everything the migration reports at one moment.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -133,6 +143,8 @@ pub struct Snapshot {
     pub retrying: Option<String>,
     /// Seconds of source history between the oldest oplog entry and Ferry's resume point.
     pub oplog_window_seconds: Option<u64>,
+    /// The verification, when one runs (`--verify`).
+    pub verification: Option<VerificationProgress>,
     /// The source time change application has reached.
     #[serde(skip)]
     pub resume_time: Option<mongodb::bson::Timestamp>,
@@ -177,6 +189,7 @@ impl Snapshot {
             "collections": self.collections,
             "elapsedSeconds": self.started.elapsed().as_secs(),
             "oplogWindowSeconds": self.oplog_window_seconds,
+            "verification": self.verification,
         });
         if let Some(reason) = &self.retrying {
             progress["retrying"] = serde_json::Value::String(reason.clone());
@@ -206,6 +219,7 @@ impl Default for Progress {
             commit_requested: false,
             retrying: None,
             oplog_window_seconds: None,
+            verification: None,
             resume_time: None,
             started: Instant::now(),
             last_progress: Instant::now(),

@@ -116,8 +116,9 @@ fn spawn_secantus(options: &ServerOptions, storage: &Path, port: u16) -> Result<
     command
         .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
         .arg(storage)
-        // A smaller cache stalls 2dsphere index builds over existing data in the stand-in.
-        .args(["--cache-size", "1G", "--log-file-max", "32MB", "--log-level", "WARNING"])
+        // The stand-in builds each index in one transaction; with a smaller cache than its
+        // default (4G, allocated as needed) a large build is rolled back and retried forever.
+        .args(["--log-file-max", "32MB", "--log-level", "WARNING"])
         .args([
             "--oplog-max-entries",
             &options.oplog_max_entries.unwrap_or(5_000_000).to_string(),

@@ -17,7 +17,7 @@ async fn random_workload_during_copy_and_streaming_converges_exactly() {
     let writer = tokio::spawn(
         Workload::new(pair.src.clone(), seed ^ 0x5eed).run(stop.clone(), Duration::ZERO),
     );
-    let mut ferry = pair.migrate(&[]);
+    let mut ferry = pair.migrate(&["--verify"]);
     let progress = tokio::task::block_in_place(|| ferry.wait_can_commit());
     assert_eq!(progress["info"], "change event application");
     // Keep writing while changes are applied, then stop the application and commit.
@@ -35,5 +35,6 @@ async fn random_workload_during_copy_and_streaming_converges_exactly() {
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal(&format!("seed {seed}")).await;
     let output = ferry.output();
+    assert!(output.contains("verification finished") && output.contains("equal=true"), "{output}");
     assert!(output.contains("collection copy"), "{output}");
 }

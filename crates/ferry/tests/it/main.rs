@@ -6,3 +6,4 @@ mod live;
 mod edges;
 mod cli;
 mod faults;
+mod verify;
