@@ -35,7 +35,9 @@ pub fn run() -> Result<()> {
     );
     runtime.block_on(workload::seed(&src, SEED, DOCUMENTS_PER_COLLECTION))?;
 
-    eprintln!("demo: the application starts writing (inserts, updates, deletes, transactions, DDL)");
+    eprintln!(
+        "demo: the application starts writing (inserts, updates, deletes, transactions, DDL)"
+    );
     let stop_app = Arc::new(AtomicBool::new(false));
     let app = runtime.spawn(
         Workload::new(src.clone(), SEED + 1).run(stop_app.clone(), Duration::from_millis(2)),
@@ -44,7 +46,13 @@ pub fn run() -> Result<()> {
     let api = format!("127.0.0.1:{}", testkit::server::free_port()?);
     let started = Instant::now();
     let mut migration = Command::new(&ferry)
-        .args(["migrate", "--source", &source.uri(), "--destination", &destination.uri()])
+        .args([
+            "migrate",
+            "--source",
+            &source.uri(),
+            "--destination",
+            &destination.uri(),
+        ])
         .args(["--api-addr", &api])
         .stdin(Stdio::null())
         .spawn()
@@ -61,7 +69,10 @@ pub fn run() -> Result<()> {
     std::thread::sleep(Duration::from_secs(5));
     stop_app.store(true, Ordering::Relaxed);
     let stats = runtime.block_on(app)??;
-    eprintln!("\ndemo: the application stopped after {} operations; waiting for lag 0", stats.operations);
+    eprintln!(
+        "\ndemo: the application stopped after {} operations; waiting for lag 0",
+        stats.operations
+    );
     wait_until(&mut migration, Duration::from_secs(120), || {
         progress(&api).is_some_and(|p| p["lagTimeSeconds"] == 0)
     })?;
@@ -75,7 +86,10 @@ pub fn run() -> Result<()> {
 
     let differences = runtime.block_on(testkit::compare::differences(&src, &dst))?;
     eprintln!("\n──────── demo summary ────────");
-    eprintln!("migration time (launch to COMMITTED): {:.1} s", elapsed.as_secs_f64());
+    eprintln!(
+        "migration time (launch to COMMITTED): {:.1} s",
+        elapsed.as_secs_f64()
+    );
     eprintln!(
         "application writes during the migration: {} operations ({} transactions, {} DDL)",
         stats.operations, stats.transactions, stats.ddl
@@ -84,7 +98,10 @@ pub fn run() -> Result<()> {
         eprintln!("verified: every database, collection, option, index and document is equal on both sides");
         Ok(())
     } else {
-        bail!("the destination differs from the source:\n{}", differences.join("\n"))
+        bail!(
+            "the destination differs from the source:\n{}",
+            differences.join("\n")
+        )
     }
 }
 

@@ -61,21 +61,33 @@ fn install_server() -> Result<()> {
         run(Command::new("apt-get").args(["update", "-qq"]))?;
         run(Command::new("apt-get").args(["install", "-y", "-qq", "cmake"]))?;
     }
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["install", "secantus-mdb", "--locked", "--ignore-rust-version"])
-        .arg("--version")
-        .arg(format!("={SECANTUS_VERSION}"))
-        .arg("--root")
-        .arg(secantus_root()))?;
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args([
+                "install",
+                "secantus-mdb",
+                "--locked",
+                "--ignore-rust-version",
+            ])
+            .arg("--version")
+            .arg(format!("={SECANTUS_VERSION}"))
+            .arg("--root")
+            .arg(secantus_root()),
+    )?;
     if !secantus_binary().exists() {
-        bail!("the server build finished but {} is missing", secantus_binary().display());
+        bail!(
+            "the server build finished but {} is missing",
+            secantus_binary().display()
+        );
     }
     Ok(())
 }
 
 /// Runs the whole test suite (extra arguments go to `cargo test`).
 fn test(extra: &[String]) -> Result<()> {
-    run(Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["test", "--workspace"])
-        .args(extra))
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["test", "--workspace"])
+            .args(extra),
+    )
 }

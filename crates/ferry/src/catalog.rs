@@ -57,7 +57,10 @@ impl CollectionSpec {
 }
 
 /// Lists every migrated collection and view of the source, with options and indexes.
-pub async fn list_namespaces(client: &Client, filter: &NamespaceFilter) -> Result<Vec<CollectionSpec>> {
+pub async fn list_namespaces(
+    client: &Client,
+    filter: &NamespaceFilter,
+) -> Result<Vec<CollectionSpec>> {
     let databases = client
         .list_database_names()
         .await
@@ -143,7 +146,6 @@ async fn describe(client: &Client, db: &str, entry: Document) -> Result<Option<C
         indexes,
     }))
 }
-
 
 /// `listIndexes` of one collection, each spec exactly as the server reports it.
 pub async fn list_indexes(client: &Client, db: &str, coll: &str) -> Result<Vec<Document>> {

@@ -172,7 +172,13 @@ mod tests {
         let event = ChangeEvent::decode(raw.clone()).unwrap();
         assert_eq!(event.op, Op::Rename);
         assert_eq!(event.ns(), "shop.a");
-        assert_eq!(event.cluster_time, Timestamp { time: 7, increment: 2 });
+        assert_eq!(
+            event.cluster_time,
+            Timestamp {
+                time: 7,
+                increment: 2
+            }
+        );
         assert_eq!(event.collection_uuid, Some(vec![1; 16]));
         assert_eq!(event.rename_target().unwrap(), ("shop".into(), "b".into()));
         assert_eq!(event.raw, raw);

@@ -17,7 +17,11 @@ use crate::{api, report};
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:27182";
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Live-migrate a MongoDB replica set into another one")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Live-migrate a MongoDB replica set into another one"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -121,7 +125,10 @@ async fn verify(args: VerifyArgs) -> i32 {
     match run.await {
         Ok(report) => {
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&report).expect("a report serializes"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("a report serializes")
+                );
             } else {
                 print!("{}", report.to_text());
             }
@@ -267,7 +274,11 @@ async fn commit(args: ApiArgs) -> i32 {
         }
         Ok((_, body)) if args.json => {
             println!("{body}");
-            if body["success"] == true { 0 } else { 1 }
+            if body["success"] == true {
+                0
+            } else {
+                1
+            }
         }
         Ok((_, body)) if body["success"] == true => {
             println!("commit accepted: Ferry applies the last changes, restores constraints and reports COMMITTED");
@@ -276,7 +287,9 @@ async fn commit(args: ApiArgs) -> i32 {
         Ok((_, body)) => {
             eprintln!(
                 "commit refused: {}",
-                body["errorDescription"].as_str().unwrap_or("no reason given")
+                body["errorDescription"]
+                    .as_str()
+                    .unwrap_or("no reason given")
             );
             1
         }

@@ -110,7 +110,10 @@ pub async fn copy_documents(
         while let Some(batch) = incoming.recv().await {
             let documents = batch.len() as u64;
             let bytes: u64 = batch.iter().map(|d| d.as_bytes().len() as u64).sum();
-            let last_id = batch.last().and_then(|d| d.get("_id").ok().flatten()).map(|id| id.to_raw_bson());
+            let last_id = batch
+                .last()
+                .and_then(|d| d.get("_id").ok().flatten())
+                .map(|id| id.to_raw_bson());
             match writer
                 .insert_many(batch)
                 .ordered(false)
@@ -126,7 +129,9 @@ pub async fn copy_documents(
             }
             if let (Some(store), Some(last_id), true) = (&store, last_id, ordered) {
                 let last_id: Bson = last_id.try_into()?;
-                store.copied_up_to(&write_ns, &last_id, documents, bytes).await?;
+                store
+                    .copied_up_to(&write_ns, &last_id, documents, bytes)
+                    .await?;
             }
             written += documents;
             write_progress.add_copied(&write_ns, documents, bytes);
@@ -166,7 +171,9 @@ pub async fn copy_documents(
         Ok::<(), anyhow::Error>(())
     };
     let read_result = read.await;
-    let written = write_task.await.context("the copy writer task panicked")??;
+    let written = write_task
+        .await
+        .context("the copy writer task panicked")??;
     read_result?;
     Ok(written)
 }

@@ -91,8 +91,14 @@ mod tests {
 
     fn filter(include: &[&str], exclude: &[&str]) -> NamespaceFilter {
         NamespaceFilter {
-            include: include.iter().map(|p| NsPattern::parse(p).unwrap()).collect(),
-            exclude: exclude.iter().map(|p| NsPattern::parse(p).unwrap()).collect(),
+            include: include
+                .iter()
+                .map(|p| NsPattern::parse(p).unwrap())
+                .collect(),
+            exclude: exclude
+                .iter()
+                .map(|p| NsPattern::parse(p).unwrap())
+                .collect(),
             state_db: "__ferry".into(),
         }
     }

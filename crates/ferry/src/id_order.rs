@@ -70,9 +70,8 @@ pub fn compare(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
     if by_bracket != Ordering::Equal {
         return by_bracket;
     }
-    match (number(a), number(b)) {
-        (Some(x), Some(y)) => return x.partial_cmp(&y).unwrap_or(Ordering::Equal),
-        _ => {}
+    if let (Some(x), Some(y)) = (number(a), number(b)) {
+        return x.partial_cmp(&y).unwrap_or(Ordering::Equal);
     }
     match (a, b) {
         (RawBsonRef::String(x), RawBsonRef::String(y)) => x.as_bytes().cmp(y.as_bytes()),
@@ -124,11 +123,29 @@ mod tests {
     #[test]
     fn ids_compare_across_types_as_mongodb_sorts_them() {
         let oid = ObjectId::new();
-        assert_eq!(compare(RawBsonRef::Int32(2), RawBsonRef::Double(1.5)), Ordering::Greater);
-        assert_eq!(compare(RawBsonRef::Int64(7), RawBsonRef::Int32(7)), Ordering::Equal);
-        assert_eq!(compare(RawBsonRef::Int32(100), RawBsonRef::String("a")), Ordering::Less);
-        assert_eq!(compare(RawBsonRef::String("b"), RawBsonRef::String("a")), Ordering::Greater);
-        assert_eq!(compare(RawBsonRef::ObjectId(oid), RawBsonRef::String("z")), Ordering::Greater);
-        assert_eq!(compare(RawBsonRef::Null, RawBsonRef::Int32(0)), Ordering::Less);
+        assert_eq!(
+            compare(RawBsonRef::Int32(2), RawBsonRef::Double(1.5)),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare(RawBsonRef::Int64(7), RawBsonRef::Int32(7)),
+            Ordering::Equal
+        );
+        assert_eq!(
+            compare(RawBsonRef::Int32(100), RawBsonRef::String("a")),
+            Ordering::Less
+        );
+        assert_eq!(
+            compare(RawBsonRef::String("b"), RawBsonRef::String("a")),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare(RawBsonRef::ObjectId(oid), RawBsonRef::String("z")),
+            Ordering::Greater
+        );
+        assert_eq!(
+            compare(RawBsonRef::Null, RawBsonRef::Int32(0)),
+            Ordering::Less
+        );
     }
 }

@@ -140,10 +140,15 @@ struct StreamStart {
 impl Migration<'_> {
     async fn run(&self) -> Result<Outcome> {
         let (stored, planned) =
-            preflight::validate(self.plan, &self.source, &self.destination, self.allow_drop).await?;
+            preflight::validate(self.plan, &self.source, &self.destination, self.allow_drop)
+                .await?;
         let stored = match stored {
             Some(stored) => {
-                tracing::info!(state = stored.state.as_str(), phase = stored.phase.as_str(), "resuming the migration stored on the destination");
+                tracing::info!(
+                    state = stored.state.as_str(),
+                    phase = stored.phase.as_str(),
+                    "resuming the migration stored on the destination"
+                );
                 stored
             }
             None => {
@@ -190,7 +195,11 @@ impl Migration<'_> {
         }
         if stored.phase <= Phase::IndexBuilding {
             self.enter(Phase::IndexBuilding).await?;
-            if self.until_stopped(self.build_indexes(&specs)).await?.is_none() {
+            if self
+                .until_stopped(self.build_indexes(&specs))
+                .await?
+                .is_none()
+            {
                 return Ok(Outcome::Stopped);
             }
         }
@@ -208,7 +217,10 @@ impl Migration<'_> {
             },
             None => StreamStart {
                 token: stored.start_token,
-                applied: Timestamp { time: 0, increment: 0 },
+                applied: Timestamp {
+                    time: 0,
+                    increment: 0,
+                },
                 incarnations: self.copied_incarnations().await?,
                 commit_point: stored.commit_point,
             },
@@ -225,7 +237,10 @@ impl Migration<'_> {
     }
 
     /// Runs `work` unless the operator stops the migration first (`None`).
-    async fn until_stopped<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<Option<T>> {
+    async fn until_stopped<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<Option<T>> {
         tokio::select! {
             result = work => result.map(Some),
             _ = self.stop.cancelled() => Ok(None),
@@ -250,8 +265,10 @@ impl Migration<'_> {
             .into_iter()
             .map(|c| (c.ns.clone(), c))
             .collect();
-        let collections: Vec<&CollectionSpec> =
-            specs.iter().filter(|s| s.kind == Kind::Collection).collect();
+        let collections: Vec<&CollectionSpec> = specs
+            .iter()
+            .filter(|s| s.kind == Kind::Collection)
+            .collect();
         for spec in &collections {
             let (documents, bytes) = copy::estimate_size(&self.source, spec).await;
             let ns = spec.ns();
@@ -271,10 +288,14 @@ impl Migration<'_> {
         for spec in specs.iter().filter(|s| s.kind == Kind::Timeseries) {
             tracing::warn!(namespace = %spec.ns(), "time-series collections are not migrated");
         }
-        stream::iter(collections.iter().map(|spec| self.copy_one(spec, stored.get(&spec.ns()))))
-            .buffer_unordered(COPY_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
+        stream::iter(
+            collections
+                .iter()
+                .map(|spec| self.copy_one(spec, stored.get(&spec.ns()))),
+        )
+        .buffer_unordered(COPY_CONCURRENCY)
+        .try_collect::<Vec<()>>()
+        .await?;
         for view in specs.iter().filter(|s| s.kind == Kind::View) {
             copy::create_namespace(&self.destination, view).await?;
         }
@@ -300,7 +321,11 @@ impl Migration<'_> {
         Ok(())
     }
 
-    async fn copy_one(&self, spec: &CollectionSpec, stored: Option<&CollectionState>) -> Result<()> {
+    async fn copy_one(
+        &self,
+        spec: &CollectionSpec,
+        stored: Option<&CollectionState>,
+    ) -> Result<()> {
         let ns = spec.ns();
         let after = match stored {
             Some(state) if state.uuid == spec.uuid && state.status != CopyStatus::Copying => {
@@ -354,13 +379,17 @@ impl Migration<'_> {
     async fn build_indexes(&self, specs: &[CollectionSpec]) -> Result<()> {
         let stored = self.store.collections().await?;
         for spec in specs.iter().filter(|s| s.kind == Kind::Collection) {
-            let state = stored.iter().find(|c| c.ns == spec.ns() && c.uuid == spec.uuid);
+            let state = stored
+                .iter()
+                .find(|c| c.ns == spec.ns() && c.uuid == spec.uuid);
             if state.is_some_and(|c| c.status == CopyStatus::Indexed) {
                 continue;
             }
             copy::build_indexes(&self.destination, spec).await?;
             if state.is_some() {
-                self.store.set_copy_status(&spec.ns(), CopyStatus::Indexed).await?;
+                self.store
+                    .set_copy_status(&spec.ns(), CopyStatus::Indexed)
+                    .await?;
             }
             self.touch();
         }
@@ -467,9 +496,14 @@ impl Migration<'_> {
     async fn finish_commit(&self) -> Result<()> {
         self.progress.update(|s| s.state = State::Committing);
         self.enter(Phase::RestoringConstraints).await?;
-        constraints::restore(&self.source, &self.destination, &self.plan.filter, &self.progress)
-            .await
-            .context("restoring relaxed constraints at commit")?;
+        constraints::restore(
+            &self.source,
+            &self.destination,
+            &self.plan.filter,
+            &self.progress,
+        )
+        .await
+        .context("restoring relaxed constraints at commit")?;
         if self.plan.verify {
             self.verify_before_committed().await?;
         }
@@ -482,7 +516,10 @@ impl Migration<'_> {
             s.lag_time_seconds = Some(0);
             s.can_write = true;
         });
-        tracing::info!(state = "COMMITTED", "the destination is ready: point the application at it");
+        tracing::info!(
+            state = "COMMITTED",
+            "the destination is ready: point the application at it"
+        );
         Ok(())
     }
 }
@@ -500,7 +537,11 @@ impl Migration<'_> {
             Some(&self.progress),
         )
         .await?;
-        tracing::info!(documents = report.documents_checked, equal = report.equal, "verification finished");
+        tracing::info!(
+            documents = report.documents_checked,
+            equal = report.equal,
+            "verification finished"
+        );
         if !report.equal {
             anyhow::bail!(
                 "verification found differences, so the commit is refused:\n{}",
@@ -531,7 +572,9 @@ impl OplogWatch {
                 if let Ok(Some(oldest)) = oplog::oldest_entry(&source).await {
                     let resume = progress.snapshot().resume_time.or(start);
                     if let Some(resume) = resume {
-                        progress.update(|s| s.oplog_window_seconds = Some(seconds_between(oldest, resume)));
+                        progress.update(|s| {
+                            s.oplog_window_seconds = Some(seconds_between(oldest, resume))
+                        });
                     }
                 }
                 tokio::time::sleep(OPLOG_WINDOW_INTERVAL).await;

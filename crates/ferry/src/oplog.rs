@@ -18,7 +18,9 @@ pub async fn oldest_entry(source: &Client) -> Result<Option<Timestamp>> {
         .await?
         .try_collect()
         .await?;
-    Ok(oldest.first().and_then(|entry| entry.get_timestamp("ts").ok()))
+    Ok(oldest
+        .first()
+        .and_then(|entry| entry.get_timestamp("ts").ok()))
 }
 
 /// The message of a migration whose resume point the source no longer holds.

@@ -58,7 +58,9 @@ impl Endpoint {
         options
             .server_selection_timeout
             .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options.write_concern.get_or_insert(WriteConcern::majority());
+        options
+            .write_concern
+            .get_or_insert(WriteConcern::majority());
         Ok(Self {
             role,
             redacted,

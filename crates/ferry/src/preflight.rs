@@ -29,7 +29,11 @@ async fn hello(client: &Client, endpoint: &Endpoint) -> Result<Document> {
 fn members(hello: &Document) -> Vec<String> {
     let mut hosts: Vec<String> = hello
         .get_array("hosts")
-        .map(|h| h.iter().filter_map(|h| h.as_str().map(str::to_string)).collect())
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default();
     if let Ok(me) = hello.get_str("me") {
         hosts.push(me.to_string());
@@ -46,7 +50,10 @@ fn refuse(message: String) -> anyhow::Error {
 /// What identifies a migration across restarts: the source replica set and the filters.
 fn identity(plan: &Plan, source_hello: &Document) -> Document {
     let mut described = plan.describe();
-    described.insert("sourceSet", source_hello.get_str("setName").unwrap_or_default());
+    described.insert(
+        "sourceSet",
+        source_hello.get_str("setName").unwrap_or_default(),
+    );
     described.insert("sourceHosts", members(source_hello));
     described
 }
@@ -77,7 +84,10 @@ pub async fn validate(
             plan.source.redacted
         )));
     }
-    if !destination_hello.get_bool("isWritablePrimary").unwrap_or(false) {
+    if !destination_hello
+        .get_bool("isWritablePrimary")
+        .unwrap_or(false)
+    {
         return Err(refuse(format!(
             "the destination at {} is not a writable primary: connect to the destination replica set (replicaSet=NAME) or its primary",
             plan.destination.redacted

@@ -269,8 +269,14 @@ mod tests {
         assert_eq!(json["progress"]["info"], "collection copy");
         assert_eq!(json["progress"]["canCommit"], false);
         assert_eq!(json["progress"]["lagTimeSeconds"], serde_json::Value::Null);
-        assert_eq!(json["progress"]["collectionCopy"]["estimatedTotalBytes"], 100);
-        assert_eq!(json["progress"]["collectionCopy"]["estimatedCopiedBytes"], 40);
+        assert_eq!(
+            json["progress"]["collectionCopy"]["estimatedTotalBytes"],
+            100
+        );
+        assert_eq!(
+            json["progress"]["collectionCopy"]["estimatedCopiedBytes"],
+            40
+        );
         assert!(json["progress"].get("error").is_none());
     }
 }

@@ -81,7 +81,10 @@ mod tests {
 
     #[test]
     fn leaves_uris_without_credentials_alone() {
-        assert_eq!(redact_uri("mongodb://h1/?directConnection=true"), "mongodb://h1/?directConnection=true");
+        assert_eq!(
+            redact_uri("mongodb://h1/?directConnection=true"),
+            "mongodb://h1/?directConnection=true"
+        );
         assert_eq!(redact_uri("no uri here"), "no uri here");
     }
 

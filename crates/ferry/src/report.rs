@@ -120,11 +120,9 @@ pub fn render(s: &Snapshot, documents_per_second: f64) -> String {
 }
 
 fn percent(part: u64, whole: u64) -> u64 {
-    if whole == 0 {
-        100
-    } else {
-        (part.saturating_mul(100) / whole).min(100)
-    }
+    part.saturating_mul(100)
+        .checked_div(whole)
+        .map_or(100, |p| p.min(100))
 }
 
 fn truncate(text: &str, width: usize) -> String {

@@ -12,7 +12,9 @@ pub const DUPLICATE_KEY: i32 = 11000;
 
 /// The server's error code carried by an error, if any.
 pub fn code_of(error: &anyhow::Error) -> Option<i32> {
-    let driver = error.chain().find_map(|e| e.downcast_ref::<mongodb::error::Error>())?;
+    let driver = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<mongodb::error::Error>())?;
     match driver.kind.as_ref() {
         ErrorKind::Command(command) => Some(command.code),
         ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
@@ -65,17 +67,26 @@ const TRANSIENT_CODES: [i32; 14] = [
 /// Whether an error is a fault worth riding out (retry with backoff) rather than a reason to
 /// fail: lost connections, unreachable servers, elections and restarts.
 pub fn is_transient(error: &anyhow::Error) -> bool {
-    let Some(driver) = error.chain().find_map(|e| e.downcast_ref::<mongodb::error::Error>()) else {
+    let Some(driver) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<mongodb::error::Error>())
+    else {
         return false;
     };
-    if ["RetryableWriteError", "TransientTransactionError", "ResumableChangeStreamError"]
-        .iter()
-        .any(|label| driver.contains_label(label))
+    if [
+        "RetryableWriteError",
+        "TransientTransactionError",
+        "ResumableChangeStreamError",
+    ]
+    .iter()
+    .any(|label| driver.contains_label(label))
     {
         return true;
     }
     match driver.kind.as_ref() {
-        ErrorKind::Io(_) | ErrorKind::ConnectionPoolCleared { .. } | ErrorKind::ServerSelection { .. } => true,
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. } => true,
         _ => code_of(error).is_some_and(|code| TRANSIENT_CODES.contains(&code)),
     }
 }

@@ -25,10 +25,10 @@ pub async fn read(client: &Client) -> Result<SourceClock> {
         .get_document("lastWrite")
         .context("the source's hello reply has no lastWrite: it is not a replica set member")?;
     let ts = |field: &str| -> Result<Timestamp> {
-        Ok(last_write
+        last_write
             .get_document(field)
             .and_then(|optime| optime.get_timestamp("ts"))
-            .with_context(|| format!("the source's hello reply has no lastWrite.{field}.ts"))?)
+            .with_context(|| format!("the source's hello reply has no lastWrite.{field}.ts"))
     };
     Ok(SourceClock {
         last_write: ts("opTime")?,

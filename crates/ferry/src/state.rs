@@ -111,7 +111,10 @@ impl StateStore {
         else {
             return Ok(None);
         };
-        let checkpoint = match (document.get("resumeToken"), document.get_timestamp("appliedTime")) {
+        let checkpoint = match (
+            document.get("resumeToken"),
+            document.get_timestamp("appliedTime"),
+        ) {
             (Some(token), Ok(applied_time)) => Some(Checkpoint {
                 resume_token: token.clone(),
                 applied_time,
@@ -237,7 +240,13 @@ impl StateStore {
     }
 
     /// Records documents of `ns` acknowledged up to `last_id`.
-    pub async fn copied_up_to(&self, ns: &str, last_id: &Bson, documents: u64, bytes: u64) -> Result<()> {
+    pub async fn copied_up_to(
+        &self,
+        ns: &str,
+        last_id: &Bson,
+        documents: u64,
+        bytes: u64,
+    ) -> Result<()> {
         self.collections
             .update_one(
                 doc! { "_id": ns },
@@ -253,7 +262,10 @@ impl StateStore {
 
     pub async fn set_copy_status(&self, ns: &str, status: CopyStatus) -> Result<()> {
         self.collections
-            .update_one(doc! { "_id": ns }, doc! { "$set": { "status": status.as_str() } })
+            .update_one(
+                doc! { "_id": ns },
+                doc! { "$set": { "status": status.as_str() } },
+            )
             .await
             .with_context(|| format!("recording the copy status of {ns}"))?;
         Ok(())

@@ -76,7 +76,12 @@ async fn indexes(client: &Client, db: &str, coll: &str) -> Result<Vec<Document>>
     Ok(specs)
 }
 
-async fn documents(client: &Client, db: &str, coll: &str, capped: bool) -> Result<Vec<RawDocumentBuf>> {
+async fn documents(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    capped: bool,
+) -> Result<Vec<RawDocumentBuf>> {
     let collection = client.database(db).collection::<RawDocumentBuf>(coll);
     let mut find = collection.find(doc! {});
     if !capped {
@@ -93,7 +98,8 @@ async fn compare_database(
 ) -> Result<()> {
     let source_catalog = catalog(source, db).await?;
     let destination_catalog = catalog(destination, db).await?;
-    let names = |c: &[(String, String, Document)]| c.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
+    let names =
+        |c: &[(String, String, Document)]| c.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
     if names(&source_catalog) != names(&destination_catalog) {
         found.push(format!(
             "database {db}: source has {:?}, destination has {:?}",
@@ -114,8 +120,10 @@ async fn compare_database(
         if s.1 != "collection" {
             continue;
         }
-        let (source_indexes, destination_indexes) =
-            (indexes(source, db, &s.0).await?, indexes(destination, db, &s.0).await?);
+        let (source_indexes, destination_indexes) = (
+            indexes(source, db, &s.0).await?,
+            indexes(destination, db, &s.0).await?,
+        );
         if source_indexes != destination_indexes {
             found.push(format!(
                 "{ns}: indexes differ:\n  source      {source_indexes:?}\n  destination {destination_indexes:?}"

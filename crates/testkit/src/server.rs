@@ -69,7 +69,9 @@ impl Server {
         let (child, _) = match std::env::var("FERRY_TEST_MONGOD") {
             Ok(mongod) if !mongod.is_empty() => {
                 let child = spawn_mongod(&mongod, &self.options, self.storage.path(), port)?;
-                let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
                 runtime.block_on(initiate_replica_set(port))?;
                 (child, port)
             }
@@ -114,7 +116,13 @@ fn spawn_secantus(options: &ServerOptions, storage: &Path, port: u16) -> Result<
     }
     let mut command = Command::new(&binary);
     command
-        .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--storage-path"])
+        .args([
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--storage-path",
+        ])
         .arg(storage)
         // The stand-in builds each index in one transaction; with a smaller cache than its
         // default (4G, allocated as needed) a large build is rolled back and retried forever.
@@ -156,7 +164,11 @@ fn server_log(storage: &Path) -> Result<Stdio> {
     let Some(dir) = std::env::var_os("FERRY_SERVER_LOG") else {
         return Ok(Stdio::null());
     };
-    let name = storage.file_name().unwrap_or_default().to_string_lossy().to_string();
+    let name = storage
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
     std::fs::create_dir_all(&dir)?;
     Ok(std::fs::File::create(Path::new(&dir).join(format!("{name}.log")))?.into())
 }
@@ -180,9 +192,20 @@ fn start_mongod(mongod: &str, options: &ServerOptions) -> Result<Server> {
 
 fn spawn_mongod(mongod: &str, options: &ServerOptions, storage: &Path, port: u16) -> Result<Child> {
     // mongod's smallest oplog is 990 MB; a tiny-oplog test cannot be reproduced exactly.
-    let oplog_mb = if options.oplog_max_entries.is_some() { 990 } else { 2048 };
+    let oplog_mb = if options.oplog_max_entries.is_some() {
+        990
+    } else {
+        2048
+    };
     Command::new(mongod)
-        .args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port", &port.to_string()])
+        .args([
+            "--replSet",
+            "rs0",
+            "--bind_ip",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+        ])
         .arg("--dbpath")
         .arg(storage)
         .args(["--oplogSize", &oplog_mb.to_string(), "--quiet"])
@@ -220,7 +243,9 @@ async fn initiate_replica_set(port: u16) -> Result<()> {
 
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Makes the stand-in server drop the oplog entries beyond its bounds now (it otherwise prunes

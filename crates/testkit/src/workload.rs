@@ -38,7 +38,11 @@ const PLAIN: [(&str, &str); 4] = [
 pub async fn seed(client: &Client, seed: u64, documents: u32) -> Result<()> {
     let mut rng = StdRng::seed_from_u64(seed);
     let main = client.database("wl_main");
-    main.create_collection("capped").capped(true).size(64 * 1024).max(50).await?;
+    main.create_collection("capped")
+        .capped(true)
+        .size(64 * 1024)
+        .max(50)
+        .await?;
     main.run_command(doc! {
         "create": "validated",
         "validator": { "$jsonSchema": { "bsonType": "object", "required": ["kind"], "properties": { "kind": { "bsonType": "string" } } } },
@@ -48,8 +52,10 @@ pub async fn seed(client: &Client, seed: u64, documents: u32) -> Result<()> {
     .await?;
     main.run_command(doc! { "create": "collated", "collation": { "locale": "fr", "strength": 2 } })
         .await?;
-    main.run_command(doc! { "create": "clustered", "clusteredIndex": { "key": { "_id": 1 }, "unique": true } })
-        .await?;
+    main.run_command(
+        doc! { "create": "clustered", "clusteredIndex": { "key": { "_id": 1 }, "unique": true } },
+    )
+    .await?;
     main.run_command(doc! {
         "createIndexes": "people",
         "indexes": [
@@ -74,7 +80,10 @@ pub async fn seed(client: &Client, seed: u64, documents: u32) -> Result<()> {
         "pipeline": [{ "$match": { "age": { "$gte": 18 } } }, { "$project": { "email": 0 } }],
     })
     .await?;
-    client.database("wl_ddl").create_collection("empty_one").await?;
+    client
+        .database("wl_ddl")
+        .create_collection("empty_one")
+        .await?;
     for (db, coll) in PLAIN {
         let collection = client.database(db).collection::<Document>(coll);
         let mut batch = Vec::new();
@@ -115,7 +124,10 @@ pub fn random_document(rng: &mut impl Rng, id: Bson) -> Document {
         "kind": "k",
     };
     if rng.random_bool(0.5) {
-        document.insert("email", format!("user{}@example.com", rng.random_range(0..1_000_000_000u64)));
+        document.insert(
+            "email",
+            format!("user{}@example.com", rng.random_range(0..1_000_000_000u64)),
+        );
     }
     document
 }
@@ -166,7 +178,10 @@ impl Workload {
         if self.rng.random_bool(0.7) {
             Bson::Int64(self.rng.random_range(0..200))
         } else {
-            Bson::Int64(self.rng.random_range(1_000_000..self.next_id.max(1_000_001)))
+            Bson::Int64(
+                self.rng
+                    .random_range(1_000_000..self.next_id.max(1_000_001)),
+            )
         }
     }
 
@@ -206,18 +221,27 @@ impl Workload {
             1 => doc! { "$push": { "tags": format!("p{n}") } },
             2 => doc! { "$pull": { "tags": "t1" } },
             3 => doc! { "$unset": { "score": "", "nested.a.d": "" } },
-            4 => doc! { "$set": { "score": if n % 2 == 0 { Bson::String("now a string".into()) } else { Bson::Document(doc! { "was": "a number" }) } } },
+            4 => {
+                doc! { "$set": { "score": if n % 2 == 0 { Bson::String("now a string".into()) } else { Bson::Document(doc! { "was": "a number" }) } } }
+            }
             5 => doc! { "$set": { "nested.a.b.1.c": n, "tags.0": "first" } },
             6 => doc! { "$pop": { "tags": 1 } },
             7 => doc! { "$set": { "email": format!("user{}@example.com", n % 40) } },
-            8 => doc! { "$set": { "new_field": n, "attrs.extra": [n, n + 1] }, "$currentDate": { "seen": true } },
+            8 => {
+                doc! { "$set": { "new_field": n, "attrs.extra": [n, n + 1] }, "$currentDate": { "seen": true } }
+            }
             _ => doc! { "$rename": { "name": "renamed_name" } },
         };
-        self.collection().update_one(doc! { "_id": id }, update).await?;
+        self.collection()
+            .update_one(doc! { "_id": id }, update)
+            .await?;
         if self.rng.random_bool(0.1) {
             // A positional update of the first matching array element.
             self.collection()
-                .update_many(doc! { "tags": "t0" }, doc! { "$set": { "tags.$": "t0-changed" } })
+                .update_many(
+                    doc! { "tags": "t0" },
+                    doc! { "$set": { "tags.$": "t0-changed" } },
+                )
                 .await?;
         }
         Ok(())
@@ -227,7 +251,9 @@ impl Workload {
         let id = self.existing_id();
         let mut document = random_document(&mut self.rng, id.clone());
         document.insert("replaced", true);
-        self.collection().replace_one(doc! { "_id": id }, document).await?;
+        self.collection()
+            .replace_one(doc! { "_id": id }, document)
+            .await?;
         Ok(())
     }
 
@@ -241,8 +267,14 @@ impl Workload {
         self.stats.transactions += 1;
         let mut session = self.client.start_session().await?;
         session.start_transaction().await?;
-        let people = self.client.database("wl_main").collection::<Document>("people");
-        let orders = self.client.database("wl_main").collection::<Document>("orders");
+        let people = self
+            .client
+            .database("wl_main")
+            .collection::<Document>("people");
+        let orders = self
+            .client
+            .database("wl_main")
+            .collection::<Document>("orders");
         let from = self.existing_id();
         let id = Bson::Int64(self.next_id);
         self.next_id += 1;
@@ -282,8 +314,11 @@ impl Workload {
                     .await?;
             }
             1 => {
-                let document = doc! { "_id": id, "kind": "valid", "n": self.rng.random_range(0..100_i32) };
-                main.collection::<Document>("validated").insert_one(document).await?;
+                let document =
+                    doc! { "_id": id, "kind": "valid", "n": self.rng.random_range(0..100_i32) };
+                main.collection::<Document>("validated")
+                    .insert_one(document)
+                    .await?;
                 let target = Bson::Int64(self.rng.random_range(1_000_000..self.next_id));
                 main.collection::<Document>("validated")
                     .update_one(doc! { "_id": target }, doc! { "$inc": { "n": 1 } })
@@ -323,7 +358,8 @@ impl Workload {
                     .await?;
             }
             3 => {
-                db.run_command(doc! { "dropIndexes": name, "index": "u_unique" }).await?;
+                db.run_command(doc! { "dropIndexes": name, "index": "u_unique" })
+                    .await?;
             }
             4 => {
                 if name != other {
@@ -365,9 +401,18 @@ impl Workload {
 fn tolerated(error: &anyhow::Error) -> bool {
     let text = error.to_string();
     [
-        "E11000", "duplicate key", "NamespaceNotFound", "ns not found", "does not exist",
-        "already exists", "IndexNotFound", "index not found", "can't find index",
-        "NamespaceExists", "Document failed validation", "WriteConflict",
+        "E11000",
+        "duplicate key",
+        "NamespaceNotFound",
+        "ns not found",
+        "does not exist",
+        "already exists",
+        "IndexNotFound",
+        "index not found",
+        "can't find index",
+        "NamespaceExists",
+        "Document failed validation",
+        "WriteConflict",
     ]
     .iter()
     .any(|needle| text.contains(needle))

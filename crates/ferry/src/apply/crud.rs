@@ -69,7 +69,9 @@ fn update_writes(key: &RawDocument, description: &RawDocument) -> Result<Writes>
     if let Ok(truncated) = description.get_array("truncatedArrays") {
         let mut push = RawDocumentBuf::new();
         for entry in truncated {
-            let entry = entry?.as_document().context("malformed truncatedArrays entry")?;
+            let entry = entry?
+                .as_document()
+                .context("malformed truncatedArrays entry")?;
             let field = entry.get_str("field")?;
             let new_size = match entry.get("newSize")? {
                 Some(mongodb::bson::RawBsonRef::Int32(n)) => i64::from(n),
@@ -169,7 +171,10 @@ impl Batch {
         while start < self.statements.len() {
             let command = self.command_for(&self.statements[start..]);
             let reply = database.run_raw_command(command).await.with_context(|| {
-                format!("applying changes to {}.{} on the destination", self.db, self.coll)
+                format!(
+                    "applying changes to {}.{} on the destination",
+                    self.db, self.coll
+                )
             })?;
             if let Ok(concern) = reply.get_document("writeConcernError") {
                 bail!(
@@ -241,7 +246,12 @@ pub async fn refetch(source: &Client, destination: &Client, event: &ChangeEvent)
         )
         .find_one(key.clone())
         .await
-        .with_context(|| format!("reading the current document of {} from the source", event.ns()))?;
+        .with_context(|| {
+            format!(
+                "reading the current document of {} from the source",
+                event.ns()
+            )
+        })?;
     let target = destination
         .database(&event.db)
         .collection::<RawDocumentBuf>(coll);
@@ -252,13 +262,14 @@ pub async fn refetch(source: &Client, destination: &Client, event: &ChangeEvent)
                 .upsert(true)
                 .bypass_document_validation(true)
                 .await
-                .with_context(|| format!("replacing a document of {} on the destination", event.ns()))?;
+                .with_context(|| {
+                    format!("replacing a document of {} on the destination", event.ns())
+                })?;
         }
         None => {
-            target
-                .delete_one(key)
-                .await
-                .with_context(|| format!("deleting a document of {} on the destination", event.ns()))?;
+            target.delete_one(key).await.with_context(|| {
+                format!("deleting a document of {} on the destination", event.ns())
+            })?;
         }
     }
     Ok(())
@@ -284,12 +295,17 @@ mod tests {
 
     #[test]
     fn insert_and_replace_become_upserts_of_the_full_document() {
-        let e = event("insert", rawdoc! { "fullDocument": { "_id": 7, "b": 1, "a": 2 } });
+        let e = event(
+            "insert",
+            rawdoc! { "fullDocument": { "_id": 7, "b": 1, "a": 2 } },
+        );
         assert_eq!(
             writes_for(&e).unwrap(),
             Writes::Statements(
                 Command::Update,
-                vec![rawdoc! { "q": { "_id": 7 }, "u": { "_id": 7, "b": 1, "a": 2 }, "upsert": true }]
+                vec![
+                    rawdoc! { "q": { "_id": 7 }, "u": { "_id": 7, "b": 1, "a": 2 }, "upsert": true }
+                ]
             )
         );
     }
@@ -338,7 +354,10 @@ mod tests {
         let e = event("delete", rawdoc! {});
         assert_eq!(
             writes_for(&e).unwrap(),
-            Writes::Statements(Command::Delete, vec![rawdoc! { "q": { "_id": 7 }, "limit": 1 }])
+            Writes::Statements(
+                Command::Delete,
+                vec![rawdoc! { "q": { "_id": 7 }, "limit": 1 }]
+            )
         );
     }
 }

@@ -40,7 +40,11 @@ impl Applier {
         match &event.op {
             Op::Drop => {
                 ignore(
-                    database.collection::<Document>(coll).drop().await.map_err(Into::into),
+                    database
+                        .collection::<Document>(coll)
+                        .drop()
+                        .await
+                        .map_err(Into::into),
                     &[NAMESPACE_NOT_FOUND],
                 )
                 .with_context(|| format!("dropping {ns} on the destination"))?;
@@ -56,7 +60,11 @@ impl Applier {
                         .run_command(doc! { "createIndexes": coll, "indexes": indexes })
                         .await
                         .map_err(Into::into),
-                    &[INDEX_ALREADY_EXISTS, INDEX_OPTIONS_CONFLICT, INDEX_KEY_SPECS_CONFLICT],
+                    &[
+                        INDEX_ALREADY_EXISTS,
+                        INDEX_OPTIONS_CONFLICT,
+                        INDEX_KEY_SPECS_CONFLICT,
+                    ],
                 )
                 .with_context(|| format!("creating an index on {ns} on the destination"))?;
             }
@@ -86,9 +94,9 @@ impl Applier {
                     .with_context(|| format!("modifying {ns} on the destination"))?;
                 }
             }
-            Op::Invalidate => bail!(
-                "the source's change stream was invalidated at {ns}; restart the migration"
-            ),
+            Op::Invalidate => {
+                bail!("the source's change stream was invalidated at {ns}; restart the migration")
+            }
             Op::Other(name) => {
                 tracing::warn!(event = %name, namespace = %ns, "ignoring a change event Ferry does not replay");
             }
@@ -189,8 +197,15 @@ impl Applier {
         };
         copy::create_namespace(&self.destination, &spec).await?;
         if spec.kind == Kind::Collection {
-            copy::copy_documents(&self.source, &self.destination, &spec, coll, &self.progress, None)
-                .await?;
+            copy::copy_documents(
+                &self.source,
+                &self.destination,
+                &spec,
+                coll,
+                &self.progress,
+                None,
+            )
+            .await?;
             copy::build_indexes(&self.destination, &spec).await?;
             if let Some(Bson::Binary(uuid)) = &spec.uuid {
                 self.incarnations.hold(&ns, uuid.bytes.clone());

@@ -62,8 +62,14 @@ mod tests {
         let mut held = Incarnations::default();
         held.hold("db.a", vec![2]);
         assert!(held.applies("db.a", Some(&vec![2])));
-        assert!(!held.applies("db.a", Some(&vec![1])), "an older incarnation");
-        assert!(!held.applies("db.b", Some(&vec![2])), "a namespace the copy never saw");
+        assert!(
+            !held.applies("db.a", Some(&vec![1])),
+            "an older incarnation"
+        );
+        assert!(
+            !held.applies("db.b", Some(&vec![2])),
+            "a namespace the copy never saw"
+        );
         assert!(held.applies("db.view", None), "views have no UUID");
         assert!(!held.needs_create("db.a"));
         held.release("db.a");

@@ -59,7 +59,9 @@ impl Applier {
                 self.apply_catalog_change(&event).await?;
                 continue;
             }
-            let Some(coll) = event.coll.clone() else { continue };
+            let Some(coll) = event.coll.clone() else {
+                continue;
+            };
             if !self.filter.wants(&event.db, &coll)
                 || !self
                     .incarnations
@@ -71,7 +73,8 @@ impl Applier {
                 Writes::Nothing => {}
                 Writes::Refetch => {
                     if let Some(pending) = batch.take() {
-                        counts.refetched += pending.execute(&self.source, &self.destination).await?;
+                        counts.refetched +=
+                            pending.execute(&self.source, &self.destination).await?;
                     }
                     crud::refetch(&self.source, &self.destination, &event).await?;
                     counts.refetched += 1;
@@ -81,8 +84,11 @@ impl Applier {
                         .as_ref()
                         .is_some_and(|b| b.accepts(&event.db, &coll, command))
                     {
-                        if let Some(full) = batch.replace(crud::Batch::new(&event.db, &coll, command)) {
-                            counts.refetched += full.execute(&self.source, &self.destination).await?;
+                        if let Some(full) =
+                            batch.replace(crud::Batch::new(&event.db, &coll, command))
+                        {
+                            counts.refetched +=
+                                full.execute(&self.source, &self.destination).await?;
                         }
                     }
                     batch

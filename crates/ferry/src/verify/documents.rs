@@ -46,17 +46,34 @@ pub async fn verify_documents(
     };
     loop {
         let lower = after.as_ref().map(id_order::after).unwrap_or_default();
-        let source_side = hash_range(source, db, coll, lower.clone(), Some(PARTITION), comparison).await?;
+        let source_side =
+            hash_range(source, db, coll, lower.clone(), Some(PARTITION), comparison).await?;
         let range = match &source_side.last_id {
             Some(last) => doc! { "$and": [lower.clone(), id_order::up_to(last)] },
             // Past the source's last document: anything left on the destination is extra.
             None => lower.clone(),
         };
-        let destination_side = hash_range(destination, db, coll, range.clone(), None, comparison).await?;
+        let destination_side =
+            hash_range(destination, db, coll, range.clone(), None, comparison).await?;
         report.documents_checked += source_side.count;
-        if source_side.hash != destination_side.hash || source_side.count != destination_side.count {
-            let range_on_source = if source_side.last_id.is_some() { range.clone() } else { lower };
-            descend(source, destination, db, coll, range_on_source, range, comparison, report).await?;
+        if source_side.hash != destination_side.hash || source_side.count != destination_side.count
+        {
+            let range_on_source = if source_side.last_id.is_some() {
+                range.clone()
+            } else {
+                lower
+            };
+            descend(
+                source,
+                destination,
+                db,
+                coll,
+                range_on_source,
+                range,
+                comparison,
+                report,
+            )
+            .await?;
         }
         let Some(last) = source_side.last_id else {
             return Ok(());
@@ -142,15 +159,19 @@ fn comparable_bytes(document: &RawDocumentBuf, comparison: Comparison) -> Result
         return Ok(document.as_bytes().to_vec());
     }
     let sorted = sort_fields(Bson::Document(Document::try_from(document.as_ref())?));
-    let Bson::Document(sorted) = sorted else { unreachable!("a document stays a document") };
+    let Bson::Document(sorted) = sorted else {
+        unreachable!("a document stays a document")
+    };
     Ok(mongodb::bson::to_vec(&sorted)?)
 }
 
 fn sort_fields(value: Bson) -> Bson {
     match value {
         Bson::Document(document) => {
-            let mut fields: Vec<(String, Bson)> =
-                document.into_iter().map(|(k, v)| (k, sort_fields(v))).collect();
+            let mut fields: Vec<(String, Bson)> = document
+                .into_iter()
+                .map(|(k, v)| (k, sort_fields(v)))
+                .collect();
             fields.sort_by(|a, b| a.0.cmp(&b.0));
             Bson::Document(fields.into_iter().collect())
         }
@@ -225,9 +246,18 @@ pub fn field_diff(source: &RawDocumentBuf, destination: &RawDocumentBuf) -> Resu
     let mut lines = Vec::new();
     for (key, value) in &a {
         match b.get(key) {
-            None => lines.push(format!("{key}: missing on the destination (source {})", short(value))),
+            None => lines.push(format!(
+                "{key}: missing on the destination (source {})",
+                short(value)
+            )),
             Some(other) if other != value => {
-                lines.push(format!("{key}: source {}, destination {}", short(value), short(other)))
+                let (mut a, mut b) = (short(value), short(other));
+                if a == b {
+                    // Same text, different types (an int32 against an int64, say).
+                    a = format!("{a} ({:?})", value.element_type());
+                    b = format!("{b} ({:?})", other.element_type());
+                }
+                lines.push(format!("{key}: source {a}, destination {b}"))
             }
             _ => {}
         }
@@ -239,7 +269,11 @@ pub fn field_diff(source: &RawDocumentBuf, destination: &RawDocumentBuf) -> Resu
     }
     if lines.is_empty() {
         let order = |d: &Document| d.keys().cloned().collect::<Vec<_>>().join(", ");
-        lines.push(format!("field order differs: source [{}], destination [{}]", order(&a), order(&b)));
+        lines.push(format!(
+            "field order differs: source [{}], destination [{}]",
+            order(&a),
+            order(&b)
+        ));
     }
     Ok(lines)
 }
@@ -278,11 +312,26 @@ mod tests {
     }
 
     #[test]
+    fn field_diff_shows_types_when_values_print_alike() {
+        let a = rawdoc! { "_id": 1, "n": 5_i64 };
+        let b = rawdoc! { "_id": 1, "n": 5_i32 };
+        assert_eq!(
+            field_diff(&a, &b).unwrap(),
+            ["n: source 5 (Int64), destination 5 (Int32)"]
+        );
+    }
+
+    #[test]
     fn order_insensitive_comparison_sorts_nested_fields() {
         let a = rawdoc! { "_id": 1, "n": { "b": 1, "a": [ { "d": 1, "c": 2 } ] } };
         let b = rawdoc! { "n": { "a": [ { "c": 2, "d": 1 } ], "b": 1 }, "_id": 1 };
-        let loose = Comparison { ignore_field_order: true };
-        assert_eq!(comparable_bytes(&a, loose).unwrap(), comparable_bytes(&b, loose).unwrap());
+        let loose = Comparison {
+            ignore_field_order: true,
+        };
+        assert_eq!(
+            comparable_bytes(&a, loose).unwrap(),
+            comparable_bytes(&b, loose).unwrap()
+        );
         assert_ne!(
             comparable_bytes(&a, Comparison::default()).unwrap(),
             comparable_bytes(&b, Comparison::default()).unwrap()

@@ -43,12 +43,14 @@ pub async fn verify(
     let show = |report: &Report, current: &NamespaceReport, state: &str| {
         if let Some(progress) = progress {
             let done: u64 = report.namespaces.iter().map(|n| n.documents_checked).sum();
-            let mismatches = |n: &NamespaceReport| n.missing + n.extra + n.different + n.metadata.len() as u64;
+            let mismatches =
+                |n: &NamespaceReport| n.missing + n.extra + n.different + n.metadata.len() as u64;
             progress.update(|s| {
                 s.verification = Some(VerificationProgress {
                     state: state.to_string(),
                     documents_checked: done + current.documents_checked,
-                    mismatches: report.namespaces.iter().map(mismatches).sum::<u64>() + mismatches(current),
+                    mismatches: report.namespaces.iter().map(mismatches).sum::<u64>()
+                        + mismatches(current),
                 })
             });
         }
@@ -60,9 +62,13 @@ pub async fn verify(
             metadata: metadata::differences(on_source.as_ref(), on_destination.as_ref()),
             ..Default::default()
         };
-        let is_collection = |s: &Option<CollectionSpec>| s.as_ref().is_some_and(|s| s.kind == Kind::Collection);
+        let is_collection =
+            |s: &Option<CollectionSpec>| s.as_ref().is_some_and(|s| s.kind == Kind::Collection);
         if is_collection(&on_source) || is_collection(&on_destination) {
-            let spec = on_source.as_ref().or(on_destination.as_ref()).expect("one side has it");
+            let spec = on_source
+                .as_ref()
+                .or(on_destination.as_ref())
+                .expect("one side has it");
             show(&report, &checked, "running");
             documents::verify_documents(
                 source,

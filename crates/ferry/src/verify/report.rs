@@ -73,7 +73,11 @@ impl Report {
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for ns in &self.namespaces {
-            let status = if ns.is_equal() { "equal    " } else { "DIFFERENT" };
+            let status = if ns.is_equal() {
+                "equal    "
+            } else {
+                "DIFFERENT"
+            };
             out.push_str(&format!(
                 "{status} {}  ({} documents checked, {} missing, {} extra, {} different)\n",
                 ns.namespace, ns.documents_checked, ns.missing, ns.extra, ns.different

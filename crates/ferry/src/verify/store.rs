@@ -28,7 +28,11 @@ impl VerifyStore {
 
     /// The last finished partition's `_id` of an interrupted verification of `ns`, with the
     /// counts so far restored into `report`.
-    pub async fn resume_point(&self, ns: &str, report: &mut NamespaceReport) -> Result<Option<Bson>> {
+    pub async fn resume_point(
+        &self,
+        ns: &str,
+        report: &mut NamespaceReport,
+    ) -> Result<Option<Bson>> {
         let Some(stored) = self
             .collection
             .find_one(doc! { "_id": ns })
@@ -46,7 +50,12 @@ impl VerifyStore {
     }
 
     /// Records a finished partition of `ns` ending at `last`.
-    pub async fn finished_partition(&self, ns: &str, last: &Bson, report: &NamespaceReport) -> Result<()> {
+    pub async fn finished_partition(
+        &self,
+        ns: &str,
+        last: &Bson,
+        report: &NamespaceReport,
+    ) -> Result<()> {
         self.collection
             .replace_one(
                 doc! { "_id": ns },
@@ -67,6 +76,9 @@ impl VerifyStore {
 
     /// Forgets every place: the next verification starts from the beginning.
     pub async fn clear(&self) -> Result<()> {
-        self.collection.drop().await.context("clearing the verification's place")
+        self.collection
+            .drop()
+            .await
+            .context("clearing the verification's place")
     }
 }

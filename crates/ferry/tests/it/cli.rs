@@ -13,21 +13,50 @@ fn run_ferry(args: &[&str]) -> (i32, String) {
         .args(args)
         .output()
         .expect("running ferry");
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text)
 }
 
 #[test]
 fn malformed_input_is_refused_with_exit_code_2_and_a_fix() {
-    let (code, text) = run_ferry(&["migrate", "--source", "postgres://x", "--destination", "mongodb://localhost"]);
+    let (code, text) = run_ferry(&[
+        "migrate",
+        "--source",
+        "postgres://x",
+        "--destination",
+        "mongodb://localhost",
+    ]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("--source") && text.contains("not a valid MongoDB connection string"), "{text}");
+    assert!(
+        text.contains("--source") && text.contains("not a valid MongoDB connection string"),
+        "{text}"
+    );
 
-    let (code, text) = run_ferry(&["migrate", "--source", "mongodb://a", "--destination", "mongodb://b", "--include", "db."]);
+    let (code, text) = run_ferry(&[
+        "migrate",
+        "--source",
+        "mongodb://a",
+        "--destination",
+        "mongodb://b",
+        "--include",
+        "db.",
+    ]);
     assert_eq!(code, 2, "{text}");
-    assert!(text.contains("--include") && text.contains("db.collection"), "{text}");
+    assert!(
+        text.contains("--include") && text.contains("db.collection"),
+        "{text}"
+    );
 
-    let (code, text) = run_ferry(&["migrate", "--source", "mongodb://a", "--destination", "mongodb://b", "--api-addr", "nowhere"]);
+    let (code, text) = run_ferry(&[
+        "migrate",
+        "--source",
+        "mongodb://a",
+        "--destination",
+        "mongodb://b",
+        "--api-addr",
+        "nowhere",
+    ]);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("HOST:PORT"), "{text}");
 
@@ -46,7 +75,10 @@ fn passwords_in_bad_uris_are_never_printed() {
         "mongodb://bob:other-secret@127.0.0.1:2/",
     ]);
     assert_eq!(code, 2, "{text}");
-    assert!(!text.contains("hunter2-secret") && !text.contains("other-secret"), "{text}");
+    assert!(
+        !text.contains("hunter2-secret") && !text.contains("other-secret"),
+        "{text}"
+    );
     assert!(text.contains("alice:****@"), "{text}");
 }
 
@@ -61,16 +93,34 @@ fn commit_without_a_running_migration_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_empty_destination_is_refused_unless_drop_is_given() {
     let pair = Pair::start().await;
-    pair.src.database("shop").collection::<Document>("orders").insert_one(doc! { "_id": 1 }).await.unwrap();
+    pair.src
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
     let stale = pair.dst.database("shop").collection::<Document>("orders");
     stale.insert_one(doc! { "_id": "stale" }).await.unwrap();
 
     let mut refused = pair.migrate(&[]);
     let code = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(60)));
     assert_eq!(code, 2, "{}", refused.output());
-    assert!(refused.output().contains("already holds 1 included namespace(s) (shop.orders)"), "{}", refused.output());
+    assert!(
+        refused
+            .output()
+            .contains("already holds 1 included namespace(s) (shop.orders)"),
+        "{}",
+        refused.output()
+    );
     assert!(refused.output().contains("--drop"), "{}", refused.output());
-    assert_eq!(stale.count_documents(doc! { "_id": "stale" }).await.unwrap(), 1, "nothing was written");
+    assert_eq!(
+        stale
+            .count_documents(doc! { "_id": "stale" })
+            .await
+            .unwrap(),
+        1,
+        "nothing was written"
+    );
 
     let mut ferry = pair.migrate(&["--drop"]);
     tokio::task::block_in_place(|| ferry.commit_and_finish());
@@ -81,24 +131,42 @@ async fn a_non_empty_destination_is_refused_unless_drop_is_given() {
 async fn commit_is_refused_until_can_commit_and_status_reports_progress() {
     let pair = Pair::start().await;
     let coll = pair.src.database("slow").collection::<Document>("c");
-    let docs: Vec<Document> = (0..20_000).map(|i| doc! { "_id": i, "pad": "x".repeat(200) }).collect();
+    let docs: Vec<Document> = (0..20_000)
+        .map(|i| doc! { "_id": i, "pad": "x".repeat(200) })
+        .collect();
     coll.insert_many(docs).await.unwrap();
     let mut ferry = pair.migrate(&[]);
-    let early = tokio::task::block_in_place(|| ferry.wait_for("the API", Duration::from_secs(30), |_| true));
+    let early = tokio::task::block_in_place(|| {
+        ferry.wait_for("the API", Duration::from_secs(30), |_| true)
+    });
     if early["canCommit"] == false {
         let (status, reply) = ferry.commit();
         assert_eq!(status, 400, "{reply}");
         assert_eq!(reply["success"], false);
         assert_eq!(reply["error"], "InvalidStateError");
-        assert!(reply["errorDescription"].as_str().unwrap().contains("canCommit"), "{reply}");
+        assert!(
+            reply["errorDescription"]
+                .as_str()
+                .unwrap()
+                .contains("canCommit"),
+            "{reply}"
+        );
     }
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     let (code, text) = run_ferry(&["status", "--api-addr", &ferry.api]);
     assert_eq!(code, 0, "{text}");
-    assert!(text.contains("RUNNING") && text.contains("canCommit true"), "{text}");
+    assert!(
+        text.contains("RUNNING") && text.contains("canCommit true"),
+        "{text}"
+    );
     let (code, text) = run_ferry(&["commit", "--api-addr", &ferry.api]);
     assert_eq!(code, 0, "{text}");
     assert!(text.contains("commit accepted"), "{text}");
-    assert_eq!(tokio::task::block_in_place(|| ferry.wait_exit(Duration::from_secs(60))), 0, "{}", ferry.output());
+    assert_eq!(
+        tokio::task::block_in_place(|| ferry.wait_exit(Duration::from_secs(60))),
+        0,
+        "{}",
+        ferry.output()
+    );
     pair.assert_equal("after CLI commit").await;
 }

@@ -13,7 +13,9 @@ async fn an_empty_source_commits_to_an_empty_destination() {
     pair.assert_equal("empty source").await;
     let databases = pair.dst.list_database_names().await.unwrap();
     assert!(
-        databases.iter().all(|d| ["admin", "local", "config", "__ferry"].contains(&d.as_str())),
+        databases
+            .iter()
+            .all(|d| ["admin", "local", "config", "__ferry"].contains(&d.as_str())),
         "{databases:?}"
     );
 }
@@ -32,7 +34,12 @@ async fn a_database_of_empty_collections_is_recreated() {
     let mut ferry = pair.migrate(&[]);
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("empty collections").await;
-    let mut names = pair.dst.database("hollow").list_collection_names().await.unwrap();
+    let mut names = pair
+        .dst
+        .database("hollow")
+        .list_collection_names()
+        .await
+        .unwrap();
     names.sort();
     assert_eq!(names, ["a", "b", "c"]);
 }
@@ -40,7 +47,13 @@ async fn a_database_of_empty_collections_is_recreated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn include_and_exclude_select_namespaces_during_copy_and_changes() {
     let pair = Pair::start().await;
-    for (db, coll) in [("keep", "x"), ("keep", "secret"), ("other", "y"), ("partly", "in"), ("partly", "out")] {
+    for (db, coll) in [
+        ("keep", "x"),
+        ("keep", "secret"),
+        ("other", "y"),
+        ("partly", "in"),
+        ("partly", "out"),
+    ] {
         pair.src
             .database(db)
             .collection::<Document>(coll)
@@ -48,9 +61,23 @@ async fn include_and_exclude_select_namespaces_during_copy_and_changes() {
             .await
             .unwrap();
     }
-    let mut ferry = pair.migrate(&["--include", "keep", "--include", "partly.in", "--exclude", "keep.secret"]);
+    let mut ferry = pair.migrate(&[
+        "--include",
+        "keep",
+        "--include",
+        "partly.in",
+        "--exclude",
+        "keep.secret",
+    ]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
-    for (db, coll) in [("keep", "x"), ("keep", "secret"), ("other", "y"), ("partly", "in"), ("partly", "out"), ("keep", "later")] {
+    for (db, coll) in [
+        ("keep", "x"),
+        ("keep", "secret"),
+        ("other", "y"),
+        ("partly", "in"),
+        ("partly", "out"),
+        ("keep", "later"),
+    ] {
         pair.src
             .database(db)
             .collection::<Document>(coll)
@@ -62,23 +89,45 @@ async fn include_and_exclude_select_namespaces_during_copy_and_changes() {
 
     let count = |db: &'static str, coll: &'static str| {
         let dst = pair.dst.clone();
-        async move { dst.database(db).collection::<Document>(coll).count_documents(doc! {}).await.unwrap() }
+        async move {
+            dst.database(db)
+                .collection::<Document>(coll)
+                .count_documents(doc! {})
+                .await
+                .unwrap()
+        }
     };
     assert_eq!(count("keep", "x").await, 2);
-    assert_eq!(count("keep", "later").await, 1, "a collection created while streaming");
+    assert_eq!(
+        count("keep", "later").await,
+        1,
+        "a collection created while streaming"
+    );
     assert_eq!(count("partly", "in").await, 2);
     let mut databases = pair.dst.list_database_names().await.unwrap();
     databases.sort();
     assert!(!databases.contains(&"other".to_string()), "{databases:?}");
-    let keep = pair.dst.database("keep").list_collection_names().await.unwrap();
+    let keep = pair
+        .dst
+        .database("keep")
+        .list_collection_names()
+        .await
+        .unwrap();
     assert!(!keep.contains(&"secret".to_string()), "{keep:?}");
-    let partly = pair.dst.database("partly").list_collection_names().await.unwrap();
+    let partly = pair
+        .dst
+        .database("partly")
+        .list_collection_names()
+        .await
+        .unwrap();
     assert_eq!(partly, ["in"]);
 }
 
 /// A document of about `mib` MiB whose content depends on `variant`.
 fn large_document(id: i32, variant: usize, mib: usize) -> Document {
-    let text: String = (0..mib * 1024 * 1024).map(|i| (b'a' + ((i + variant) % 26) as u8) as char).collect();
+    let text: String = (0..mib * 1024 * 1024)
+        .map(|i| (b'a' + ((i + variant) % 26) as u8) as char)
+        .collect();
     doc! { "_id": id, "payload": text, "tail": id }
 }
 
@@ -87,15 +136,23 @@ async fn three_mib_documents_are_copied_and_replayed() {
     let pair = Pair::start().await;
     let coll = pair.src.database("big").collection::<Document>("docs");
     for id in 0..8 {
-        coll.insert_one(large_document(id, id as usize, 3)).await.unwrap();
+        coll.insert_one(large_document(id, id as usize, 3))
+            .await
+            .unwrap();
     }
     let mut ferry = pair.migrate(&[]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     for id in 8..12 {
-        coll.insert_one(large_document(id, id as usize, 3)).await.unwrap();
+        coll.insert_one(large_document(id, id as usize, 3))
+            .await
+            .unwrap();
     }
-    coll.replace_one(doc! { "_id": 0 }, large_document(0, 7, 3)).await.unwrap();
-    coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "tail": "changed" } }).await.unwrap();
+    coll.replace_one(doc! { "_id": 0 }, large_document(0, 7, 3))
+        .await
+        .unwrap();
+    coll.update_one(doc! { "_id": 1 }, doc! { "$set": { "tail": "changed" } })
+        .await
+        .unwrap();
     coll.delete_one(doc! { "_id": 2 }).await.unwrap();
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("3 MiB documents").await;
@@ -104,17 +161,37 @@ async fn three_mib_documents_are_copied_and_replayed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unicode_database_and_collection_names_migrate() {
     let pair = Pair::start().await;
-    let names = [("données", "élèves"), ("数据库", "集合"), ("emoji_🚢", "ferry ⛴ coll")];
+    let names = [
+        ("données", "élèves"),
+        ("数据库", "集合"),
+        ("emoji_🚢", "ferry ⛴ coll"),
+    ];
     for (db, coll) in names {
-        pair.src.database(db).collection::<Document>(coll).insert_one(doc! { "_id": 1, "v": db }).await.unwrap();
+        pair.src
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_one(doc! { "_id": 1, "v": db })
+            .await
+            .unwrap();
     }
     let mut ferry = pair.migrate(&[]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     for (db, coll) in names {
-        pair.src.database(db).collection::<Document>(coll).insert_one(doc! { "_id": 2, "v": coll }).await.unwrap();
+        pair.src
+            .database(db)
+            .collection::<Document>(coll)
+            .insert_one(doc! { "_id": 2, "v": coll })
+            .await
+            .unwrap();
     }
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("unicode names").await;
-    let found = pair.dst.database("数据库").collection::<Document>("集合").count_documents(doc! {}).await.unwrap();
+    let found = pair
+        .dst
+        .database("数据库")
+        .collection::<Document>("集合")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
     assert_eq!(found, 2);
 }

@@ -18,7 +18,10 @@ async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
     for id in 0..count {
         batch.push(doc! { "_id": id, "pad": "x".repeat(1000), "n": id });
         if batch.len() == 2000 {
-            collection.insert_many(std::mem::take(&mut batch)).await.unwrap();
+            collection
+                .insert_many(std::mem::take(&mut batch))
+                .await
+                .unwrap();
         }
     }
     if !batch.is_empty() {
@@ -31,7 +34,14 @@ fn copied_in_log(output: &str, ns: &str) -> Option<u64> {
     output
         .lines()
         .filter(|l| l.contains("collection copied") && l.contains(&format!("namespace={ns} ")))
-        .find_map(|l| l.split("documents=").nth(1)?.split_whitespace().next()?.parse().ok())
+        .find_map(|l| {
+            l.split("documents=")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
 }
 
 /// A writer that keeps running the seeded workload until stopped.
@@ -43,7 +53,9 @@ struct App {
 impl App {
     fn start(client: &Client, seed: u64) -> App {
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(Workload::new(client.clone(), seed).run(stop.clone(), Duration::from_millis(1)));
+        let task = tokio::spawn(
+            Workload::new(client.clone(), seed).run(stop.clone(), Duration::from_millis(1)),
+        );
         App { stop, task }
     }
 
@@ -66,13 +78,17 @@ async fn kill_during_copy_resumes_without_copying_again() {
         first.wait_for("the big copy half done", Duration::from_secs(120), |p| {
             p["collections"].as_array().is_some_and(|cs| {
                 cs.iter().any(|c| {
-                    c["namespace"] == "big.items" && c["copiedDocuments"].as_u64().unwrap_or(0) > 10_000
+                    c["namespace"] == "big.items"
+                        && c["copiedDocuments"].as_u64().unwrap_or(0) > 10_000
                 })
             })
         })
     });
     first.kill9();
-    assert!(copied_in_log(&first.output(), "big.items").is_none(), "the copy had finished already");
+    assert!(
+        copied_in_log(&first.output(), "big.items").is_none(),
+        "the copy had finished already"
+    );
     let small_done: Vec<String> = ["wl_main.capped", "wl_main.validated"]
         .iter()
         .filter(|ns| copied_in_log(&first.output(), ns).is_some())
@@ -82,11 +98,21 @@ async fn kill_during_copy_resumes_without_copying_again() {
     let mut second = pair.migrate(&[]);
     tokio::task::block_in_place(|| second.wait_can_commit());
     let output = second.output();
-    assert!(output.contains("resuming the migration stored on the destination"), "{output}");
-    let recopied = copied_in_log(&output, "big.items").expect("the big copy finished in the second run");
-    assert!(recopied < 50_000, "the second run copied {recopied} documents of 60,000 again:\n{output}");
+    assert!(
+        output.contains("resuming the migration stored on the destination"),
+        "{output}"
+    );
+    let recopied =
+        copied_in_log(&output, "big.items").expect("the big copy finished in the second run");
+    assert!(
+        recopied < 50_000,
+        "the second run copied {recopied} documents of 60,000 again:\n{output}"
+    );
     for ns in small_done {
-        assert!(copied_in_log(&output, &ns).is_none(), "{ns} was copied again:\n{output}");
+        assert!(
+            copied_in_log(&output, &ns).is_none(),
+            "{ns} was copied again:\n{output}"
+        );
     }
     app.stop().await;
     tokio::task::block_in_place(|| second.commit_and_finish());
@@ -102,7 +128,8 @@ async fn kill_during_change_application_under_load_resumes_from_the_checkpoint()
     let mut first = pair.migrate(&[]);
     tokio::task::block_in_place(|| {
         first.wait_for("changes applied", Duration::from_secs(120), |p| {
-            p["info"] == "change event application" && p["eventsApplied"]["update"].as_u64() > Some(50)
+            p["info"] == "change event application"
+                && p["eventsApplied"]["update"].as_u64() > Some(50)
         })
     });
     first.kill9();
@@ -110,7 +137,10 @@ async fn kill_during_change_application_under_load_resumes_from_the_checkpoint()
     let mut second = pair.migrate(&[]);
     tokio::task::block_in_place(|| second.wait_can_commit());
     let output = second.output();
-    assert!(!output.contains("collection copied"), "nothing is copied again:\n{output}");
+    assert!(
+        !output.contains("collection copied"),
+        "nothing is copied again:\n{output}"
+    );
     app.stop().await;
     tokio::task::block_in_place(|| second.commit_and_finish());
     pair.assert_equal(&format!("seed {seed}")).await;
@@ -125,7 +155,12 @@ async fn kill_during_index_build_finishes_what_is_missing() {
         c.create_index(
             mongodb::IndexModel::builder()
                 .keys(doc! { *key: 1 })
-                .options(mongodb::options::IndexOptions::builder().name(format!("i{i}")).unique(i == 0).build())
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .name(format!("i{i}"))
+                        .unique(i == 0)
+                        .build(),
+                )
                 .build(),
         )
         .await
@@ -133,12 +168,18 @@ async fn kill_during_index_build_finishes_what_is_missing() {
     }
     let mut first = pair.migrate(&[]);
     tokio::task::block_in_place(|| {
-        first.wait_for("index building", Duration::from_secs(120), |p| p["info"] == "index building")
+        first.wait_for("index building", Duration::from_secs(120), |p| {
+            p["info"] == "index building"
+        })
     });
     first.kill9();
     let mut second = pair.migrate(&[]);
     tokio::task::block_in_place(|| second.commit_and_finish());
-    assert!(copied_in_log(&second.output(), "idx.c").is_none(), "{}", second.output());
+    assert!(
+        copied_in_log(&second.output(), "idx.c").is_none(),
+        "{}",
+        second.output()
+    );
     pair.assert_equal("kill during index build").await;
 }
 
@@ -152,7 +193,11 @@ async fn kill_between_commit_request_and_committed_finishes_the_commit() {
         .create_index(
             mongodb::IndexModel::builder()
                 .keys(doc! { "n": 1 })
-                .options(mongodb::options::IndexOptions::builder().unique(true).build())
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
                 .build(),
         )
         .await
@@ -162,7 +207,9 @@ async fn kill_between_commit_request_and_committed_finishes_the_commit() {
     let (status, _) = first.commit();
     assert_eq!(status, 200);
     tokio::task::block_in_place(|| {
-        first.wait_for("COMMITTING", Duration::from_secs(60), |p| p["state"] == "COMMITTING")
+        first.wait_for("COMMITTING", Duration::from_secs(60), |p| {
+            p["state"] == "COMMITTING"
+        })
     });
     first.kill9();
 
@@ -184,7 +231,11 @@ async fn sigterm_stops_cleanly_and_the_same_command_resumes() {
     tokio::task::block_in_place(|| first.wait_can_commit());
     let code = tokio::task::block_in_place(|| first.terminate());
     assert_eq!(code, 143, "{}", first.output());
-    assert!(first.output().contains("run the same command again"), "{}", first.output());
+    assert!(
+        first.output().contains("run the same command again"),
+        "{}",
+        first.output()
+    );
 
     // The destination stays a staging copy; more writes happen while Ferry is down.
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -205,7 +256,13 @@ async fn a_resume_with_other_arguments_is_refused() {
     let mut other = pair.migrate(&["--include", "a"]);
     let code = tokio::task::block_in_place(|| other.wait_exit(Duration::from_secs(60)));
     assert_eq!(code, 2, "{}", other.output());
-    assert!(other.output().contains("another --include (none then, a now)"), "{}", other.output());
+    assert!(
+        other
+            .output()
+            .contains("another --include (none then, a now)"),
+        "{}",
+        other.output()
+    );
     let mut fresh = pair.migrate(&["--include", "a", "--drop"]);
     tokio::task::block_in_place(|| fresh.commit_and_finish());
     pair.assert_equal("after starting over").await;
@@ -213,7 +270,10 @@ async fn a_resume_with_other_arguments_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn lost_history_fails_loudly_with_the_remedy() {
-    let pair = Pair::start_with(&testkit::ServerOptions { oplog_max_entries: Some(200) }).await;
+    let pair = Pair::start_with(&testkit::ServerOptions {
+        oplog_max_entries: Some(200),
+    })
+    .await;
     fill(&pair.src, "a", "x", 100).await;
     let mut first = pair.migrate(&[]);
     tokio::task::block_in_place(|| first.wait_can_commit());
@@ -221,7 +281,9 @@ async fn lost_history_fails_loudly_with_the_remedy() {
     // While Ferry is stopped, the source writes more than its oplog keeps.
     let x = pair.src.database("a").collection::<Document>("x");
     for i in 0..600 {
-        x.update_one(doc! { "_id": i % 100 }, doc! { "$inc": { "n": 1 } }).await.unwrap();
+        x.update_one(doc! { "_id": i % 100 }, doc! { "$inc": { "n": 1 } })
+            .await
+            .unwrap();
     }
     testkit::server::trim_oplog(&pair.src).await;
     let mut second = pair.migrate(&[]);

@@ -66,7 +66,15 @@ impl Ferry {
         let port = testkit::server::free_port().unwrap();
         let api = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["migrate", "--source", source, "--destination", destination, "--api-addr", &api])
+            .args([
+                "migrate",
+                "--source",
+                source,
+                "--destination",
+                destination,
+                "--api-addr",
+                &api,
+            ])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -118,7 +126,10 @@ impl Ferry {
             .into();
         let url = format!("http://{}{path}", self.api);
         let response = match method {
-            "POST" => agent.post(&url).header("Content-Type", "application/json").send("{}"),
+            "POST" => agent
+                .post(&url)
+                .header("Content-Type", "application/json")
+                .send("{}"),
             _ => agent.get(&url).call(),
         }
         .ok()?;
@@ -129,17 +140,24 @@ impl Ferry {
 
     /// The `progress` object of `GET /api/v1/progress`, once the API answers.
     pub fn progress(&self) -> Option<Value> {
-        self.call("GET", "/api/v1/progress").map(|(_, v)| v["progress"].clone())
+        self.call("GET", "/api/v1/progress")
+            .map(|(_, v)| v["progress"].clone())
     }
 
     /// `POST /api/v1/commit`: (HTTP status, reply).
     pub fn commit(&self) -> (u16, Value) {
-        self.call("POST", "/api/v1/commit").expect("the API answers")
+        self.call("POST", "/api/v1/commit")
+            .expect("the API answers")
     }
 
     /// Waits until the progress satisfies `condition`; panics with ferry's output on timeout or
     /// when ferry exits first.
-    pub fn wait_for(&mut self, what: &str, timeout: Duration, condition: impl Fn(&Value) -> bool) -> Value {
+    pub fn wait_for(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(progress) = self.progress() {
@@ -147,19 +165,31 @@ impl Ferry {
                     return progress;
                 }
                 if progress["state"] == "FAILED" {
-                    panic!("ferry FAILED while waiting for {what}: {progress}\n{}", self.output());
+                    panic!(
+                        "ferry FAILED while waiting for {what}: {progress}\n{}",
+                        self.output()
+                    );
                 }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("ferry exited ({status}) while waiting for {what}:\n{}", self.output());
+                panic!(
+                    "ferry exited ({status}) while waiting for {what}:\n{}",
+                    self.output()
+                );
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
 
     pub fn wait_can_commit(&mut self) -> Value {
-        self.wait_for("canCommit", Duration::from_secs(180), |p| p["canCommit"] == true)
+        self.wait_for("canCommit", Duration::from_secs(180), |p| {
+            p["canCommit"] == true
+        })
     }
 
     /// Waits for the process to exit and returns its exit code.
@@ -169,7 +199,11 @@ impl Ferry {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return status.code().unwrap_or(-1);
             }
-            assert!(Instant::now() < deadline, "ferry did not exit in time:\n{}", self.output());
+            assert!(
+                Instant::now() < deadline,
+                "ferry did not exit in time:\n{}",
+                self.output()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
     }
@@ -178,9 +212,18 @@ impl Ferry {
     pub fn commit_and_finish(&mut self) {
         self.wait_can_commit();
         let (status, reply) = self.commit();
-        assert_eq!((status, reply["success"].clone()), (200, Value::Bool(true)), "{reply}");
+        assert_eq!(
+            (status, reply["success"].clone()),
+            (200, Value::Bool(true)),
+            "{reply}"
+        );
         let code = self.wait_exit(Duration::from_secs(180));
-        assert_eq!(code, 0, "ferry should exit 0 after COMMITTED:\n{}", self.output());
+        assert_eq!(
+            code,
+            0,
+            "ferry should exit 0 after COMMITTED:\n{}",
+            self.output()
+        );
         assert!(self.output().contains("COMMITTED"), "{}", self.output());
     }
 }

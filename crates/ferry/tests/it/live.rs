@@ -25,16 +25,27 @@ async fn random_workload_during_copy_and_streaming_converges_exactly() {
     stop.store(true, Ordering::Relaxed);
     let stats = writer.await.unwrap().unwrap();
     eprintln!("workload: {stats:?}");
-    assert!(stats.operations > 100 && stats.ddl > 0 && stats.transactions > 0, "{stats:?}");
+    assert!(
+        stats.operations > 100 && stats.ddl > 0 && stats.transactions > 0,
+        "{stats:?}"
+    );
     // With the application stopped, the lag falls to zero.
     let idle = tokio::task::block_in_place(|| {
-        ferry.wait_for("lag 0", Duration::from_secs(60), |p| p["lagTimeSeconds"] == 0)
+        ferry.wait_for("lag 0", Duration::from_secs(60), |p| {
+            p["lagTimeSeconds"] == 0
+        })
     });
     let applied = &idle["eventsApplied"];
-    assert!(applied["update"].as_u64() > Some(0) && applied["ddl"].as_u64() > Some(0), "{idle}");
+    assert!(
+        applied["update"].as_u64() > Some(0) && applied["ddl"].as_u64() > Some(0),
+        "{idle}"
+    );
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal(&format!("seed {seed}")).await;
     let output = ferry.output();
-    assert!(output.contains("verification finished") && output.contains("equal=true"), "{output}");
+    assert!(
+        output.contains("verification finished") && output.contains("equal=true"),
+        "{output}"
+    );
     assert!(output.contains("collection copy"), "{output}");
 }

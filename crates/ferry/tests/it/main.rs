@@ -1,9 +1,9 @@
 //! Ferry's integration tests: real servers, the real `ferry` binary, one test binary with a
 //! module per theme.
 
+mod cli;
+mod edges;
+mod faults;
 mod harness;
 mod live;
-mod edges;
-mod cli;
-mod faults;
 mod verify;

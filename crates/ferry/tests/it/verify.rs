@@ -13,13 +13,23 @@ use crate::harness::Pair;
 /// Runs `ferry verify` between the pair's servers; (exit code, JSON report).
 fn verify(pair: &Pair, extra: &[&str]) -> (i32, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["verify", "--source", &pair.source.uri(), "--destination", &pair.destination.uri(), "--json"])
+        .args([
+            "verify",
+            "--source",
+            &pair.source.uri(),
+            "--destination",
+            &pair.destination.uri(),
+            "--json",
+        ])
         .args(extra)
         .output()
         .expect("running ferry verify");
     let text = String::from_utf8_lossy(&output.stdout);
     let report = serde_json::from_str(&text).unwrap_or_else(|_| {
-        panic!("not a JSON report: {text}\n{}", String::from_utf8_lossy(&output.stderr))
+        panic!(
+            "not a JSON report: {text}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
     });
     (output.status.code().unwrap_or(-1), report)
 }
@@ -27,7 +37,9 @@ fn verify(pair: &Pair, extra: &[&str]) -> (i32, Value) {
 /// The same data, options, indexes and view on a cluster.
 async fn build(client: &Client, documents: i64) {
     let db = client.database("v");
-    db.run_command(doc! { "create": "people", "validator": { "age": { "$type": "int" } } }).await.unwrap();
+    db.run_command(doc! { "create": "people", "validator": { "age": { "$type": "int" } } })
+        .await
+        .unwrap();
     db.run_command(doc! { "createIndexes": "people", "indexes": [
         { "key": { "email": 1 }, "name": "email_1", "unique": true },
         { "key": { "age": 1 }, "name": "age_1" },
@@ -73,16 +85,26 @@ async fn equal_clusters_verify_clean_and_each_corruption_is_found() {
     assert_eq!(report["documentsChecked"], 25_002);
 
     let people = pair.dst.database("v").collection::<Document>("people");
-    people.update_one(doc! { "_id": 17 }, doc! { "$set": { "age": 99 } }).await.unwrap();
-    people.delete_one(doc! { "_id": 12_345 }).await.unwrap();
-    people.insert_one(doc! { "_id": 99_999, "email": "extra@x", "age": 5 }).await.unwrap();
     people
-        .replace_one(doc! { "_id": 20_000 }, doc! { "age": 20_000 % 90, "_id": 20_000, "email": "p20000@x", "nested": { "a": 20_000_i64, "b": [1, 2] } })
+        .update_one(doc! { "_id": 17 }, doc! { "$set": { "age": 99 } })
+        .await
+        .unwrap();
+    people.delete_one(doc! { "_id": 12_345 }).await.unwrap();
+    people
+        .insert_one(doc! { "_id": 99_999, "email": "extra@x", "age": 5 })
+        .await
+        .unwrap();
+    people
+        .replace_one(doc! { "_id": 20_000 }, doc! { "age": 20_000 % 90, "_id": 20_000_i64, "email": "p20000@x", "nested": { "a": 20_000_i64, "b": [1, 2] } })
         .await
         .unwrap();
     let db = pair.dst.database("v");
-    db.run_command(doc! { "dropIndexes": "people", "index": "age_1" }).await.unwrap();
-    db.run_command(doc! { "collMod": "people", "validator": { "age": { "$type": "long" } } }).await.unwrap();
+    db.run_command(doc! { "dropIndexes": "people", "index": "age_1" })
+        .await
+        .unwrap();
+    db.run_command(doc! { "collMod": "people", "validator": { "age": { "$type": "long" } } })
+        .await
+        .unwrap();
     db.collection::<Document>("grown_ups").drop().await.unwrap();
     db.run_command(doc! { "createIndexes": "people", "indexes": [{ "key": { "age": 1 }, "name": "age_1", "sparse": true }] })
         .await
@@ -92,7 +114,15 @@ async fn equal_clusters_verify_clean_and_each_corruption_is_found() {
     assert_eq!(code, 1, "{report}");
     assert_eq!(report["equal"], false);
     let people = namespace(&report, "v.people");
-    assert_eq!((people["missing"].as_u64(), people["extra"].as_u64(), people["different"].as_u64()), (Some(1), Some(1), Some(2)), "{people}");
+    assert_eq!(
+        (
+            people["missing"].as_u64(),
+            people["extra"].as_u64(),
+            people["different"].as_u64()
+        ),
+        (Some(1), Some(1), Some(2)),
+        "{people}"
+    );
     let example = |id: i64| {
         people["examples"]
             .as_array()
@@ -105,12 +135,24 @@ async fn equal_clusters_verify_clean_and_each_corruption_is_found() {
     assert_eq!(example(12_345)["kind"], "missing");
     assert_eq!(example(99_999)["kind"], "extra");
     assert_eq!(example(17)["diff"][0], "age: source 17, destination 99");
-    assert!(example(20_000)["diff"][0].as_str().unwrap().starts_with("field order differs"), "{people}");
+    assert!(
+        example(20_000)["diff"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("field order differs"),
+        "{people}"
+    );
     let metadata = people["metadata"].to_string();
     assert!(metadata.contains("option validator differs"), "{metadata}");
     assert!(metadata.contains("index age_1 differs"), "{metadata}");
     let view = namespace(&report, "v.grown_ups");
-    assert!(view["metadata"][0].as_str().unwrap().contains("view is missing on the destination"), "{view}");
+    assert!(
+        view["metadata"][0]
+            .as_str()
+            .unwrap()
+            .contains("view is missing on the destination"),
+        "{view}"
+    );
 
     // Field order is ignored on request; the rest still differs.
     let (_, loose) = tokio::task::block_in_place(|| verify(&pair, &["--ignore-field-order"]));
@@ -122,11 +164,18 @@ async fn a_missing_index_is_named() {
     let pair = Pair::start().await;
     build(&pair.src, 10).await;
     build(&pair.dst, 10).await;
-    pair.dst.database("v").run_command(doc! { "dropIndexes": "people", "index": "email_1" }).await.unwrap();
+    pair.dst
+        .database("v")
+        .run_command(doc! { "dropIndexes": "people", "index": "email_1" })
+        .await
+        .unwrap();
     let (code, report) = tokio::task::block_in_place(|| verify(&pair, &[]));
     assert_eq!(code, 1);
     let metadata = namespace(&report, "v.people")["metadata"].to_string();
-    assert!(metadata.contains("index email_1 is missing on the destination"), "{metadata}");
+    assert!(
+        metadata.contains("index email_1 is missing on the destination"),
+        "{metadata}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,19 +191,34 @@ async fn memory_does_not_grow_with_the_collection_and_a_killed_verification_resu
     build(&small_pair.src, 30_000).await;
     build(&small_pair.dst, 30_000).await;
     let (_, small) = tokio::task::block_in_place(|| verify(&small_pair, &[]));
-    let (small_peak, large_peak) = (small["peakMemoryBytes"].as_u64().unwrap(), large["peakMemoryBytes"].as_u64().unwrap());
+    let (small_peak, large_peak) = (
+        small["peakMemoryBytes"].as_u64().unwrap(),
+        large["peakMemoryBytes"].as_u64().unwrap(),
+    );
     eprintln!("peak memory: {small_peak} bytes for 30,000 documents, {large_peak} for 300,000");
-    assert!(large_peak < small_peak + small_peak / 4, "memory grew with the data: {small_peak} → {large_peak}");
+    assert!(
+        large_peak < small_peak + small_peak / 4,
+        "memory grew with the data: {small_peak} → {large_peak}"
+    );
 
     // Kill a verification halfway, then run it again: it continues after its last partition.
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(["verify", "--source", &pair.source.uri(), "--destination", &pair.destination.uri()])
+        .args([
+            "verify",
+            "--source",
+            &pair.source.uri(),
+            "--destination",
+            &pair.destination.uri(),
+        ])
         .env("FERRY_LOG", "info")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let place = pair.dst.database("__ferry").collection::<Document>("verification");
+    let place = pair
+        .dst
+        .database("__ferry")
+        .collection::<Document>("verification");
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(stored) = place.find_one(doc! {}).await.unwrap() {
@@ -162,19 +226,32 @@ async fn memory_does_not_grow_with_the_collection_and_a_killed_verification_resu
                 break;
             }
         }
-        assert!(std::time::Instant::now() < deadline, "the verification never got halfway");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the verification never got halfway"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().unwrap();
     child.wait().unwrap();
     let output = tokio::task::block_in_place(|| {
         Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(["verify", "--source", &pair.source.uri(), "--destination", &pair.destination.uri()])
+            .args([
+                "verify",
+                "--source",
+                &pair.source.uri(),
+                "--destination",
+                &pair.destination.uri(),
+            ])
             .output()
             .unwrap()
     });
-    let text = String::from_utf8_lossy(&output.stdout).to_string() + &String::from_utf8_lossy(&output.stderr);
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{text}");
     assert!(text.contains("resuming the verification"), "{text}");
-    assert!(text.contains("EQUAL: 2 namespaces, 300002 documents checked"), "{text}");
+    assert!(
+        text.contains("EQUAL: 2 namespaces, 300002 documents checked"),
+        "{text}"
+    );
 }
