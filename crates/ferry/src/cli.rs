@@ -37,6 +37,35 @@ pub enum Command {
     Status(ApiArgs),
     /// Prove that the destination holds what the source holds (exit 0 equal, 1 not).
     Verify(VerifyArgs),
+    /// Check that a migration can succeed, without starting it (exit 0 ready, 2 blocked).
+    Check(CheckArgs),
+    /// Forget a migration: drop its state and the namespaces it wrote on the destination.
+    Reset(ResetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Check as `ferry migrate --drop` would (occupied namespaces will be dropped).
+    #[arg(long)]
+    pub drop: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// Connection string of the destination replica set.
+    #[arg(long, value_name = "URI")]
+    pub destination: String,
+    /// Database on the destination that holds Ferry's own state.
+    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    pub state_db: String,
+    /// Really drop (without it, only say what would be dropped).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 /// The two clusters and the namespaces a command works on.
@@ -106,6 +135,63 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Commit(args) => commit(args).await,
         Command::Status(args) => status(args).await,
         Command::Verify(args) => verify(args).await,
+        Command::Check(args) => check(args).await,
+        Command::Reset(args) => reset(args).await,
+    }
+}
+
+async fn check(args: CheckArgs) -> i32 {
+    let clusters = match crate::plan::Clusters::new(&args.clusters).await {
+        Ok(clusters) => clusters,
+        Err(e) => return input_error(e),
+    };
+    let clients = clusters
+        .source
+        .client()
+        .and_then(|s| Ok((s, clusters.destination.client()?)));
+    let (source, destination) = match clients {
+        Ok(clients) => clients,
+        Err(e) => {
+            eprintln!("error: {}", redact_uri(&format!("{e:#}")));
+            return 2;
+        }
+    };
+    let outcome = crate::preflight::run_checks(&clusters, args.drop, &source, &destination).await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome.report).expect("a report serializes")
+        );
+    } else {
+        print!("{}", outcome.report.to_text());
+    }
+    if outcome.report.blocking {
+        2
+    } else {
+        0
+    }
+}
+
+async fn reset(args: ResetArgs) -> i32 {
+    let run = async {
+        let destination = crate::plan::Endpoint::parse("destination", &args.destination).await?;
+        let client = destination
+            .client()
+            .map_err(|e| InputError(e.to_string()))?;
+        crate::reset::reset(&client, &args.state_db, args.yes)
+            .await
+            .map_err(|e| InputError(redact_uri(&format!("{e:#}"))))
+    };
+    match run.await {
+        Ok(summary) => {
+            println!("{summary}");
+            if args.yes {
+                0
+            } else {
+                2
+            }
+        }
+        Err(e) => input_error(e),
     }
 }
 

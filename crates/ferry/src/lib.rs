@@ -19,6 +19,7 @@ pub mod preflight;
 pub mod progress;
 pub mod redact;
 pub mod report;
+pub mod reset;
 pub mod server_error;
 pub mod source_clock;
 pub mod state;

@@ -38,6 +38,8 @@ const ROUND_TIME: Duration = Duration::from_millis(300);
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the source's oplog window is measured.
 const OPLOG_WINDOW_INTERVAL: Duration = Duration::from_secs(10);
+/// How often the source's featureCompatibilityVersion is compared with its value at start.
+const FCV_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// `canCommit` needs the lag at or below this many seconds.
 pub const COMMITTABLE_LAG_SECONDS: u64 = 5;
 /// Backoff between retries after a transient fault.
@@ -69,7 +71,7 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
             store: store.clone(),
             progress: progress.clone(),
             stop: stop.clone(),
-            allow_drop: first_attempt,
+            first_attempt,
         }
         .run()
         .await;
@@ -125,8 +127,8 @@ struct Migration<'a> {
     store: StateStore,
     progress: Progress,
     stop: CancellationToken,
-    /// `--drop` clears the destination only on the first attempt, never on a retry.
-    allow_drop: bool,
+    /// The full checks (and `--drop`) run on the first attempt only, never on a retry.
+    first_attempt: bool,
 }
 
 /// Where change application starts.
@@ -139,9 +141,13 @@ struct StreamStart {
 
 impl Migration<'_> {
     async fn run(&self) -> Result<Outcome> {
-        let (stored, planned) =
-            preflight::validate(self.plan, &self.source, &self.destination, self.allow_drop)
-                .await?;
+        let (stored, planned) = preflight::validate(
+            self.plan,
+            &self.source,
+            &self.destination,
+            self.first_attempt,
+        )
+        .await?;
         let stored = match stored {
             Some(stored) => {
                 tracing::info!(
@@ -423,7 +429,20 @@ impl Migration<'_> {
         let mut applied = start.applied;
         let mut commit_point = start.commit_point;
         let mut last_checkpoint = Instant::now();
+        let fcv = preflight::checks::fcv(&self.source).await;
+        let mut last_fcv_check = Instant::now();
         loop {
+            if last_fcv_check.elapsed() >= FCV_CHECK_INTERVAL {
+                last_fcv_check = Instant::now();
+                let now = preflight::checks::fcv(&self.source).await;
+                if now.is_some() && now != fcv {
+                    anyhow::bail!(
+                        "the source's featureCompatibilityVersion changed from {} to {} during the migration; an upgrade or downgrade changes what the destination must accept, so Ferry stops: finish the change on the source, match it on the destination, then start over with --drop",
+                        fcv.as_deref().unwrap_or("?"),
+                        now.as_deref().unwrap_or("?")
+                    );
+                }
+            }
             if self.stop.is_cancelled() {
                 self.checkpoint(&stream, applied, &applier).await?;
                 return Ok(Outcome::Stopped);

@@ -6,7 +6,6 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use mongodb::bson::{doc, Document};
 use mongodb::options::{ClientOptions, WriteConcern};
 use mongodb::Client;
 
@@ -61,6 +60,21 @@ impl Endpoint {
         options
             .write_concern
             .get_or_insert(WriteConcern::majority());
+        if let Some(mongodb::options::Tls::Enabled(tls)) = &options.tls {
+            for (file, option) in [
+                (&tls.ca_file_path, "tlsCAFile"),
+                (&tls.cert_key_file_path, "tlsCertificateKeyFile"),
+            ] {
+                if let Some(path) = file {
+                    std::fs::File::open(path).map_err(|e| {
+                        InputError(format!(
+                            "--{role}: cannot read {option} {}: {e}; give a readable PEM file",
+                            path.display()
+                        ))
+                    })?;
+                }
+            }
+        }
         Ok(Self {
             role,
             redacted,
@@ -112,12 +126,18 @@ impl Clusters {
                 "--state-db {state_db:?} is not a valid database name; use letters, digits and underscores, e.g. __ferry"
             )));
         }
+        let filter = NamespaceFilter {
+            include: parse_all(&args.include, "include")?,
+            exclude: parse_all(&args.exclude, "exclude")?,
+            state_db: state_db.clone(),
+        };
+        if let Some(both) = filter.include.iter().find(|p| filter.exclude.contains(p)) {
+            return Err(InputError(format!(
+                "--include {both} and --exclude {both} contradict each other: give one of them"
+            )));
+        }
         Ok(Self {
-            filter: NamespaceFilter {
-                include: parse_all(&args.include, "include")?,
-                exclude: parse_all(&args.exclude, "exclude")?,
-                state_db: state_db.clone(),
-            },
+            filter,
             source: Endpoint::parse("source", &args.source).await?,
             destination: Endpoint::parse("destination", &args.destination).await?,
         })
@@ -169,14 +189,12 @@ impl Plan {
         })
     }
 
-    /// The plan as stored with the migration's state (no secrets).
-    pub fn describe(&self) -> Document {
-        let patterns = |ps: &[NsPattern]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
-        doc! {
-            "source": &self.source.redacted,
-            "destination": &self.destination.redacted,
-            "include": patterns(&self.filter.include),
-            "exclude": patterns(&self.filter.exclude),
+    /// The two ends and the filter of this plan.
+    pub fn clusters(&self) -> Clusters {
+        Clusters {
+            source: self.source.clone(),
+            destination: self.destination.clone(),
+            filter: self.filter.clone(),
         }
     }
 }
@@ -194,5 +212,26 @@ mod tests {
         assert_eq!(parse_duration("15"), Some(Duration::from_secs(15)));
         assert_eq!(parse_duration("soon"), None);
         assert_eq!(parse_duration("5d"), None);
+    }
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::Endpoint;
+
+    #[tokio::test]
+    async fn an_unreadable_ca_file_is_bad_input() {
+        let error = Endpoint::parse(
+            "source",
+            "mongodb://h/?tls=true&tlsCAFile=/nonexistent/ca.pem",
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            error
+                .0
+                .contains("cannot read tlsCAFile /nonexistent/ca.pem"),
+            "{error}"
+        );
     }
 }

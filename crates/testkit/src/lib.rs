@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod server;
+pub mod tls;
 pub mod workload;
 
 pub use server::{Server, ServerOptions};

@@ -35,6 +35,12 @@ pub fn secantus_binary() -> PathBuf {
 pub struct ServerOptions {
     /// Keep at most this many oplog entries (the stand-in's default is 100,000).
     pub oplog_max_entries: Option<u64>,
+    /// Require SCRAM authentication (users are created through the localhost exception).
+    pub auth: bool,
+    /// Serve TLS with this certificate and key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Answer as a standalone server, not a replica set member.
+    pub standalone: bool,
 }
 
 /// A running server; killed and its storage removed on drop.
@@ -131,6 +137,16 @@ fn spawn_secantus(options: &ServerOptions, storage: &Path, port: u16) -> Result<
             "--oplog-max-entries",
             &options.oplog_max_entries.unwrap_or(5_000_000).to_string(),
         ])
+        .args(options.auth.then_some("--auth"))
+        .args(options.standalone.then_some("--standalone"));
+    if let Some((cert, key)) = &options.tls {
+        command
+            .arg("--tls-cert-file")
+            .arg(cert)
+            .arg("--tls-key-file")
+            .arg(key);
+    }
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(server_log(storage)?);
@@ -183,10 +199,12 @@ fn start_mongod(mongod: &str, options: &ServerOptions) -> Result<Server> {
         storage,
         options: options.clone(),
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(initiate_replica_set(port))?;
+    if !options.standalone {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(initiate_replica_set(port))?;
+    }
     Ok(server)
 }
 
@@ -257,4 +275,24 @@ pub async fn trim_oplog(client: &mongodb::Client) {
         .database("admin")
         .run_command(doc! { "secantusAdmin.pruneOplog": 1 })
         .await;
+}
+
+/// Creates a user with the given (role, database) pairs; on a server with `--auth` the first
+/// user is created through the localhost exception.
+pub async fn create_user(
+    client: &mongodb::Client,
+    user: &str,
+    password: &str,
+    roles: &[(&str, &str)],
+) -> Result<()> {
+    use mongodb::bson::doc;
+    let roles: Vec<mongodb::bson::Document> = roles
+        .iter()
+        .map(|(role, db)| doc! { "role": *role, "db": *db })
+        .collect();
+    client
+        .database("admin")
+        .run_command(doc! { "createUser": user, "pwd": password, "roles": roles })
+        .await?;
+    Ok(())
 }

@@ -272,6 +272,7 @@ async fn a_resume_with_other_arguments_is_refused() {
 async fn lost_history_fails_loudly_with_the_remedy() {
     let pair = Pair::start_with(&testkit::ServerOptions {
         oplog_max_entries: Some(200),
+        ..Default::default()
     })
     .await;
     fill(&pair.src, "a", "x", 100).await;

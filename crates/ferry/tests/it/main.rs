@@ -6,4 +6,5 @@ mod edges;
 mod faults;
 mod harness;
 mod live;
+mod preflight;
 mod verify;

@@ -1,0 +1,536 @@
+//! The individual pre-flight checks. Each asks the servers (or probes them with the exact
+//! operations the migration will run) and returns a [`Check`] with a stable id, what it found,
+//! and the fix when something is wrong.
+
+use std::time::{Duration, Instant};
+
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::error::ErrorKind;
+use mongodb::Client;
+
+use super::report::Check;
+use crate::catalog::{CollectionSpec, Kind};
+use crate::filter::NamespaceFilter;
+use crate::plan::Endpoint;
+use crate::redact::redact_uri;
+
+/// The server code for a missing privilege.
+const UNAUTHORIZED: i32 = 13;
+
+/// Why a connection failed, and what to do, from the driver's error.
+pub fn connection_failure(endpoint: &Endpoint, error: &mongodb::error::Error) -> (String, String) {
+    let role = endpoint.role;
+    let at = &endpoint.redacted;
+    let text = redact_uri(&error.to_string());
+    let lower = text.to_lowercase();
+    if matches!(error.kind.as_ref(), ErrorKind::Authentication { .. }) {
+        return (
+            format!("authentication failed at {at}: {text}"),
+            format!("check the user name, password, authSource and authMechanism in --{role}; the user must exist on that cluster"),
+        );
+    }
+    if [
+        "certificate",
+        "tls",
+        "ssl",
+        "handshake",
+        "unknownissuer",
+        "unknown ca",
+        "alert",
+    ]
+    .iter()
+    .any(|needle| lower.contains(needle))
+    {
+        return (
+            format!("the TLS handshake with {at} failed: {text}"),
+            format!("check that the server speaks TLS and that tlsCAFile in --{role} names the CA that signed its certificate"),
+        );
+    }
+    (
+        format!("no server answered at {at}: {text}"),
+        format!("check the host and port in --{role}, that the server runs, and that this machine may reach it"),
+    )
+}
+
+/// `hello` on one end: the reply, or the failed check.
+pub async fn reachable(
+    id: &'static str,
+    endpoint: &Endpoint,
+    client: &Client,
+) -> Result<Document, Check> {
+    match client
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+    {
+        Ok(hello) => Ok(hello),
+        Err(e) => {
+            let (found, fix) = connection_failure(endpoint, &e);
+            Err(Check::fail(id, found, fix))
+        }
+    }
+}
+
+/// Runs one probe; a missing privilege names the action and the role that grants it.
+async fn probe<T>(
+    what: &str,
+    action: &str,
+    roles: &str,
+    operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
+) -> Result<(), String> {
+    match operation.await {
+        Ok(_) => Ok(()),
+        Err(e) if code(&e) == Some(UNAUTHORIZED) => Err(format!(
+            "not allowed to {what} (missing action {action}); grant the user {roles}"
+        )),
+        Err(e) => Err(format!("could not {what}: {}", redact_uri(&e.to_string()))),
+    }
+}
+
+fn code(error: &mongodb::error::Error) -> Option<i32> {
+    match error.kind.as_ref() {
+        ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+const SOURCE_ROLES: &str = "the roles readAnyDatabase and clusterMonitor";
+
+/// Proves the source privileges by running what the migration will run, read-only.
+pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> Check {
+    const ID: &str = "source.privileges";
+    let mut problems = Vec::new();
+    if let Err(p) = probe(
+        "list the databases",
+        "listDatabases",
+        SOURCE_ROLES,
+        source.list_database_names(),
+    )
+    .await
+    {
+        problems.push(p);
+    }
+    if let Err(p) = probe(
+        "read the server status",
+        "serverStatus",
+        SOURCE_ROLES,
+        source
+            .database("admin")
+            .run_command(doc! { "serverStatus": 1 }),
+    )
+    .await
+    {
+        problems.push(p);
+    }
+    if let Err(p) = probe(
+        "open a change stream on the cluster",
+        "changeStream",
+        SOURCE_ROLES,
+        source.watch(),
+    )
+    .await
+    {
+        problems.push(p);
+    }
+    for spec in included.iter().filter(|s| s.kind == Kind::Collection) {
+        let collection = source
+            .database(&spec.db)
+            .collection::<RawDocumentBuf>(&spec.name);
+        let read = collection.find_one(doc! {});
+        if let Err(p) = probe(&format!("read {}", spec.ns()), "find", SOURCE_ROLES, read).await {
+            problems.push(p);
+            break;
+        }
+    }
+    if problems.is_empty() {
+        Check::pass(ID, format!("can list databases, read server status, open a change stream and read all {} included collections", included.len()))
+    } else {
+        Check::fail(
+            ID,
+            problems.join("; "),
+            format!("grant the source user {SOURCE_ROLES}"),
+        )
+    }
+}
+
+const DESTINATION_ROLES: &str =
+    "the roles readWriteAnyDatabase and dbAdminAnyDatabase (or restore)";
+
+/// Proves the destination privileges with a scratch collection in the state database, which it
+/// removes again: create a collection and an index, write, and drop.
+pub async fn destination_privileges(destination: &Client, state_db: &str) -> Check {
+    const ID: &str = "destination.privileges";
+    let db = destination.database(state_db);
+    let probe_coll = db.collection::<Document>("preflight_probe");
+    let steps = async {
+        probe(
+            "create collections",
+            "createCollection",
+            DESTINATION_ROLES,
+            db.create_collection("preflight_probe"),
+        )
+        .await?;
+        probe(
+            "create indexes",
+            "createIndex",
+            DESTINATION_ROLES,
+            db.run_command(doc! { "createIndexes": "preflight_probe", "indexes": [{ "key": { "probe": 1 }, "name": "probe_1" }] }),
+        )
+        .await?;
+        probe(
+            "write documents",
+            "insert",
+            DESTINATION_ROLES,
+            probe_coll.insert_one(doc! { "probe": 1 }),
+        )
+        .await?;
+        probe(
+            "drop collections",
+            "dropCollection",
+            DESTINATION_ROLES,
+            probe_coll.drop(),
+        )
+        .await
+    };
+    let result = steps.await;
+    let _ = probe_coll.drop().await;
+    match result {
+        Ok(()) => Check::pass(ID, "can create collections and indexes, write and drop"),
+        Err(problem) => Check::fail(
+            ID,
+            problem,
+            format!("grant the destination user {DESTINATION_ROLES}"),
+        ),
+    }
+}
+
+/// `major.minor` of a version string.
+fn major_minor(version: &str) -> Option<(u32, u32)> {
+    let mut parts = version.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+async fn build_version(client: &Client) -> Option<String> {
+    let info = client
+        .database("admin")
+        .run_command(doc! { "buildInfo": 1 })
+        .await
+        .ok()?;
+    info.get_str("version").ok().map(str::to_string)
+}
+
+/// The featureCompatibilityVersion of a cluster.
+pub async fn fcv(client: &Client) -> Option<String> {
+    let reply = client
+        .database("admin")
+        .run_command(doc! { "getParameter": 1, "featureCompatibilityVersion": 1 })
+        .await
+        .ok()?;
+    reply
+        .get_document("featureCompatibilityVersion")
+        .ok()?
+        .get_str("version")
+        .ok()
+        .map(str::to_string)
+}
+
+/// The supported version matrix: source 6.0 or newer (expanded change events), destination
+/// not older than the source, and a destination featureCompatibilityVersion not below the
+/// source's.
+pub async fn versions(source: &Client, destination: &Client) -> Check {
+    const ID: &str = "versions";
+    let (Some(sv), Some(dv)) = (
+        build_version(source).await,
+        build_version(destination).await,
+    ) else {
+        return Check::warn(
+            ID,
+            "a server did not report its version (buildInfo)",
+            "check by hand that the destination is not older than the source",
+        );
+    };
+    let (sfcv, dfcv) = (fcv(source).await, fcv(destination).await);
+    let found = format!(
+        "source {sv} (FCV {}), destination {dv} (FCV {})",
+        sfcv.as_deref().unwrap_or("?"),
+        dfcv.as_deref().unwrap_or("?")
+    );
+    let (Some(s), Some(d)) = (major_minor(&sv), major_minor(&dv)) else {
+        return Check::warn(
+            ID,
+            found,
+            "check by hand that the destination is not older than the source",
+        );
+    };
+    if s < (6, 0) {
+        return Check::fail(ID, found, "upgrade the source to MongoDB 6.0 or newer: Ferry needs its expanded change events to follow DDL");
+    }
+    if d < s {
+        return Check::fail(
+            ID,
+            found,
+            "use a destination of the same or a newer MongoDB version than the source",
+        );
+    }
+    if let (Some(sf), Some(df)) = (
+        sfcv.as_deref().and_then(major_minor),
+        dfcv.as_deref().and_then(major_minor),
+    ) {
+        if df < sf {
+            return Check::fail(ID, found, "raise the destination's featureCompatibilityVersion to at least the source's (setFeatureCompatibilityVersion)");
+        }
+    }
+    Check::pass(ID, found)
+}
+
+/// Numbers in server replies come as int32, int64 or double.
+pub fn number(doc: &Document, field: &str) -> Option<f64> {
+    match doc.get(field)? {
+        Bson::Int32(n) => Some(f64::from(*n)),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// The source's data size, from the included collections' statistics.
+pub async fn data_bytes(source: &Client, included: &[CollectionSpec]) -> f64 {
+    let mut total = 0.0;
+    for spec in included.iter().filter(|s| s.kind == Kind::Collection) {
+        if let Ok(stats) = source
+            .database(&spec.db)
+            .run_command(doc! { "collStats": &spec.name })
+            .await
+        {
+            total += number(&stats, "size").unwrap_or(0.0);
+        }
+    }
+    total
+}
+
+/// Bytes per second read from the largest included collection, over a short sample.
+async fn read_rate(source: &Client, included: &[CollectionSpec]) -> Option<f64> {
+    let spec = included.iter().find(|s| s.kind == Kind::Collection)?;
+    let started = Instant::now();
+    let mut cursor = source
+        .database(&spec.db)
+        .collection::<RawDocumentBuf>(&spec.name)
+        .find(doc! {})
+        .limit(20_000)
+        .await
+        .ok()?;
+    let mut bytes = 0usize;
+    while let Ok(Some(document)) = cursor.try_next().await {
+        bytes += document.as_bytes().len();
+        if started.elapsed() > Duration::from_secs(2) {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    (bytes > 1_000_000 && seconds > 0.0).then(|| bytes as f64 / seconds)
+}
+
+/// The source's oplog window against the time the copy will take.
+pub async fn oplog_window(source: &Client, included: &[CollectionSpec], hello: &Document) -> Check {
+    const ID: &str = "source.oplog-window";
+    let oldest = crate::oplog::oldest_entry(source).await;
+    let newest = hello
+        .get_document("lastWrite")
+        .and_then(|w| w.get_document("opTime"))
+        .and_then(|o| o.get_timestamp("ts"));
+    let (Ok(Some(oldest)), Ok(newest)) = (oldest, newest) else {
+        return Check::warn(ID, "could not read the source's oplog (local.oplog.rs)", "grant the source user read access to the local database, and make sure the oplog is large enough for the whole copy");
+    };
+    let span = f64::from(newest.time.saturating_sub(oldest.time));
+    let stats = source
+        .database("local")
+        .run_command(doc! { "collStats": "oplog.rs" })
+        .await
+        .ok();
+    let (size, max) = stats
+        .as_ref()
+        .map(|s| {
+            (
+                number(s, "size").unwrap_or(0.0),
+                number(s, "maxSize").unwrap_or(0.0),
+            )
+        })
+        .unwrap_or((0.0, 0.0));
+    // A full oplog's window is its span; a filling one will hold about span × max / size.
+    let capacity = if max > 0.0 && size >= 0.9 * max {
+        Some(span)
+    } else if max > 0.0 && size > 0.0 && span >= 60.0 {
+        Some(span * max / size)
+    } else {
+        None
+    };
+    let data = data_bytes(source, included).await;
+    let estimate = read_rate(source, included)
+        .await
+        .map(|rate| data / rate * 2.0);
+    let hours = |s: f64| format!("{:.1} h", s / 3600.0);
+    match (capacity, estimate) {
+        (Some(capacity), Some(estimate)) if capacity < estimate => Check::fail(
+            ID,
+            format!("the oplog holds about {} of history, the copy will take about {}", hours(capacity), hours(estimate)),
+            "enlarge the source's oplog (replSetResizeOplog, oplogMinRetentionHours) to well over the copy time, or the changes made during the copy will be lost",
+        ),
+        (Some(capacity), Some(estimate)) if capacity < 3.0 * estimate => Check::warn(
+            ID,
+            format!("the oplog holds about {} of history, the copy will take about {}", hours(capacity), hours(estimate)),
+            "the margin is thin: enlarge the source's oplog before migrating",
+        ),
+        (Some(capacity), estimate) => Check::pass(
+            ID,
+            format!(
+                "the oplog holds about {} of history{}",
+                hours(capacity),
+                estimate.map_or(String::new(), |e| format!(", the copy will take about {}", hours(e)))
+            ),
+        ),
+        (None, _) => Check::pass(ID, format!("the oplog is not full yet ({span:.0} s of history so far)")),
+    }
+}
+
+/// Room on the destination for the source's data, where the server reports its disk.
+pub async fn destination_disk(destination: &Client, source_bytes: f64) -> Check {
+    const ID: &str = "destination.disk";
+    let stats = destination
+        .database("admin")
+        .run_command(doc! { "dbStats": 1, "freeStorage": 1 })
+        .await
+        .ok();
+    let free = stats
+        .as_ref()
+        .and_then(|s| Some(number(s, "fsTotalSize")? - number(s, "fsUsedSize")?));
+    let gb = |b: f64| format!("{:.1} GB", b / 1e9);
+    match free {
+        Some(free) if free > 0.0 && free < source_bytes => Check::fail(
+            ID,
+            format!(
+                "{} free on the destination's disk, {} of data to copy",
+                gb(free),
+                gb(source_bytes)
+            ),
+            "give the destination more disk than the source's data (plus indexes and growth)",
+        ),
+        Some(free) if free > 0.0 && free < 1.5 * source_bytes => Check::warn(
+            ID,
+            format!(
+                "{} free on the destination's disk, {} of data to copy",
+                gb(free),
+                gb(source_bytes)
+            ),
+            "the margin is thin: indexes and the oplog need room too",
+        ),
+        Some(free) if free > 0.0 => Check::pass(
+            ID,
+            format!("{} free, {} of data to copy", gb(free), gb(source_bytes)),
+        ),
+        _ => Check::pass(
+            ID,
+            format!(
+                "the destination does not report its disk; {} of data to copy",
+                gb(source_bytes)
+            ),
+        ),
+    }
+}
+
+/// Each `--include` must match something on the source; an `--exclude` that matches nothing
+/// is probably a typo.
+pub fn filters_match(filter: &NamespaceFilter, on_source: &[(String, String)]) -> Check {
+    const ID: &str = "filters.match";
+    let matches = |p: &crate::filter::NsPattern| {
+        on_source
+            .iter()
+            .any(|(db, coll)| p.db == *db && p.coll.as_ref().is_none_or(|c| c == coll))
+    };
+    let unmatched: Vec<String> = filter
+        .include
+        .iter()
+        .filter(|p| !matches(p))
+        .map(ToString::to_string)
+        .collect();
+    if !unmatched.is_empty() {
+        return Check::fail(
+            ID,
+            format!(
+                "--include {} matches nothing on the source",
+                unmatched.join(", ")
+            ),
+            "check the spelling of the database and collection names (names are case-sensitive)",
+        );
+    }
+    let unused: Vec<String> = filter
+        .exclude
+        .iter()
+        .filter(|p| !matches(p))
+        .map(ToString::to_string)
+        .collect();
+    if !unused.is_empty() {
+        return Check::warn(
+            ID,
+            format!(
+                "--exclude {} matches nothing on the source",
+                unused.join(", ")
+            ),
+            "check the spelling",
+        );
+    }
+    Check::pass(ID, "the namespace filters select what exists")
+}
+
+/// What the migration does not carry: users and roles, time-series collections.
+pub async fn not_migrated(source: &Client, included: &[CollectionSpec]) -> Check {
+    const ID: &str = "source.not-migrated";
+    let mut notes = Vec::new();
+    if let Ok(reply) = source
+        .database("admin")
+        .run_command(doc! { "usersInfo": { "forAllDBs": true } })
+        .await
+    {
+        let users: Vec<String> = reply
+            .get_array("users")
+            .map(|u| {
+                u.iter()
+                    .filter_map(|u| u.as_document())
+                    .map(|u| {
+                        format!(
+                            "{}@{}",
+                            u.get_str("user").unwrap_or("?"),
+                            u.get_str("db").unwrap_or("?")
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !users.is_empty() {
+            notes.push(format!(
+                "{} users are not migrated ({})",
+                users.len(),
+                users.join(", ")
+            ));
+        }
+    }
+    let series: Vec<String> = included
+        .iter()
+        .filter(|s| s.kind == Kind::Timeseries)
+        .map(CollectionSpec::ns)
+        .collect();
+    if !series.is_empty() {
+        notes.push(format!(
+            "time-series collections are not migrated ({})",
+            series.join(", ")
+        ));
+    }
+    if notes.is_empty() {
+        Check::pass(
+            ID,
+            "no users, roles or time-series collections to leave behind",
+        )
+    } else {
+        Check::warn(ID, notes.join("; "), "recreate users and roles on the destination (createUser, createRole), and move time-series collections with mongodump/mongorestore")
+    }
+}

@@ -1,0 +1,341 @@
+//! Pre-flight: before Ferry writes a single byte of user data, prove that the migration can
+//! succeed, and when something is wrong say exactly what and how to fix it. `ferry check` prints
+//! the report; `ferry migrate` runs the same checks and refuses to start on a failed one (exit 2).
+//!
+//! The checks, by id: `source.reachable`, `destination.reachable` (network, TLS, credentials),
+//! `source.replica-set`, `destination.primary`, `clusters.distinct`, `versions`,
+//! `source.privileges`, `destination.privileges`, `filters.match`, `destination.empty`,
+//! `source.oplog-window`, `destination.disk`, `source.not-migrated`.
+
+pub mod checks;
+pub mod report;
+
+use anyhow::{Context, Result};
+use mongodb::bson::{doc, Bson, Document};
+use mongodb::Client;
+
+use crate::catalog;
+use crate::plan::{Clusters, InputError, Plan};
+use crate::state::{StateStore, Stored};
+pub use report::{Check, Report, Status};
+
+fn members(hello: &Document) -> Vec<String> {
+    let mut hosts: Vec<String> = hello
+        .get_array("hosts")
+        .map(|h| {
+            h.iter()
+                .filter_map(|h| h.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Ok(me) = hello.get_str("me") {
+        hosts.push(me.to_string());
+    }
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+/// What identifies a migration across restarts: the source replica set and the filters.
+fn identity(clusters: &Clusters, source_hello: &Document) -> Document {
+    let patterns =
+        |ps: &[crate::filter::NsPattern]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
+    doc! {
+        "source": &clusters.source.redacted,
+        "destination": &clusters.destination.redacted,
+        "include": patterns(&clusters.filter.include),
+        "exclude": patterns(&clusters.filter.exclude),
+        "sourceSet": source_hello.get_str("setName").unwrap_or_default(),
+        "sourceHosts": members(source_hello),
+    }
+}
+
+/// The fields of the stored plan that must match for a resume, with how to name them.
+const IDENTITY_FIELDS: [(&str, &str); 4] = [
+    ("sourceSet", "source replica set"),
+    ("sourceHosts", "source hosts"),
+    ("include", "--include"),
+    ("exclude", "--exclude"),
+];
+
+/// What the checks learned that the migration goes on with.
+pub struct Outcome {
+    pub report: Report,
+    /// A migration stored on the destination that this command resumes.
+    pub resume: Option<Stored>,
+    /// The plan's identity, as stored with a new migration.
+    pub identity: Document,
+}
+
+/// Runs every check. `drop` is `--drop`: occupied namespaces are then reported as what will be
+/// dropped, not as a failure.
+pub async fn run_checks(
+    clusters: &Clusters,
+    drop: bool,
+    source: &Client,
+    destination: &Client,
+) -> Outcome {
+    let mut report = Report::default();
+    let source_hello = checks::reachable("source.reachable", &clusters.source, source).await;
+    let destination_hello =
+        checks::reachable("destination.reachable", &clusters.destination, destination).await;
+    let (source_hello, destination_hello) = match (source_hello, destination_hello) {
+        (Ok(s), Ok(d)) => {
+            report.push(Check::pass(
+                "source.reachable",
+                format!("connected to {}", clusters.source.redacted),
+            ));
+            report.push(Check::pass(
+                "destination.reachable",
+                format!("connected to {}", clusters.destination.redacted),
+            ));
+            (s, d)
+        }
+        (s, d) => {
+            for check in [s.err(), d.err()].into_iter().flatten() {
+                report.push(check);
+            }
+            return Outcome {
+                report,
+                resume: None,
+                identity: Document::new(),
+            };
+        }
+    };
+    let identity = identity(clusters, &source_hello);
+
+    report.push(match source_hello.get_str("setName") {
+        Ok(set) => Check::pass("source.replica-set", format!("replica set {set}")),
+        Err(_) => Check::fail(
+            "source.replica-set",
+            format!("the source at {} is a standalone server, not a replica set member", clusters.source.redacted),
+            "Ferry follows the source's change stream, which needs a replica set: restart the server as a single-node replica set (--replSet) and run rs.initiate()",
+        ),
+    });
+    report.push(
+        if destination_hello
+            .get_bool("isWritablePrimary")
+            .unwrap_or(false)
+        {
+            Check::pass(
+                "destination.primary",
+                "the destination is a writable primary",
+            )
+        } else {
+            Check::fail(
+                "destination.primary",
+                format!(
+                    "the destination at {} is not a writable primary",
+                    clusters.destination.redacted
+                ),
+                "connect to the destination replica set (replicaSet=NAME) or to its primary",
+            )
+        },
+    );
+    let source_members = members(&source_hello);
+    let same = members(&destination_hello)
+        .iter()
+        .any(|h| source_members.contains(h))
+        && source_hello.get_str("setName") == destination_hello.get_str("setName");
+    report.push(if same {
+        Check::fail(
+            "clusters.distinct",
+            format!(
+                "the source and the destination are the same cluster ({})",
+                source_members.join(",")
+            ),
+            "give the new cluster as --destination",
+        )
+    } else {
+        Check::pass(
+            "clusters.distinct",
+            "the source and the destination are different clusters",
+        )
+    });
+    report.push(checks::versions(source, destination).await);
+
+    let included = catalog::list_namespaces(source, &clusters.filter)
+        .await
+        .unwrap_or_default();
+    report.push(checks::source_privileges(source, &included).await);
+    report.push(checks::destination_privileges(destination, &clusters.filter.state_db).await);
+
+    let everything = crate::filter::NamespaceFilter {
+        state_db: clusters.filter.state_db.clone(),
+        ..Default::default()
+    };
+    let on_source: Vec<(String, String)> = catalog::list_namespaces(source, &everything)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| (s.db, s.name))
+        .collect();
+    report.push(checks::filters_match(&clusters.filter, &on_source));
+
+    let stored = StateStore::new(destination, &clusters.filter.state_db)
+        .load()
+        .await
+        .ok()
+        .flatten();
+    let (empty, resume) = destination_empty(clusters, drop, destination, stored, &identity).await;
+    report.push(empty);
+    if resume.is_none() {
+        report.push(checks::oplog_window(source, &included, &source_hello).await);
+        report.push(
+            checks::destination_disk(destination, checks::data_bytes(source, &included).await)
+                .await,
+        );
+    }
+    report.push(checks::not_migrated(source, &included).await);
+    Outcome {
+        report,
+        resume,
+        identity,
+    }
+}
+
+/// The destination must hold none of the included namespaces, unless it holds a migration to
+/// resume with the same arguments, or `--drop` was given.
+async fn destination_empty(
+    clusters: &Clusters,
+    drop: bool,
+    destination: &Client,
+    stored: Option<Stored>,
+    identity: &Document,
+) -> (Check, Option<Stored>) {
+    const ID: &str = "destination.empty";
+    if let Some(stored) = stored.filter(|_| !drop) {
+        if let Some((field, name)) = IDENTITY_FIELDS
+            .iter()
+            .find(|(f, _)| stored.plan.get(f) != identity.get(f))
+        {
+            return (
+                Check::fail(
+                    ID,
+                    format!(
+                        "the destination holds a migration started with another {name} ({} then, {} now)",
+                        show(stored.plan.get(*field)),
+                        show(identity.get(*field))
+                    ),
+                    "run the original command to resume it, or give --drop (or run `ferry reset`) to start over",
+                ),
+                None,
+            );
+        }
+        let found = format!(
+            "the destination holds this migration ({}, {}): it will resume",
+            stored.state.as_str(),
+            stored.phase.as_str()
+        );
+        return (Check::pass(ID, found), Some(stored));
+    }
+    let occupied: Vec<String> = catalog::list_namespaces(destination, &clusters.filter)
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(catalog::CollectionSpec::ns)
+        .collect();
+    let shown = |names: &[String]| {
+        let mut text = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+        if names.len() > 5 {
+            text.push_str(", ...");
+        }
+        text
+    };
+    let check = match (occupied.is_empty(), drop) {
+        (true, _) => Check::pass(ID, "the destination holds none of the included namespaces"),
+        (false, true) => Check::warn(
+            ID,
+            format!(
+                "--drop will drop {} namespace(s) on the destination: {}",
+                occupied.len(),
+                shown(&occupied)
+            ),
+            "make sure this is the cluster you mean to overwrite",
+        ),
+        (false, false) => Check::fail(
+            ID,
+            format!(
+                "the destination already holds {} included namespace(s) ({})",
+                occupied.len(),
+                shown(&occupied)
+            ),
+            "give --drop to replace them, or narrow the migration with --include/--exclude",
+        ),
+    };
+    (check, None)
+}
+
+fn show(value: Option<&Bson>) -> String {
+    match value {
+        Some(Bson::String(s)) => s.clone(),
+        Some(Bson::Array(items)) if items.is_empty() => "none".into(),
+        Some(Bson::Array(items)) => items
+            .iter()
+            .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+            .collect::<Vec<_>>()
+            .join(","),
+        Some(other) => other.to_string(),
+        None => "none".into(),
+    }
+}
+
+/// The checks `ferry migrate` runs before anything else. On the first attempt every check runs
+/// and a failed one refuses the start (exit 2); with `--drop`, the included namespaces and any
+/// earlier state are then cleared. A retry after a transient fault only needs both ends to
+/// answer and the stored state. Returns the migration to resume (if any) and the plan's
+/// identity to store.
+pub async fn validate(
+    plan: &Plan,
+    source: &Client,
+    destination: &Client,
+    first_attempt: bool,
+) -> Result<(Option<Stored>, Document)> {
+    let clusters = plan.clusters();
+    if !first_attempt {
+        let source_hello = source
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await?;
+        destination
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await?;
+        let stored = StateStore::new(destination, &plan.filter.state_db)
+            .load()
+            .await?;
+        return Ok((stored, identity(&clusters, &source_hello)));
+    }
+    let outcome = run_checks(&clusters, plan.drop, source, destination).await;
+    for check in outcome
+        .report
+        .checks
+        .iter()
+        .filter(|c| c.status == Status::Warn)
+    {
+        tracing::warn!(
+            check = check.id,
+            fix = check.fix.as_deref().unwrap_or(""),
+            "{}",
+            check.found
+        );
+    }
+    if outcome.report.blocking {
+        return Err(InputError(outcome.report.refusal()).into());
+    }
+    if plan.drop {
+        for spec in catalog::list_namespaces(destination, &plan.filter).await? {
+            tracing::info!(namespace = %spec.ns(), "dropping on the destination (--drop)");
+            destination
+                .database(&spec.db)
+                .collection::<Document>(&spec.name)
+                .drop()
+                .await
+                .with_context(|| format!("dropping {} on the destination", spec.ns()))?;
+        }
+        StateStore::new(destination, &plan.filter.state_db)
+            .clear()
+            .await?;
+    }
+    Ok((outcome.resume, outcome.identity))
+}

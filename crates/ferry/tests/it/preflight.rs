@@ -1,0 +1,520 @@
+//! Pre-flight checks against real servers (authentication, TLS, a standalone source, an occupied
+//! destination, the same server twice, an unreachable port), bad input refused with exit code 2
+//! and nothing written, and secrets that never appear in any output.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document};
+use mongodb::Client;
+use serde_json::Value;
+use testkit::{Server, ServerOptions};
+
+use crate::harness::{Ferry, Pair};
+
+/// Runs ferry to completion: (exit code, stdout + stderr).
+fn run_ferry(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .expect("running ferry");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
+/// `ferry check --json` between two URIs: (exit code, report).
+fn check(source: &str, destination: &str, extra: &[&str]) -> (i32, Value) {
+    let mut args = vec![
+        "check",
+        "--source",
+        source,
+        "--destination",
+        destination,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let (code, text) = run_ferry(&args);
+    let json = text.find('{').map(|i| &text[i..]).unwrap_or("");
+    let report = serde_json::from_str(json).unwrap_or_else(|_| panic!("no JSON report: {text}"));
+    (code, report)
+}
+
+fn check_named<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("check {id} is not in the report: {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ready_pair_passes_every_check() {
+    let pair = Pair::start().await;
+    pair.src
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    let (code, report) =
+        tokio::task::block_in_place(|| check(&pair.source.uri(), &pair.destination.uri(), &[]));
+    assert_eq!(code, 0, "{report}");
+    for id in [
+        "source.reachable",
+        "destination.reachable",
+        "source.replica-set",
+        "destination.primary",
+        "clusters.distinct",
+        "versions",
+        "source.privileges",
+        "destination.privileges",
+        "filters.match",
+        "destination.empty",
+        "source.oplog-window",
+        "destination.disk",
+        "source.not-migrated",
+    ] {
+        assert_ne!(check_named(&report, id)["status"], "fail", "{id}: {report}");
+    }
+    let (text_code, text) = tokio::task::block_in_place(|| {
+        run_ferry(&[
+            "check",
+            "--source",
+            &pair.source.uri(),
+            "--destination",
+            &pair.destination.uri(),
+        ])
+    });
+    assert_eq!(text_code, 0, "{text}");
+    assert!(text.contains("nothing blocks the migration"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standalone_source_the_same_server_twice_and_an_unreachable_port_are_refused() {
+    let standalone = Server::start_with(&ServerOptions {
+        standalone: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let destination = Server::start().unwrap();
+    let (code, report) =
+        tokio::task::block_in_place(|| check(&standalone.uri(), &destination.uri(), &[]));
+    assert_eq!(code, 2, "{report}");
+    let rs = check_named(&report, "source.replica-set");
+    assert_eq!(rs["status"], "fail");
+    assert!(rs["found"].as_str().unwrap().contains("standalone"), "{rs}");
+    assert!(rs["fix"].as_str().unwrap().contains("--replSet"), "{rs}");
+
+    let same = format!(
+        "mongodb://localhost:{}/?directConnection=true",
+        destination.port
+    );
+    let (code, report) = tokio::task::block_in_place(|| check(&destination.uri(), &same, &[]));
+    assert_eq!(code, 2, "{report}");
+    assert_eq!(
+        check_named(&report, "clusters.distinct")["status"],
+        "fail",
+        "{report}"
+    );
+
+    let nowhere = format!(
+        "mongodb://127.0.0.1:{}/?directConnection=true&serverSelectionTimeoutMS=2000",
+        testkit::server::free_port().unwrap()
+    );
+    let started = Instant::now();
+    let (code, report) = tokio::task::block_in_place(|| check(&nowhere, &destination.uri(), &[]));
+    assert_eq!(code, 2, "{report}");
+    let reachable = check_named(&report, "source.reachable");
+    assert!(
+        reachable["found"]
+            .as_str()
+            .unwrap()
+            .contains("no server answered at mongodb://127.0.0.1:"),
+        "{reachable}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the check hung"
+    );
+
+    // `ferry migrate` refuses with the same message, exit 2.
+    let mut refused = Ferry::start(&standalone.uri(), &destination.uri(), &[]);
+    let code = tokio::task::block_in_place(|| refused.wait_exit(Duration::from_secs(60)));
+    assert_eq!(code, 2, "{}", refused.output());
+    assert!(
+        refused.output().contains("[source.replica-set]"),
+        "{}",
+        refused.output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_occupied_destination_blocks_and_drop_says_what_it_will_drop() {
+    let pair = Pair::start().await;
+    pair.src
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    pair.dst
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": 2 })
+        .await
+        .unwrap();
+    let (code, report) =
+        tokio::task::block_in_place(|| check(&pair.source.uri(), &pair.destination.uri(), &[]));
+    assert_eq!(code, 2);
+    assert!(
+        check_named(&report, "destination.empty")["found"]
+            .as_str()
+            .unwrap()
+            .contains("shop.orders"),
+        "{report}"
+    );
+    let (code, report) = tokio::task::block_in_place(|| {
+        check(&pair.source.uri(), &pair.destination.uri(), &["--drop"])
+    });
+    assert_eq!(code, 0, "{report}");
+    let empty = check_named(&report, "destination.empty");
+    assert_eq!(empty["status"], "warn");
+    assert!(
+        empty["found"]
+            .as_str()
+            .unwrap()
+            .contains("--drop will drop 1 namespace(s) on the destination: shop.orders"),
+        "{empty}"
+    );
+    assert_eq!(
+        pair.dst
+            .database("shop")
+            .collection::<Document>("orders")
+            .count_documents(doc! {})
+            .await
+            .unwrap(),
+        1,
+        "check drops nothing"
+    );
+}
+
+/// Users on an `--auth` server: an administrator, and the given others.
+async fn with_users(server: &Server, users: &[(&str, &[(&str, &str)])]) {
+    let anonymous = Client::with_uri_str(server.uri()).await.unwrap();
+    testkit::server::create_user(&anonymous, "admin", "admin-pw", &[("root", "admin")])
+        .await
+        .unwrap();
+    let admin = Client::with_uri_str(auth_uri(server, "admin", "admin-pw"))
+        .await
+        .unwrap();
+    for (user, roles) in users {
+        testkit::server::create_user(&admin, user, &format!("{user}-Pa55word!"), roles)
+            .await
+            .unwrap();
+    }
+}
+
+fn auth_uri(server: &Server, user: &str, password: &str) -> String {
+    format!(
+        "mongodb://{user}:{password}@127.0.0.1:{}/?directConnection=true&authSource=admin",
+        server.port
+    )
+}
+
+fn user_uri(server: &Server, user: &str) -> String {
+    auth_uri(server, user, &format!("{user}-Pa55word!"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
+    let auth = ServerOptions {
+        auth: true,
+        ..Default::default()
+    };
+    let source = Server::start_with(&auth).unwrap();
+    let destination = Server::start_with(&auth).unwrap();
+    with_users(
+        &source,
+        &[
+            (
+                "reader",
+                &[("readAnyDatabase", "admin"), ("clusterMonitor", "admin")],
+            ),
+            ("narrow", &[("read", "shop")]),
+        ],
+    )
+    .await;
+    with_users(
+        &destination,
+        &[
+            (
+                "writer",
+                &[
+                    ("readWriteAnyDatabase", "admin"),
+                    ("dbAdminAnyDatabase", "admin"),
+                ],
+            ),
+            ("viewer", &[("readAnyDatabase", "admin")]),
+        ],
+    )
+    .await;
+    let admin = Client::with_uri_str(auth_uri(&source, "admin", "admin-pw"))
+        .await
+        .unwrap();
+    admin
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    admin
+        .database("crm")
+        .collection::<Document>("people")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+
+    let wrong = auth_uri(&source, "reader", "not-the-Pa55word");
+    let (code, report) =
+        tokio::task::block_in_place(|| check(&wrong, &user_uri(&destination, "writer"), &[]));
+    assert_eq!(code, 2, "{report}");
+    let reachable = check_named(&report, "source.reachable");
+    assert!(
+        reachable["found"]
+            .as_str()
+            .unwrap()
+            .contains("authentication failed"),
+        "{reachable}"
+    );
+    assert!(!report.to_string().contains("not-the-Pa55word"), "{report}");
+
+    let (code, report) = tokio::task::block_in_place(|| {
+        check(
+            &user_uri(&source, "narrow"),
+            &user_uri(&destination, "viewer"),
+            &[],
+        )
+    });
+    assert_eq!(code, 2, "{report}");
+    let source_privileges = check_named(&report, "source.privileges");
+    assert_eq!(source_privileges["status"], "fail", "{report}");
+    assert!(
+        source_privileges["found"]
+            .as_str()
+            .unwrap()
+            .contains("missing action"),
+        "{source_privileges}"
+    );
+    assert!(
+        source_privileges["fix"]
+            .as_str()
+            .unwrap()
+            .contains("readAnyDatabase and clusterMonitor"),
+        "{source_privileges}"
+    );
+    let destination_privileges = check_named(&report, "destination.privileges");
+    assert_eq!(destination_privileges["status"], "fail", "{report}");
+    assert!(
+        destination_privileges["found"]
+            .as_str()
+            .unwrap()
+            .contains("missing action createCollection"),
+        "{destination_privileges}"
+    );
+
+    // With the right users, the whole migration runs; no output ever shows a password.
+    let (source_uri, destination_uri) = (
+        user_uri(&source, "reader"),
+        user_uri(&destination, "writer"),
+    );
+    let (code, report) = tokio::task::block_in_place(|| check(&source_uri, &destination_uri, &[]));
+    assert_eq!(code, 0, "{report}");
+    let mut ferry = Ferry::start(&source_uri, &destination_uri, &["--verify"]);
+    let progress = tokio::task::block_in_place(|| ferry.wait_can_commit());
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    let (verify_code, verify_text) = tokio::task::block_in_place(|| {
+        run_ferry(&[
+            "verify",
+            "--source",
+            &source_uri,
+            "--destination",
+            &destination_uri,
+            "--json",
+        ])
+    });
+    assert_eq!(verify_code, 0, "{verify_text}");
+    let (_, failing) = tokio::task::block_in_place(|| {
+        run_ferry(&[
+            "migrate",
+            "--source",
+            &source_uri,
+            "--destination",
+            &auth_uri(&destination, "writer", "wrong-Pa55word!"),
+        ])
+    });
+    for (what, output) in [
+        ("the migration's log", ferry.output()),
+        ("the progress reply", progress.to_string()),
+        ("the check report", report.to_string()),
+        ("the verify report", verify_text),
+        ("a failed start", failing),
+    ] {
+        for secret in ["reader-Pa55word!", "writer-Pa55word!", "wrong-Pa55word!"] {
+            assert!(
+                !output.contains(secret),
+                "{what} shows a password:\n{output}"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_is_checked_with_the_ca_given() {
+    let files = testkit::tls::TlsFiles::generate().unwrap();
+    let tls = ServerOptions {
+        tls: Some((files.server_cert.clone(), files.server_key.clone())),
+        ..Default::default()
+    };
+    let source = Server::start_with(&tls).unwrap();
+    let destination = Server::start().unwrap();
+    let with_ca = |ca: &std::path::Path| {
+        format!("mongodb://127.0.0.1:{}/?directConnection=true&tls=true&tlsCAFile={}&serverSelectionTimeoutMS=3000", source.port, ca.display())
+    };
+    let (code, report) =
+        tokio::task::block_in_place(|| check(&with_ca(&files.ca), &destination.uri(), &[]));
+    assert_eq!(code, 0, "{report}");
+
+    let (code, report) =
+        tokio::task::block_in_place(|| check(&with_ca(&files.other_ca), &destination.uri(), &[]));
+    assert_eq!(code, 2, "{report}");
+    let reachable = check_named(&report, "source.reachable");
+    assert!(
+        reachable["found"]
+            .as_str()
+            .unwrap()
+            .contains("TLS handshake"),
+        "{reachable}"
+    );
+    assert!(
+        reachable["fix"].as_str().unwrap().contains("tlsCAFile"),
+        "{reachable}"
+    );
+
+    let missing = std::path::Path::new("/nonexistent/ca.pem");
+    let (code, text) = tokio::task::block_in_place(|| {
+        run_ferry(&[
+            "check",
+            "--source",
+            &with_ca(missing),
+            "--destination",
+            &destination.uri(),
+        ])
+    });
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("cannot read tlsCAFile /nonexistent/ca.pem"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_exit_2_and_nothing_written() {
+    let pair = Pair::start().await;
+    pair.src
+        .database("shop")
+        .collection::<Document>("orders")
+        .insert_one(doc! { "_id": 1 })
+        .await
+        .unwrap();
+    let (src, dst) = (pair.source.uri(), pair.destination.uri());
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["migrate", "--source", "mongodb://", "--destination", &dst],
+            "not a valid MongoDB connection string",
+        ),
+        (
+            vec![
+                "migrate",
+                "--source",
+                &src,
+                "--destination",
+                &dst,
+                "--bogus",
+            ],
+            "unexpected argument '--bogus'",
+        ),
+        (
+            vec![
+                "migrate",
+                "--source",
+                &src,
+                "--destination",
+                &dst,
+                "--include",
+                "shop",
+                "--exclude",
+                "shop",
+            ],
+            "contradict each other",
+        ),
+        (
+            vec![
+                "migrate",
+                "--source",
+                &src,
+                "--destination",
+                &dst,
+                "--include",
+                "nosuchdb",
+            ],
+            "--include nosuchdb matches nothing on the source",
+        ),
+        (
+            vec![
+                "migrate",
+                "--source",
+                &src,
+                "--destination",
+                &dst,
+                "--api-addr",
+                &busy_addr,
+            ],
+            "cannot serve the API on",
+        ),
+        (
+            vec![
+                "migrate",
+                "--source",
+                &src,
+                "--destination",
+                &dst,
+                "--retry-window",
+                "forever",
+            ],
+            "--retry-window",
+        ),
+    ];
+    for (args, message) in cases {
+        let (code, text) = tokio::task::block_in_place(|| run_ferry(&args));
+        assert_eq!(code, 2, "{args:?}: {text}");
+        assert!(
+            text.contains(message),
+            "{args:?} should say {message:?}: {text}"
+        );
+        assert!(
+            text.lines().filter(|l| l.contains("error")).count() <= 2,
+            "one clear error line: {text}"
+        );
+        let databases = pair.dst.list_database_names().await.unwrap();
+        assert!(
+            databases
+                .iter()
+                .all(|d| ["admin", "local", "config"].contains(&d.as_str())),
+            "{args:?} wrote to the destination: {databases:?}"
+        );
+    }
+}
