@@ -1,45 +1,224 @@
-//! The HTTP API, shaped like mongosync's so existing runbooks and scripts work:
-//! `GET /api/v1/progress` and `POST /api/v1/commit`.
+//! The HTTP API, shaped like mongosync's so that runbooks and scripts written for it keep
+//! working (`/api/v1/start`, `progress`, `pause`, `resume`, `commit`), plus what mongosync lacks:
+//! per-collection progress, `extend` for the cutover window, Prometheus `/metrics`, and the
+//! dashboard at `/`. With a token, every request must carry `Authorization: Bearer <token>`.
 
-use axum::extract::State as AxumState;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Query, Request, State as AxumState};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 
-use crate::progress::{Progress, State};
+use crate::control::Controller;
+use crate::plan::{Endpoint, Plan};
+use crate::progress::State;
 
-/// The API's routes over one migration's progress.
-pub fn router(progress: Progress) -> Router {
-    Router::new()
-        .route("/api/v1/progress", get(get_progress))
-        .route("/api/v1/commit", post(commit))
-        .with_state(progress)
+/// What `ferry serve` knows before `/api/v1/start`: the two clusters and the run settings.
+#[derive(Clone)]
+pub struct ServeSettings {
+    pub cluster0: Endpoint,
+    pub cluster1: Endpoint,
+    pub state_db: String,
+    pub run: crate::cli::RunArgs,
 }
 
-async fn get_progress(AxumState(progress): AxumState<Progress>) -> Json<Value> {
-    Json(progress.snapshot().to_api_json())
+#[derive(Clone)]
+struct App {
+    controller: Controller,
+    token: Option<String>,
+    serve: Option<ServeSettings>,
+}
+
+/// The API's routes over one controller; `serve` is set for `ferry serve` (which starts idle).
+pub fn router(controller: Controller, token: Option<String>, serve: Option<ServeSettings>) -> Router {
+    let app = App { controller, token, serve };
+    Router::new()
+        .route("/", get(dashboard))
+        .route("/api/v1/progress", get(progress))
+        .route("/api/v1/collections", get(collections))
+        .route("/api/v1/start", post(start))
+        .route("/api/v1/pause", post(pause))
+        .route("/api/v1/resume", post(resume))
+        .route("/api/v1/commit", post(commit))
+        .route("/api/v1/extend", post(extend))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(app.clone(), require_token))
+        .with_state(app)
 }
 
 /// A mongosync-style error reply.
-fn refusal(status: StatusCode, error: &str, description: String) -> Response {
+fn refusal(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
+    let description = description.into();
+    (status, Json(json!({ "success": false, "error": error, "errorDescription": description }))).into_response()
+}
+
+fn success() -> Response {
+    Json(json!({ "success": true })).into_response()
+}
+
+async fn require_token(
+    AxumState(app): AxumState<App>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = app.token.as_deref() else {
+        return next.run(request).await;
+    };
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    // The dashboard page itself may carry the token in its address (?token=...).
+    let in_query = request.uri().path() == "/" && query.get("token").map(String::as_str) == Some(token);
+    if bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())) || in_query {
+        next.run(request).await
+    } else {
+        refusal(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "this API needs `Authorization: Bearer <token>` with the token given to --api-token",
+        )
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn dashboard() -> Html<&'static str> {
+    Html(include_str!("../assets/dashboard.html"))
+}
+
+async fn progress(AxumState(app): AxumState<App>) -> Json<Value> {
+    Json(app.controller.progress().snapshot().to_api_json())
+}
+
+async fn collections(AxumState(app): AxumState<App>) -> Json<Value> {
+    let snapshot = app.controller.progress().snapshot();
+    Json(json!({ "collections": snapshot.collections }))
+}
+
+async fn metrics(AxumState(app): AxumState<App>) -> Response {
     (
-        status,
-        Json(json!({ "success": false, "error": error, "errorDescription": description })),
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(&app.controller.progress().snapshot()),
     )
         .into_response()
 }
 
-async fn commit(AxumState(progress): AxumState<Progress>, body: Option<Json<Value>>) -> Response {
-    if !body.is_some_and(|Json(body)| body.is_object()) {
-        return refusal(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            "the commit request needs a JSON object body: send {}".into(),
-        );
+/// Requests with a body must send a JSON object (mongosync's scripts send `{}`).
+fn object_body(body: Option<Json<Value>>) -> Result<Value, Response> {
+    match body {
+        Some(Json(value)) if value.is_object() => Ok(value),
+        _ => Err(refusal(StatusCode::BAD_REQUEST, "InvalidRequest", "the request needs a JSON object body: send {}")),
     }
-    let refused = progress.update(|s| {
+}
+
+/// mongosync's namespace list: `[{"database": "db", "collections": ["a", "b"]}]`.
+fn namespace_patterns(list: Option<&Value>) -> Result<Vec<String>, String> {
+    let mut patterns = Vec::new();
+    for entry in list.and_then(Value::as_array).into_iter().flatten() {
+        let db = entry["database"].as_str().ok_or("each namespace entry needs a \"database\"")?;
+        if entry.get("collectionsRegex").is_some() {
+            return Err("collectionsRegex is not supported: list the collections by name".into());
+        }
+        match entry.get("collections").and_then(Value::as_array) {
+            Some(colls) if !colls.is_empty() => {
+                for coll in colls {
+                    let coll = coll.as_str().ok_or("collection names must be strings")?;
+                    patterns.push(format!("{db}.{coll}"));
+                }
+            }
+            _ => patterns.push(db.to_string()),
+        }
+    }
+    Ok(patterns)
+}
+
+async fn start(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
+    let body = match object_body(body) {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let Some(serve) = app.serve.clone() else {
+        return refusal(StatusCode::BAD_REQUEST, "InvalidStateError", "this migration was started by `ferry migrate`; it cannot be started again");
+    };
+    let ends = (body["source"].as_str(), body["destination"].as_str());
+    let (source, destination) = match ends {
+        (Some("cluster0"), Some("cluster1")) => (serve.cluster0, serve.cluster1),
+        (Some("cluster1"), Some("cluster0")) => (serve.cluster1, serve.cluster0),
+        _ => {
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                "\"source\" and \"destination\" must name \"cluster0\" and \"cluster1\"",
+            )
+        }
+    };
+    match body["buildIndexes"].as_str() {
+        None | Some("afterDataCopy") | Some("beforeDataCopy") => {}
+        Some(other) => {
+            return refusal(StatusCode::BAD_REQUEST, "InvalidRequest", format!("buildIndexes {other:?} is not supported: use afterDataCopy"))
+        }
+    }
+    let plan = namespace_patterns(body.get("includeNamespaces"))
+        .and_then(|include| Ok((include, namespace_patterns(body.get("excludeNamespaces"))?)))
+        .and_then(|(include, exclude)| {
+            crate::plan::namespace_filter(&include, &exclude, &serve.state_db).map_err(|e| e.0)
+        })
+        .and_then(|filter| {
+            let mut run = serve.run.clone();
+            run.verify |= body["verification"]["enabled"] == true;
+            Plan::new(crate::plan::Clusters { source, destination, filter }, &run).map_err(|e| e.0)
+        });
+    match plan {
+        Ok(plan) => match app.controller.start(plan) {
+            Ok(()) => success(),
+            Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
+        },
+        Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidRequest", e),
+    }
+}
+
+async fn pause(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
+    if let Err(response) = object_body(body) {
+        return response;
+    }
+    match app.controller.pause().await {
+        Ok(()) => success(),
+        Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
+    }
+}
+
+async fn resume(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
+    if let Err(response) = object_body(body) {
+        return response;
+    }
+    match app.controller.resume() {
+        Ok(()) => success(),
+        Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
+    }
+}
+
+async fn extend(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
+    if let Err(response) = object_body(body) {
+        return response;
+    }
+    match app.controller.extend() {
+        Ok(()) => success(),
+        Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
+    }
+}
+
+async fn commit(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
+    if let Err(response) = object_body(body) {
+        return response;
+    }
+    let refused = app.controller.progress().update(|s| {
         if s.commit_requested || matches!(s.state, State::Committing | State::Committed) {
             return None;
         }
@@ -56,13 +235,26 @@ async fn commit(AxumState(progress): AxumState<Progress>, body: Option<Json<Valu
                 "the migration cannot be committed yet: it is in {} ({}) with lag {}; wait until canCommit is true",
                 s.state.as_str(),
                 s.phase.as_str(),
-                s.lag_time_seconds
-                    .map_or("unknown".to_string(), |l| format!("{l} s"))
+                s.lag_time_seconds.map_or("unknown".to_string(), |l| format!("{l} s"))
             ),
         })
     });
     match refused {
-        None => Json(json!({ "success": true })).into_response(),
+        None => success(),
         Some(description) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", description),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::namespace_patterns;
+    use serde_json::json;
+
+    #[test]
+    fn mongosync_namespace_lists_become_patterns() {
+        let list = json!([{ "database": "shop" }, { "database": "crm", "collections": ["people", "leads"] }]);
+        assert_eq!(namespace_patterns(Some(&list)).unwrap(), ["shop", "crm.people", "crm.leads"]);
+        assert!(namespace_patterns(Some(&json!([{ "collections": ["x"] }]))).is_err());
+        assert_eq!(namespace_patterns(None).unwrap(), Vec::<String>::new());
     }
 }

@@ -6,15 +6,18 @@ use clap::Parser;
 
 fn main() {
     let cli = ferry::cli::Cli::parse();
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+        .with_target(false);
+    if cli.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).init();
+    }
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
     let code = runtime.block_on(ferry::cli::run(cli));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));

@@ -11,8 +11,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures_util::{stream, StreamExt, TryStreamExt};
+use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
 use mongodb::bson::{Bson, RawDocumentBuf, Timestamp};
+use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
@@ -52,12 +53,18 @@ pub enum Outcome {
     Committed,
     /// Stopped by the operator before commit; the destination is a consistent staging copy.
     Stopped,
+    /// Stopped on its own at a consistent point, for the given reason (the cutover window ran
+    /// out); a resume continues it.
+    Paused(String),
 }
 
 /// Runs a migration to its end, riding out transient faults, and records FAILED with the
 /// reason when it fails for good.
 pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Result<Outcome> {
-    progress.update(|s| s.state = State::Running);
+    progress.update(|s| {
+        s.state = State::Running;
+        s.cutover_window = plan.cutover_window;
+    });
     let source = plan.source.client()?;
     let destination = plan.destination.client()?;
     let store = StateStore::new(&destination, &plan.filter.state_db);
@@ -94,7 +101,11 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
         {
             let reason = redact_uri(&format!("{error:#}"));
             tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "retrying: {reason}");
-            progress.update(|s| s.retrying = Some(reason));
+            progress.update(|s| {
+                s.retrying = Some(reason);
+                s.retries += 1;
+                *s.errors.entry("transient".into()).or_default() += 1;
+            });
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
                 _ = stop.cancelled() => return Ok(Outcome::Stopped),
@@ -103,7 +114,9 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
             continue;
         }
         let message = redact_uri(&format!("{error:#}"));
+        let kind = if error.downcast_ref::<InputError>().is_some() { "refused" } else { "fatal" };
         let phase = progress.update(|s| {
+            *s.errors.entry(kind.into()).or_default() += 1;
             s.state = State::Failed;
             s.can_commit = false;
             s.retrying = None;
@@ -288,24 +301,45 @@ impl Migration<'_> {
                     copied_documents: resumed.map_or(0, |c| c.copied_documents),
                     copied_bytes: resumed.map_or(0, |c| c.copied_bytes),
                     done: resumed.is_some_and(|c| c.status != CopyStatus::Copying),
+                    phase: match resumed.map(|c| c.status) {
+                        Some(CopyStatus::Indexed) => "indexed",
+                        Some(CopyStatus::Copied) => "copied",
+                        Some(CopyStatus::Copying) => "copying",
+                        None => "pending",
+                    },
+                    indexes_built: 0,
                 })
             });
         }
         for spec in specs.iter().filter(|s| s.kind == Kind::Timeseries) {
             tracing::warn!(namespace = %spec.ns(), "time-series collections are not migrated");
         }
-        stream::iter(
-            collections
-                .iter()
-                .map(|spec| self.copy_one(spec, stored.get(&spec.ns()))),
-        )
-        .buffer_unordered(COPY_CONCURRENCY)
+        // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
+        // lifetime, which spawning the migration needs.
+        let copies: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = collections
+            .iter()
+            .map(|spec| self.copy_one(spec, stored.get(&spec.ns())).boxed())
+            .collect();
+        stream::iter(copies)
+            .buffer_unordered(COPY_CONCURRENCY)
         .try_collect::<Vec<()>>()
         .await?;
         for view in specs.iter().filter(|s| s.kind == Kind::View) {
             copy::create_namespace(&self.destination, view).await?;
         }
         Ok(())
+    }
+
+    fn set_collection_phase(&self, ns: &str, phase: &'static str, indexes_built: Option<u64>) {
+        self.progress.update(|s| {
+            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == ns) {
+                c.phase = phase;
+                c.done = phase != "copying";
+                if let Some(built) = indexes_built {
+                    c.indexes_built = built;
+                }
+            }
+        });
     }
 
     /// Shows the stored copy counts of a copy that finished before a restart.
@@ -321,6 +355,8 @@ impl Migration<'_> {
                     copied_documents: c.copied_documents,
                     copied_bytes: c.copied_bytes,
                     done: true,
+                    phase: "indexed",
+                    indexes_built: 0,
                 })
                 .collect();
         });
@@ -358,6 +394,7 @@ impl Migration<'_> {
             }
         };
         copy::create_namespace(&self.destination, spec).await?;
+        self.set_collection_phase(&ns, "copying", None);
         let resume = copy::Resume {
             store: &self.store,
             after,
@@ -373,11 +410,7 @@ impl Migration<'_> {
         .await?;
         self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
         self.touch();
-        self.progress.update(|s| {
-            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == ns) {
-                c.done = true;
-            }
-        });
+        self.set_collection_phase(&ns, "copied", None);
         tracing::info!(namespace = %ns, documents = copied, "collection copied");
         Ok(())
     }
@@ -392,6 +425,8 @@ impl Migration<'_> {
                 continue;
             }
             copy::build_indexes(&self.destination, spec).await?;
+            let built = spec.indexes.iter().filter(|i| !catalog::is_implicit_index(i)).count();
+            self.set_collection_phase(&spec.ns(), "indexed", Some(built as u64));
             if state.is_some() {
                 self.store
                     .set_copy_status(&spec.ns(), CopyStatus::Indexed)
@@ -444,7 +479,7 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(&stream, applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier).await?;
                 return Ok(Outcome::Stopped);
             }
             let clock = source_clock::read(&self.source).await?;
@@ -458,21 +493,31 @@ impl Migration<'_> {
                 applied = applied.max(clock.majority);
             }
             let lag = seconds_between(applied, clock.last_write);
-            let commit_requested = self.progress.update(|s| {
+            let (commit_requested, window_closed) = self.progress.update(|s| {
                 s.lag_time_seconds = Some(lag);
                 s.resume_time = Some(applied);
                 s.can_commit = s.state == State::Running && lag <= COMMITTABLE_LAG_SECONDS;
-                s.commit_requested
+                if s.can_commit && s.cutover_deadline.is_none() {
+                    s.cutover_deadline = Some(Instant::now() + s.cutover_window);
+                }
+                let closed = s.cutover_deadline.is_some_and(|d| Instant::now() >= d);
+                (s.commit_requested, closed && !s.commit_requested)
             });
+            if window_closed {
+                self.checkpoint(stream.resume_token(), applied, &applier).await?;
+                return Ok(Outcome::Paused(
+                    "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
+                ));
+            }
             if commit_requested && commit_point.is_none() {
                 commit_point = Some(self.begin_commit().await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit_point.is_some() {
-                self.checkpoint(&stream, applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier).await?;
                 last_checkpoint = Instant::now();
             }
             if commit_point.is_some_and(|point| applied >= point) {
-                self.checkpoint(&stream, applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier).await?;
                 self.finish_commit().await?;
                 return Ok(Outcome::Committed);
             }
@@ -481,11 +526,11 @@ impl Migration<'_> {
 
     async fn checkpoint(
         &self,
-        stream: &ChangeStream<RawDocumentBuf>,
+        token: Option<ResumeToken>,
         applied: Timestamp,
         applier: &Applier,
     ) -> Result<()> {
-        let Some(token) = stream.resume_token() else {
+        let Some(token) = token else {
             return Ok(());
         };
         self.store

@@ -114,34 +114,42 @@ pub struct Clusters {
 
 impl Clusters {
     pub async fn new(args: &crate::cli::ClusterArgs) -> Result<Self, InputError> {
-        let parse_all = |patterns: &[String], flag: &str| -> Result<Vec<NsPattern>, InputError> {
-            patterns
-                .iter()
-                .map(|p| NsPattern::parse(p).map_err(|e| InputError(format!("--{flag}: {e}"))))
-                .collect()
-        };
-        let state_db = &args.state_db;
-        if state_db.is_empty() || state_db.contains(['.', '/', '\\', ' ', '"', '$']) {
-            return Err(InputError(format!(
-                "--state-db {state_db:?} is not a valid database name; use letters, digits and underscores, e.g. __ferry"
-            )));
-        }
-        let filter = NamespaceFilter {
-            include: parse_all(&args.include, "include")?,
-            exclude: parse_all(&args.exclude, "exclude")?,
-            state_db: state_db.clone(),
-        };
-        if let Some(both) = filter.include.iter().find(|p| filter.exclude.contains(p)) {
-            return Err(InputError(format!(
-                "--include {both} and --exclude {both} contradict each other: give one of them"
-            )));
-        }
         Ok(Self {
-            filter,
+            filter: namespace_filter(&args.include, &args.exclude, &args.state_db)?,
             source: Endpoint::parse("source", &args.source).await?,
             destination: Endpoint::parse("destination", &args.destination).await?,
         })
     }
+}
+
+/// The namespace filter from `--include`/`--exclude` patterns and the state database's name.
+pub fn namespace_filter(
+    include: &[String],
+    exclude: &[String],
+    state_db: &str,
+) -> Result<NamespaceFilter, InputError> {
+    let parse_all = |patterns: &[String], flag: &str| -> Result<Vec<NsPattern>, InputError> {
+        patterns
+            .iter()
+            .map(|p| NsPattern::parse(p).map_err(|e| InputError(format!("--{flag}: {e}"))))
+            .collect()
+    };
+    if state_db.is_empty() || state_db.contains(['.', '/', '\\', ' ', '"', '$']) {
+        return Err(InputError(format!(
+            "--state-db {state_db:?} is not a valid database name; use letters, digits and underscores, e.g. __ferry"
+        )));
+    }
+    let filter = NamespaceFilter {
+        include: parse_all(include, "include")?,
+        exclude: parse_all(exclude, "exclude")?,
+        state_db: state_db.to_string(),
+    };
+    if let Some(both) = filter.include.iter().find(|p| filter.exclude.contains(p)) {
+        return Err(InputError(format!(
+            "--include {both} and --exclude {both} contradict each other: give one of them"
+        )));
+    }
+    Ok(filter)
 }
 
 /// A validated migration plan.
@@ -150,42 +158,31 @@ pub struct Plan {
     pub source: Endpoint,
     pub destination: Endpoint,
     pub filter: NamespaceFilter,
-    /// Verify the destination at commit.
-    pub verify: bool,
     /// Clear the included namespaces (and earlier Ferry state) on the destination first.
     pub drop: bool,
-    pub api_addr: SocketAddr,
+    /// Verify the destination at commit.
+    pub verify: bool,
     /// How long to ride out transient faults without progress before failing.
     pub retry_window: Duration,
+    /// How long the cutover window stays open once `canCommit` turns true.
+    pub cutover_window: Duration,
 }
 
 impl Plan {
-    pub async fn new(args: &crate::cli::MigrateArgs) -> Result<Self, InputError> {
-        let api_addr = args.api_addr.parse().map_err(|_| {
-            InputError(format!(
-                "--api-addr {:?} is not HOST:PORT; write it like 127.0.0.1:27182",
-                args.api_addr
-            ))
-        })?;
-        let retry_window = parse_duration(&args.retry_window).ok_or_else(|| {
-            InputError(format!(
-                "--retry-window {:?} is not a duration: write it like 90s, 30m or 2h",
-                args.retry_window
-            ))
-        })?;
-        let Clusters {
-            source,
-            destination,
-            filter,
-        } = Clusters::new(&args.clusters).await?;
+    pub fn new(clusters: Clusters, run: &crate::cli::RunArgs) -> Result<Self, InputError> {
+        let duration = |text: &str, flag: &str, example: &str| {
+            parse_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
+                InputError(format!("--{flag} {text:?} is not a duration: write it like {example}"))
+            })
+        };
         Ok(Self {
-            source,
-            destination,
-            filter,
-            verify: args.verify,
-            drop: args.drop,
-            api_addr,
-            retry_window,
+            source: clusters.source,
+            destination: clusters.destination,
+            filter: clusters.filter,
+            drop: run.drop,
+            verify: run.verify,
+            retry_window: duration(&run.retry_window, "retry-window", "90s, 30m or 2h")?,
+            cutover_window: duration(&run.cutover_window, "cutover-window", "72h or 90m")?,
         })
     }
 
@@ -197,6 +194,19 @@ impl Plan {
             filter: self.filter.clone(),
         }
     }
+}
+
+/// Parses an API address; anything but a loopback address needs a token.
+pub fn api_address(text: &str, token: Option<&str>) -> Result<SocketAddr, InputError> {
+    let addr: SocketAddr = text
+        .parse()
+        .map_err(|_| InputError(format!("--api-addr {text:?} is not HOST:PORT; write it like 127.0.0.1:27182")))?;
+    if !addr.ip().is_loopback() && token.is_none_or(str::is_empty) {
+        return Err(InputError(format!(
+            "the API on {addr} would be reachable from other machines: give --api-token (or FERRY_API_TOKEN) so that every request must carry it, or bind 127.0.0.1"
+        )));
+    }
+    Ok(addr)
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use serde::Serialize;
 pub enum State {
     Idle,
     Running,
+    Paused,
     Committing,
     Committed,
     Failed,
@@ -22,7 +23,8 @@ impl State {
     /// Reads a stored state name (unknown names read as RUNNING).
     pub fn parse(text: &str) -> Self {
         match text {
-            "IDLE" => State::Idle,
+"IDLE" => State::Idle,
+            "PAUSED" => State::Paused,
             "COMMITTING" => State::Committing,
             "COMMITTED" => State::Committed,
             "FAILED" => State::Failed,
@@ -34,6 +36,7 @@ impl State {
         match self {
             State::Idle => "IDLE",
             State::Running => "RUNNING",
+            State::Paused => "PAUSED",
             State::Committing => "COMMITTING",
             State::Committed => "COMMITTED",
             State::Failed => "FAILED",
@@ -95,6 +98,10 @@ pub struct CollectionProgress {
     pub copied_bytes: u64,
     pub copied_documents: u64,
     pub done: bool,
+    /// `pending`, `copying`, `copied` or `indexed`.
+    pub phase: &'static str,
+    /// Indexes built on the destination (besides `_id`).
+    pub indexes_built: u64,
 }
 
 /// Counts of applied change events by kind.
@@ -114,6 +121,24 @@ impl EventCounts {
     pub fn total(&self) -> u64 {
         self.insert + self.update + self.replace + self.delete + self.ddl
     }
+}
+
+/// Throughput measured over the last second, and what it predicts.
+#[derive(Clone, Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Rates {
+    pub documents_per_second: f64,
+    pub bytes_per_second: f64,
+    pub events_per_second: f64,
+    pub inserts_per_second: f64,
+    pub updates_per_second: f64,
+    pub replaces_per_second: f64,
+    pub deletes_per_second: f64,
+    pub ddl_per_second: f64,
+    /// Seconds until the copy is done, at the current rate.
+    pub copy_eta_seconds: Option<f64>,
+    /// Seconds until the lag reaches zero, at its current rate of decrease.
+    pub catch_up_eta_seconds: Option<f64>,
 }
 
 /// Where a verification stands.
@@ -141,6 +166,18 @@ pub struct Snapshot {
     pub commit_requested: bool,
     /// Why the migration is retrying, while it rides out a transient fault.
     pub retrying: Option<String>,
+    /// Transient faults ridden out, and failures, by kind.
+    pub retries: u64,
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Why the migration is PAUSED.
+    pub paused_reason: Option<String>,
+    /// When the cutover window closes (it opens when `canCommit` first turns true).
+    #[serde(skip)]
+    pub cutover_deadline: Option<Instant>,
+    /// The length of the cutover window.
+    #[serde(skip)]
+    pub cutover_window: std::time::Duration,
+    pub rates: Rates,
     /// Seconds of source history between the oldest oplog entry and Ferry's resume point.
     pub oplog_window_seconds: Option<u64>,
     /// The verification, when one runs (`--verify`).
@@ -190,7 +227,14 @@ impl Snapshot {
             "elapsedSeconds": self.started.elapsed().as_secs(),
             "oplogWindowSeconds": self.oplog_window_seconds,
             "verification": self.verification,
+            "rates": self.rates,
+            "eta": { "copySeconds": self.rates.copy_eta_seconds, "catchUpSeconds": self.rates.catch_up_eta_seconds },
+            "cutoverWindowSecondsLeft": self.cutover_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
+            "retries": self.retries,
         });
+        if let Some(reason) = &self.paused_reason {
+            progress["pausedReason"] = serde_json::Value::String(reason.clone());
+        }
         if let Some(reason) = &self.retrying {
             progress["retrying"] = serde_json::Value::String(reason.clone());
         }
@@ -218,6 +262,12 @@ impl Default for Progress {
             events: EventCounts::default(),
             commit_requested: false,
             retrying: None,
+            retries: 0,
+            errors: Default::default(),
+            paused_reason: None,
+            cutover_deadline: None,
+            cutover_window: std::time::Duration::from_secs(72 * 3600),
+            rates: Rates::default(),
             oplog_window_seconds: None,
             verification: None,
             resume_time: None,

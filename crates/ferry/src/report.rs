@@ -109,6 +109,10 @@ pub fn render(s: &Snapshot, documents_per_second: f64) -> String {
             "  ✔ Safe to cut over (lag ≤ {COMMITTABLE_LAG_SECONDS} s): stop the application's writes, then run `ferry commit`"
         ),
         State::Running => "  … not ready to cut over yet".to_string(),
+        State::Paused => format!(
+            "  ⏸ PAUSED: {} (`ferry resume` continues)",
+            s.paused_reason.as_deref().unwrap_or("paused")
+        ),
         State::Committing => "  ⏳ committing: applying the last changes and restoring constraints".to_string(),
         State::Committed => "  ✔ COMMITTED: point the application at the destination".to_string(),
         State::Failed => format!("  ✘ FAILED: {}", s.error.as_deref().unwrap_or("see the log")),

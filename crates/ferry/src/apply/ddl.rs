@@ -150,15 +150,24 @@ impl Applier {
         };
         if from_wanted && self.incarnations.applies(&from_ns, Some(&uuid)) {
             if to_wanted && to_db == event.db {
-                self.destination
+                let renamed = self
+                    .destination
                     .database("admin")
                     .run_command(doc! {
                         "renameCollection": &from_ns, "to": &to_ns, "dropTarget": true,
                     })
                     .await
-                    .with_context(|| format!("renaming {from_ns} to {to_ns} on the destination"))?;
+                    .map_err(anyhow::Error::from);
                 self.incarnations.release(&from_ns);
-                self.incarnations.hold(&to_ns, uuid);
+                match renamed {
+                    Ok(_) => self.incarnations.hold(&to_ns, uuid),
+                    // Replayed after a restart, the rename may already be done: the
+                    // destination no longer has the source of it. Copy the target again.
+                    Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => self.recopy(&to_db, &to_coll).await?,
+                    Err(e) => {
+                        return Err(e).with_context(|| format!("renaming {from_ns} to {to_ns} on the destination"))
+                    }
+                }
                 return Ok(());
             }
             ignore(

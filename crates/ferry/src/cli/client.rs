@@ -1,0 +1,110 @@
+//! `ferry status`, `commit`, `pause` and `resume`: clients of a running migration's API.
+
+use std::time::Duration;
+
+use super::ApiArgs;
+
+/// Sends one request to a running migration's API: (HTTP status, JSON body).
+fn call_api(
+    addr: &str,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+) -> Result<(u16, serde_json::Value), String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let bearer = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+    let response = match method {
+        "POST" => agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Authorization", &bearer)
+            .send("{}"),
+        _ => agent.get(&url).header("Authorization", &bearer).call(),
+    }
+    .map_err(|e| format!("no Ferry migration answers at {addr} ({e}); is `ferry migrate` running with this --api-addr?"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .read_to_string()
+        .map_err(|e| format!("reading the reply from {addr}: {e}"))?;
+    let json = serde_json::from_str(&body)
+        .map_err(|_| format!("{addr} answered with something that is not Ferry's API: {body}"))?;
+    Ok((status, json))
+}
+
+/// `ferry commit`, `ferry pause`, `ferry resume`: one POST to the running migration.
+pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
+    let addr = args.api_addr.clone();
+    let token = args.token.token();
+    let path = format!("/api/v1/{action}");
+    let reply = tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), "POST", &path))
+        .await
+        .expect("the API call panicked");
+    match reply {
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+        Ok((_, body)) if args.json => {
+            println!("{body}");
+            i32::from(body["success"] != true)
+        }
+        Ok((_, body)) if body["success"] == true => {
+            println!(
+                "{}",
+                match action {
+                    "commit" => "commit accepted: Ferry applies the last changes, restores constraints and reports COMMITTED",
+                    "pause" => "paused at a consistent point; `ferry resume` continues",
+                    _ => "resumed",
+                }
+            );
+            0
+        }
+        Ok((_, body)) => {
+            eprintln!(
+                "{action} refused: {}",
+                body["errorDescription"].as_str().unwrap_or("no reason given")
+            );
+            1
+        }
+    }
+}
+
+pub async fn status(args: ApiArgs) -> i32 {
+    let addr = args.api_addr.clone();
+    let token = args.token.token();
+    let reply = tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), "GET", "/api/v1/progress"))
+        .await
+        .expect("the API call panicked");
+    match reply {
+        Err(message) => {
+            eprintln!("error: {message}");
+            1
+        }
+        Ok((_, body)) if args.json => {
+            println!("{body}");
+            0
+        }
+        Ok((_, body)) => {
+            let p = &body["progress"];
+            println!(
+                "state {}  ·  {}  ·  canCommit {}  ·  lag {}  ·  copied {} of {} bytes",
+                p["state"].as_str().unwrap_or("?"),
+                p["info"].as_str().unwrap_or("?"),
+                p["canCommit"],
+                p["lagTimeSeconds"],
+                p["collectionCopy"]["estimatedCopiedBytes"],
+                p["collectionCopy"]["estimatedTotalBytes"]
+            );
+            if let Some(error) = p["error"].as_str() {
+                println!("error: {error}");
+            }
+            0
+        }
+    }
+}

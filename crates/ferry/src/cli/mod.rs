@@ -1,0 +1,201 @@
+//! The command line: one module per kind of subcommand. Each subcommand returns the process
+//! exit code (0 done, 1 failed, 2 bad input or a failed check, 130/143 stopped by a signal).
+
+mod client;
+mod migrate;
+mod tools;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::plan::InputError;
+
+pub const DEFAULT_API_ADDR: &str = "127.0.0.1:27182";
+
+#[derive(Parser, Debug)]
+#[command(name = "ferry", version, about = "Live-migrate a MongoDB replica set into another one")]
+pub struct Cli {
+    /// Log lines as `text` or `json`.
+    #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy everything, follow changes, and commit on the operator's word.
+    Migrate(MigrateArgs),
+    /// Serve the mongosync-compatible API and dashboard, idle until `POST /api/v1/start`.
+    Serve(ServeArgs),
+    /// Ask a running migration to commit (the application must have stopped writing).
+    Commit(ApiArgs),
+    /// Show a running migration's progress.
+    Status(ApiArgs),
+    /// Pause a running migration at a consistent point.
+    Pause(ApiArgs),
+    /// Resume a paused migration.
+    Resume(ApiArgs),
+    /// Prove that the destination holds what the source holds (exit 0 equal, 1 not).
+    Verify(VerifyArgs),
+    /// Check that a migration can succeed, without starting it (exit 0 ready, 2 blocked).
+    Check(CheckArgs),
+    /// Forget a migration: drop its state and the namespaces it wrote on the destination.
+    Reset(ResetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CheckArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Check as `ferry migrate --drop` would (occupied namespaces will be dropped).
+    #[arg(long)]
+    pub drop: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ResetArgs {
+    /// Connection string of the destination replica set.
+    #[arg(long, value_name = "URI")]
+    pub destination: String,
+    /// Database on the destination that holds Ferry's own state.
+    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    pub state_db: String,
+    /// Really drop (without it, only say what would be dropped).
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// The two clusters and the namespaces a command works on.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// Connection string of the source replica set.
+    #[arg(long, value_name = "URI")]
+    pub source: String,
+    /// Connection string of the destination replica set.
+    #[arg(long, value_name = "URI")]
+    pub destination: String,
+    /// Only this database (`db`) or collection (`db.coll`); repeatable.
+    #[arg(long, value_name = "NS")]
+    pub include: Vec<String>,
+    /// Leave out this database or collection; repeatable.
+    #[arg(long, value_name = "NS")]
+    pub exclude: Vec<String>,
+    /// Database on the destination that holds Ferry's own state.
+    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    pub state_db: String,
+}
+
+/// How a migration runs, whoever starts it.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Drop the included namespaces and any earlier Ferry state on the destination first.
+    #[arg(long)]
+    pub drop: bool,
+    /// Verify the whole destination at commit, before COMMITTED; a difference fails the commit.
+    #[arg(long)]
+    pub verify: bool,
+    /// How long to ride out network errors, restarts and elections without progress.
+    #[arg(long, value_name = "DURATION", default_value = "30m")]
+    pub retry_window: String,
+    /// How long to keep syncing, once it is safe to cut over, before stopping unattended.
+    #[arg(long, value_name = "DURATION", default_value = "72h")]
+    pub cutover_window: String,
+}
+
+/// The API token: required when the API listens beyond this machine.
+#[derive(Args, Debug, Clone)]
+pub struct TokenArgs {
+    /// Token every API request must carry as `Authorization: Bearer <token>`.
+    #[arg(long, value_name = "TOKEN", env = "FERRY_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+}
+
+impl TokenArgs {
+    pub fn token(&self) -> Option<String> {
+        self.api_token.clone().filter(|t| !t.is_empty())
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Address of the HTTP API and dashboard.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
+    pub api_addr: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// Connection string of the first cluster (`cluster0` in `/api/v1/start`).
+    #[arg(long, value_name = "URI")]
+    pub cluster0: String,
+    /// Connection string of the second cluster (`cluster1`).
+    #[arg(long, value_name = "URI")]
+    pub cluster1: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Port to listen on.
+    #[arg(long, default_value_t = 27182)]
+    pub port: u16,
+    /// Database on the destination that holds Ferry's own state.
+    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    pub state_db: String,
+    #[command(flatten)]
+    pub run: RunArgs,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Compare documents without regard to field order (MongoDB compares in order).
+    #[arg(long)]
+    pub ignore_field_order: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ApiArgs {
+    /// Address of the running migration's HTTP API.
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
+    pub api_addr: String,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Print the API's JSON reply instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs a parsed command and returns the process exit code.
+/// Runs a parsed command and returns the process exit code.
+pub async fn run(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Migrate(args) => migrate::migrate(args).await,
+        Command::Serve(args) => migrate::serve(args).await,
+        Command::Commit(args) => client::control(args, "commit").await,
+        Command::Status(args) => client::status(args).await,
+        Command::Pause(args) => client::control(args, "pause").await,
+        Command::Resume(args) => client::control(args, "resume").await,
+        Command::Verify(args) => tools::verify(args).await,
+        Command::Check(args) => tools::check(args).await,
+        Command::Reset(args) => tools::reset(args).await,
+    }
+}
+
+fn input_error(error: InputError) -> i32 {
+    eprintln!("error: {error}");
+    2
+}

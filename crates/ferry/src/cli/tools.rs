@@ -1,0 +1,101 @@
+//! `ferry check`, `ferry verify` and `ferry reset`: one-shot commands against the clusters.
+
+use super::{input_error, CheckArgs, ResetArgs, VerifyArgs};
+use crate::plan::InputError;
+use crate::redact::redact_uri;
+
+pub async fn check(args: CheckArgs) -> i32 {
+    let clusters = match crate::plan::Clusters::new(&args.clusters).await {
+        Ok(clusters) => clusters,
+        Err(e) => return input_error(e),
+    };
+    let clients = clusters
+        .source
+        .client()
+        .and_then(|s| Ok((s, clusters.destination.client()?)));
+    let (source, destination) = match clients {
+        Ok(clients) => clients,
+        Err(e) => {
+            eprintln!("error: {}", redact_uri(&format!("{e:#}")));
+            return 2;
+        }
+    };
+    let outcome = crate::preflight::run_checks(&clusters, args.drop, &source, &destination).await;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&outcome.report).expect("a report serializes")
+        );
+    } else {
+        print!("{}", outcome.report.to_text());
+    }
+    if outcome.report.blocking {
+        2
+    } else {
+        0
+    }
+}
+
+pub async fn reset(args: ResetArgs) -> i32 {
+    let run = async {
+        let destination = crate::plan::Endpoint::parse("destination", &args.destination).await?;
+        let client = destination
+            .client()
+            .map_err(|e| InputError(e.to_string()))?;
+        crate::reset::reset(&client, &args.state_db, args.yes)
+            .await
+            .map_err(|e| InputError(redact_uri(&format!("{e:#}"))))
+    };
+    match run.await {
+        Ok(summary) => {
+            println!("{summary}");
+            if args.yes {
+                0
+            } else {
+                2
+            }
+        }
+        Err(e) => input_error(e),
+    }
+}
+
+pub async fn verify(args: VerifyArgs) -> i32 {
+    let clusters = match crate::plan::Clusters::new(&args.clusters).await {
+        Ok(clusters) => clusters,
+        Err(e) => return input_error(e),
+    };
+    let comparison = crate::verify::Comparison {
+        ignore_field_order: args.ignore_field_order,
+    };
+    let run = async {
+        let source = clusters.source.client()?;
+        let destination = clusters.destination.client()?;
+        crate::verify::verify(&source, &destination, &clusters.filter, comparison, None).await
+    };
+    match run.await {
+        Ok(report) => {
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("a report serializes")
+                );
+            } else {
+                print!("{}", report.to_text());
+            }
+            if report.equal {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {}", redact_uri(&format!("{e:#}")));
+            if e.downcast_ref::<InputError>().is_some() {
+                2
+            } else {
+                3
+            }
+        }
+    }
+}
+
