@@ -1,7 +1,8 @@
 //! Project tasks, so that a fresh machine needs one command for each:
 //!
 //! - `cargo xtask install-server`: build the pinned test server once per machine (cached);
-//! - `cargo xtask test [ARGS]`: install the server if missing, then run every test;
+//! - `cargo xtask test [ARGS]`: install the server and the test browser if missing, then run
+//!   every test;
 //! - `cargo xtask demo`: a live migration between two local servers while an application writes.
 
 mod demo;
@@ -15,7 +16,9 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("install-server") => install_server(),
-        Some("test") => install_server().and_then(|()| test(&args[1..])),
+        Some("test") => install_server()
+            .and_then(|()| install_browser())
+            .and_then(|()| test(&args[1..])),
         Some("demo") => install_server().and_then(|()| demo::run()),
         _ => {
             eprintln!("usage: cargo xtask <install-server | test [cargo test args] | demo>");
@@ -81,6 +84,16 @@ fn install_server() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Installs Debian's Chromium and ChromeDriver for the dashboard's browser test, unless there.
+fn install_browser() -> Result<()> {
+    if have("chromedriver") && std::path::Path::new("/usr/bin/chromium").exists() {
+        return Ok(());
+    }
+    eprintln!("xtask: installing chromium and chromium-driver for the dashboard test");
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get").args(["install", "-y", "-qq", "chromium", "chromium-driver"]))
 }
 
 /// Runs the whole test suite (extra arguments go to `cargo test`).

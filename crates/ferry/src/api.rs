@@ -32,8 +32,16 @@ struct App {
 }
 
 /// The API's routes over one controller; `serve` is set for `ferry serve` (which starts idle).
-pub fn router(controller: Controller, token: Option<String>, serve: Option<ServeSettings>) -> Router {
-    let app = App { controller, token, serve };
+pub fn router(
+    controller: Controller,
+    token: Option<String>,
+    serve: Option<ServeSettings>,
+) -> Router {
+    let app = App {
+        controller,
+        token,
+        serve,
+    };
     Router::new()
         .route("/", get(dashboard))
         .route("/api/v1/progress", get(progress))
@@ -51,7 +59,11 @@ pub fn router(controller: Controller, token: Option<String>, serve: Option<Serve
 /// A mongosync-style error reply.
 fn refusal(status: StatusCode, error: &str, description: impl Into<String>) -> Response {
     let description = description.into();
-    (status, Json(json!({ "success": false, "error": error, "errorDescription": description }))).into_response()
+    (
+        status,
+        Json(json!({ "success": false, "error": error, "errorDescription": description })),
+    )
+        .into_response()
 }
 
 fn success() -> Response {
@@ -73,7 +85,8 @@ async fn require_token(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     // The dashboard page itself may carry the token in its address (?token=...).
-    let in_query = request.uri().path() == "/" && query.get("token").map(String::as_str) == Some(token);
+    let in_query =
+        request.uri().path() == "/" && query.get("token").map(String::as_str) == Some(token);
     if bearer.is_some_and(|b| constant_time_eq(b.as_bytes(), token.as_bytes())) || in_query {
         next.run(request).await
     } else {
@@ -111,18 +124,28 @@ async fn metrics(AxumState(app): AxumState<App>) -> Response {
 }
 
 /// Requests with a body must send a JSON object (mongosync's scripts send `{}`).
-fn object_body(body: Option<Json<Value>>) -> Result<Value, Response> {
+fn object_body(body: Option<Json<Value>>) -> Option<Value> {
     match body {
-        Some(Json(value)) if value.is_object() => Ok(value),
-        _ => Err(refusal(StatusCode::BAD_REQUEST, "InvalidRequest", "the request needs a JSON object body: send {}")),
+        Some(Json(value)) if value.is_object() => Some(value),
+        _ => None,
     }
+}
+
+fn bad_body() -> Response {
+    refusal(
+        StatusCode::BAD_REQUEST,
+        "InvalidRequest",
+        "the request needs a JSON object body: send {}",
+    )
 }
 
 /// mongosync's namespace list: `[{"database": "db", "collections": ["a", "b"]}]`.
 fn namespace_patterns(list: Option<&Value>) -> Result<Vec<String>, String> {
     let mut patterns = Vec::new();
     for entry in list.and_then(Value::as_array).into_iter().flatten() {
-        let db = entry["database"].as_str().ok_or("each namespace entry needs a \"database\"")?;
+        let db = entry["database"]
+            .as_str()
+            .ok_or("each namespace entry needs a \"database\"")?;
         if entry.get("collectionsRegex").is_some() {
             return Err("collectionsRegex is not supported: list the collections by name".into());
         }
@@ -140,12 +163,15 @@ fn namespace_patterns(list: Option<&Value>) -> Result<Vec<String>, String> {
 }
 
 async fn start(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
-    let body = match object_body(body) {
-        Ok(body) => body,
-        Err(response) => return response,
+    let Some(body) = object_body(body) else {
+        return bad_body();
     };
     let Some(serve) = app.serve.clone() else {
-        return refusal(StatusCode::BAD_REQUEST, "InvalidStateError", "this migration was started by `ferry migrate`; it cannot be started again");
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "InvalidStateError",
+            "this migration was started by `ferry migrate`; it cannot be started again",
+        );
     };
     let ends = (body["source"].as_str(), body["destination"].as_str());
     let (source, destination) = match ends {
@@ -162,7 +188,11 @@ async fn start(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Res
     match body["buildIndexes"].as_str() {
         None | Some("afterDataCopy") | Some("beforeDataCopy") => {}
         Some(other) => {
-            return refusal(StatusCode::BAD_REQUEST, "InvalidRequest", format!("buildIndexes {other:?} is not supported: use afterDataCopy"))
+            return refusal(
+                StatusCode::BAD_REQUEST,
+                "InvalidRequest",
+                format!("buildIndexes {other:?} is not supported: use afterDataCopy"),
+            )
         }
     }
     let plan = namespace_patterns(body.get("includeNamespaces"))
@@ -173,7 +203,15 @@ async fn start(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Res
         .and_then(|filter| {
             let mut run = serve.run.clone();
             run.verify |= body["verification"]["enabled"] == true;
-            Plan::new(crate::plan::Clusters { source, destination, filter }, &run).map_err(|e| e.0)
+            Plan::new(
+                crate::plan::Clusters {
+                    source,
+                    destination,
+                    filter,
+                },
+                &run,
+            )
+            .map_err(|e| e.0)
         });
     match plan {
         Ok(plan) => match app.controller.start(plan) {
@@ -185,8 +223,8 @@ async fn start(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Res
 }
 
 async fn pause(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
-    if let Err(response) = object_body(body) {
-        return response;
+    if object_body(body).is_none() {
+        return bad_body();
     }
     match app.controller.pause().await {
         Ok(()) => success(),
@@ -195,8 +233,8 @@ async fn pause(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Res
 }
 
 async fn resume(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
-    if let Err(response) = object_body(body) {
-        return response;
+    if object_body(body).is_none() {
+        return bad_body();
     }
     match app.controller.resume() {
         Ok(()) => success(),
@@ -205,8 +243,8 @@ async fn resume(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Re
 }
 
 async fn extend(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
-    if let Err(response) = object_body(body) {
-        return response;
+    if object_body(body).is_none() {
+        return bad_body();
     }
     match app.controller.extend() {
         Ok(()) => success(),
@@ -215,8 +253,8 @@ async fn extend(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Re
 }
 
 async fn commit(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
-    if let Err(response) = object_body(body) {
-        return response;
+    if object_body(body).is_none() {
+        return bad_body();
     }
     let refused = app.controller.progress().update(|s| {
         if s.commit_requested || matches!(s.state, State::Committing | State::Committed) {
@@ -253,7 +291,10 @@ mod tests {
     #[test]
     fn mongosync_namespace_lists_become_patterns() {
         let list = json!([{ "database": "shop" }, { "database": "crm", "collections": ["people", "leads"] }]);
-        assert_eq!(namespace_patterns(Some(&list)).unwrap(), ["shop", "crm.people", "crm.leads"]);
+        assert_eq!(
+            namespace_patterns(Some(&list)).unwrap(),
+            ["shop", "crm.people", "crm.leads"]
+        );
         assert!(namespace_patterns(Some(&json!([{ "collections": ["x"] }]))).is_err());
         assert_eq!(namespace_patterns(None).unwrap(), Vec::<String>::new());
     }

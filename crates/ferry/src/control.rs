@@ -59,7 +59,10 @@ impl Controller {
         {
             let mut current = self.plan.lock().expect("plan lock");
             if current.is_some() {
-                return Err("a migration was started already; it can be paused, resumed or committed".into());
+                return Err(
+                    "a migration was started already; it can be paused, resumed or committed"
+                        .into(),
+                );
             }
             *current = Some(plan);
         }
@@ -68,9 +71,17 @@ impl Controller {
     }
 
     fn spawn(&self) {
-        let plan = self.plan.lock().expect("plan lock").clone().expect("a plan to run");
+        let plan = self
+            .plan
+            .lock()
+            .expect("plan lock")
+            .clone()
+            .expect("a plan to run");
         let stop = CancellationToken::new();
-        *self.run.lock().expect("run lock") = Some(Run { stop: stop.clone(), pausing: false });
+        *self.run.lock().expect("run lock") = Some(Run {
+            stop: stop.clone(),
+            pausing: false,
+        });
         let controller = self.clone();
         tokio::spawn(async move {
             let outcome = migration::run(plan, controller.progress.clone(), stop).await;
@@ -100,7 +111,10 @@ impl Controller {
     }
 
     fn enter_paused(&self, reason: &str) {
-        tracing::info!(reason, "PAUSED: the destination is a consistent staging copy; resume to continue");
+        tracing::info!(
+            reason,
+            "PAUSED: the destination is a consistent staging copy; resume to continue"
+        );
         self.progress.update(|s| {
             s.state = State::Paused;
             s.can_commit = false;
@@ -112,7 +126,10 @@ impl Controller {
     pub async fn pause(&self) -> Result<(), String> {
         let state = self.progress.snapshot().state;
         if state != State::Running {
-            return Err(format!("only a RUNNING migration can be paused; this one is {}", state.as_str()));
+            return Err(format!(
+                "only a RUNNING migration can be paused; this one is {}",
+                state.as_str()
+            ));
         }
         {
             let mut run = self.run.lock().expect("run lock");
@@ -132,7 +149,10 @@ impl Controller {
     pub fn resume(&self) -> Result<(), String> {
         let state = self.progress.snapshot().state;
         if state != State::Paused {
-            return Err(format!("only a PAUSED migration can be resumed; this one is {}", state.as_str()));
+            return Err(format!(
+                "only a PAUSED migration can be resumed; this one is {}",
+                state.as_str()
+            ));
         }
         if let Some(plan) = self.plan.lock().expect("plan lock").as_mut() {
             plan.drop = false;
@@ -153,7 +173,10 @@ impl Controller {
                 *deadline += EXTENSION;
                 Ok(())
             }
-            None => Err("the cutover window has not started: it starts when canCommit first turns true".into()),
+            None => Err(
+                "the cutover window has not started: it starts when canCommit first turns true"
+                    .into(),
+            ),
         })
     }
 

@@ -10,7 +10,10 @@ pub const MAX_NAMESPACE_LABELS: usize = 100;
 
 /// Escapes a label value.
 fn label(value: &str) -> String {
-    value.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// The metrics text of one snapshot.
@@ -27,29 +30,71 @@ pub fn render(s: &Snapshot) -> String {
             .collections
             .iter()
             .take(MAX_NAMESPACE_LABELS)
-            .map(|c| (format!("{{namespace=\"{}\"}}", label(&c.namespace)), value(c) as f64))
+            .map(|c| {
+                (
+                    format!("{{namespace=\"{}\"}}", label(&c.namespace)),
+                    value(c) as f64,
+                )
+            })
             .collect();
         if s.collections.len() > MAX_NAMESPACE_LABELS {
-            let rest: u64 = s.collections[MAX_NAMESPACE_LABELS..].iter().map(value).sum();
+            let rest: u64 = s.collections[MAX_NAMESPACE_LABELS..]
+                .iter()
+                .map(value)
+                .sum();
             samples.push(("{namespace=\"other\"}".into(), rest as f64));
         }
         samples
     };
-    metric("ferry_documents_copied_total", "counter", "Documents copied to the destination.", by_namespace(|c| c.copied_documents));
-    metric("ferry_bytes_copied_total", "counter", "Bytes of documents copied to the destination.", by_namespace(|c| c.copied_bytes));
+    metric(
+        "ferry_documents_copied_total",
+        "counter",
+        "Documents copied to the destination.",
+        by_namespace(|c| c.copied_documents),
+    );
+    metric(
+        "ferry_bytes_copied_total",
+        "counter",
+        "Bytes of documents copied to the destination.",
+        by_namespace(|c| c.copied_bytes),
+    );
     let e = &s.events;
     metric(
         "ferry_change_events_applied_total",
         "counter",
         "Change events applied to the destination, by type.",
-        [("insert", e.insert), ("update", e.update), ("replace", e.replace), ("delete", e.delete), ("ddl", e.ddl)]
-            .iter()
-            .map(|(t, n)| (format!("{{type=\"{t}\"}}"), *n as f64))
-            .collect(),
+        [
+            ("insert", e.insert),
+            ("update", e.update),
+            ("replace", e.replace),
+            ("delete", e.delete),
+            ("ddl", e.ddl),
+        ]
+        .iter()
+        .map(|(t, n)| (format!("{{type=\"{t}\"}}"), *n as f64))
+        .collect(),
     );
-    metric("ferry_lag_seconds", "gauge", "Source latest write minus latest applied change.", vec![(String::new(), s.lag_time_seconds.map_or(f64::NAN, |l| l as f64))]);
-    metric("ferry_can_commit", "gauge", "1 when the migration can be committed.", vec![(String::new(), f64::from(u8::from(s.can_commit)))]);
-    metric("ferry_retries_total", "counter", "Transient faults ridden out.", vec![(String::new(), s.retries as f64)]);
+    metric(
+        "ferry_lag_seconds",
+        "gauge",
+        "Source latest write minus latest applied change.",
+        vec![(
+            String::new(),
+            s.lag_time_seconds.map_or(f64::NAN, |l| l as f64),
+        )],
+    );
+    metric(
+        "ferry_can_commit",
+        "gauge",
+        "1 when the migration can be committed.",
+        vec![(String::new(), f64::from(u8::from(s.can_commit)))],
+    );
+    metric(
+        "ferry_retries_total",
+        "counter",
+        "Transient faults ridden out.",
+        vec![(String::new(), s.retries as f64)],
+    );
     metric(
         "ferry_errors_total",
         "counter",
@@ -59,19 +104,49 @@ pub fn render(s: &Snapshot) -> String {
             .map(|k| (format!("{{kind=\"{k}\"}}"), *s.errors.get(*k).unwrap_or(&0) as f64))
             .collect(),
     );
-    let phases = [Phase::Validating, Phase::CollectionCopy, Phase::IndexBuilding, Phase::ChangeEventApplication, Phase::RestoringConstraints, Phase::Done];
+    let phases = [
+        Phase::Validating,
+        Phase::CollectionCopy,
+        Phase::IndexBuilding,
+        Phase::ChangeEventApplication,
+        Phase::RestoringConstraints,
+        Phase::Done,
+    ];
     metric(
         "ferry_phase",
         "gauge",
         "1 for the current phase.",
-        phases.iter().map(|p| (format!("{{phase=\"{}\"}}", p.as_str()), f64::from(u8::from(*p == s.phase)))).collect(),
+        phases
+            .iter()
+            .map(|p| {
+                (
+                    format!("{{phase=\"{}\"}}", p.as_str()),
+                    f64::from(u8::from(*p == s.phase)),
+                )
+            })
+            .collect(),
     );
-    let states = [State::Idle, State::Running, State::Paused, State::Committing, State::Committed, State::Failed];
+    let states = [
+        State::Idle,
+        State::Running,
+        State::Paused,
+        State::Committing,
+        State::Committed,
+        State::Failed,
+    ];
     metric(
         "ferry_state",
         "gauge",
         "1 for the current state.",
-        states.iter().map(|st| (format!("{{state=\"{}\"}}", st.as_str()), f64::from(u8::from(*st == s.state)))).collect(),
+        states
+            .iter()
+            .map(|st| {
+                (
+                    format!("{{state=\"{}\"}}", st.as_str()),
+                    f64::from(u8::from(*st == s.state)),
+                )
+            })
+            .collect(),
     );
     out
 }
@@ -86,16 +161,29 @@ mod tests {
         let progress = Progress::default();
         progress.update(|s| {
             for i in 0..(MAX_NAMESPACE_LABELS + 5) {
-                s.collections.push(CollectionProgress { namespace: format!("db.c{i}"), copied_documents: 2, ..Default::default() });
+                s.collections.push(CollectionProgress {
+                    namespace: format!("db.c{i}"),
+                    copied_documents: 2,
+                    ..Default::default()
+                });
             }
             s.events.update = 7;
             s.lag_time_seconds = Some(3);
         });
         let text = render(&progress.snapshot());
-        assert!(text.contains("ferry_documents_copied_total{namespace=\"db.c0\"} 2\n"), "{text}");
-        assert!(text.contains("ferry_documents_copied_total{namespace=\"other\"} 10\n"), "{text}");
+        assert!(
+            text.contains("ferry_documents_copied_total{namespace=\"db.c0\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ferry_documents_copied_total{namespace=\"other\"} 10\n"),
+            "{text}"
+        );
         assert!(!text.contains("db.c104"), "labels are bounded");
-        assert!(text.contains("ferry_change_events_applied_total{type=\"update\"} 7\n"), "{text}");
+        assert!(
+            text.contains("ferry_change_events_applied_total{type=\"update\"} 7\n"),
+            "{text}"
+        );
         assert!(text.contains("ferry_lag_seconds 3\n"), "{text}");
         assert!(text.contains("ferry_state{state=\"IDLE\"} 1\n"), "{text}");
     }

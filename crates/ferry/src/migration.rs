@@ -114,7 +114,11 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
             continue;
         }
         let message = redact_uri(&format!("{error:#}"));
-        let kind = if error.downcast_ref::<InputError>().is_some() { "refused" } else { "fatal" };
+        let kind = if error.downcast_ref::<InputError>().is_some() {
+            "refused"
+        } else {
+            "fatal"
+        };
         let phase = progress.update(|s| {
             *s.errors.entry(kind.into()).or_default() += 1;
             s.state = State::Failed;
@@ -322,8 +326,8 @@ impl Migration<'_> {
             .collect();
         stream::iter(copies)
             .buffer_unordered(COPY_CONCURRENCY)
-        .try_collect::<Vec<()>>()
-        .await?;
+            .try_collect::<Vec<()>>()
+            .await?;
         for view in specs.iter().filter(|s| s.kind == Kind::View) {
             copy::create_namespace(&self.destination, view).await?;
         }
@@ -425,7 +429,11 @@ impl Migration<'_> {
                 continue;
             }
             copy::build_indexes(&self.destination, spec).await?;
-            let built = spec.indexes.iter().filter(|i| !catalog::is_implicit_index(i)).count();
+            let built = spec
+                .indexes
+                .iter()
+                .filter(|i| !catalog::is_implicit_index(i))
+                .count();
             self.set_collection_phase(&spec.ns(), "indexed", Some(built as u64));
             if state.is_some() {
                 self.store
@@ -479,7 +487,8 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(stream.resume_token(), applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier)
+                    .await?;
                 return Ok(Outcome::Stopped);
             }
             let clock = source_clock::read(&self.source).await?;
@@ -504,7 +513,8 @@ impl Migration<'_> {
                 (s.commit_requested, closed && !s.commit_requested)
             });
             if window_closed {
-                self.checkpoint(stream.resume_token(), applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier)
+                    .await?;
                 return Ok(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
                 ));
@@ -513,11 +523,13 @@ impl Migration<'_> {
                 commit_point = Some(self.begin_commit().await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit_point.is_some() {
-                self.checkpoint(stream.resume_token(), applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier)
+                    .await?;
                 last_checkpoint = Instant::now();
             }
             if commit_point.is_some_and(|point| applied >= point) {
-                self.checkpoint(stream.resume_token(), applied, &applier).await?;
+                self.checkpoint(stream.resume_token(), applied, &applier)
+                    .await?;
                 self.finish_commit().await?;
                 return Ok(Outcome::Committed);
             }

@@ -171,9 +171,13 @@ pub struct Plan {
 impl Plan {
     pub fn new(clusters: Clusters, run: &crate::cli::RunArgs) -> Result<Self, InputError> {
         let duration = |text: &str, flag: &str, example: &str| {
-            parse_duration(text).filter(|d| !d.is_zero()).ok_or_else(|| {
-                InputError(format!("--{flag} {text:?} is not a duration: write it like {example}"))
-            })
+            parse_duration(text)
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    InputError(format!(
+                        "--{flag} {text:?} is not a duration: write it like {example}"
+                    ))
+                })
         };
         Ok(Self {
             source: clusters.source,
@@ -198,9 +202,11 @@ impl Plan {
 
 /// Parses an API address; anything but a loopback address needs a token.
 pub fn api_address(text: &str, token: Option<&str>) -> Result<SocketAddr, InputError> {
-    let addr: SocketAddr = text
-        .parse()
-        .map_err(|_| InputError(format!("--api-addr {text:?} is not HOST:PORT; write it like 127.0.0.1:27182")))?;
+    let addr: SocketAddr = text.parse().map_err(|_| {
+        InputError(format!(
+            "--api-addr {text:?} is not HOST:PORT; write it like 127.0.0.1:27182"
+        ))
+    })?;
     if !addr.ip().is_loopback() && token.is_none_or(str::is_empty) {
         return Err(InputError(format!(
             "the API on {addr} would be reachable from other machines: give --api-token (or FERRY_API_TOKEN) so that every request must carry it, or bind 127.0.0.1"

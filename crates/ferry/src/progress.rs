@@ -23,7 +23,7 @@ impl State {
     /// Reads a stored state name (unknown names read as RUNNING).
     pub fn parse(text: &str) -> Self {
         match text {
-"IDLE" => State::Idle,
+            "IDLE" => State::Idle,
             "PAUSED" => State::Paused,
             "COMMITTING" => State::Committing,
             "COMMITTED" => State::Committed,

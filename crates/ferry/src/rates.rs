@@ -39,7 +39,8 @@ fn rates(before: &Sample, after: &Sample, now: &Snapshot) -> Rates {
     let (e0, e1) = (&before.events, &after.events);
     let bytes_per_second = per_second(before.bytes, after.bytes);
     let remaining = now.total_bytes().saturating_sub(now.copied_bytes());
-    let copy_eta_seconds = (remaining > 0 && bytes_per_second > 0.0).then(|| remaining as f64 / bytes_per_second);
+    let copy_eta_seconds =
+        (remaining > 0 && bytes_per_second > 0.0).then(|| remaining as f64 / bytes_per_second);
     let catch_up_eta_seconds = match (before.lag, after.lag) {
         (_, Some(0)) => Some(0.0),
         (Some(l0), Some(l1)) if l1 < l0 => Some(l1 as f64 * seconds / (l0 - l1) as f64),

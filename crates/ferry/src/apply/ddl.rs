@@ -163,9 +163,13 @@ impl Applier {
                     Ok(_) => self.incarnations.hold(&to_ns, uuid),
                     // Replayed after a restart, the rename may already be done: the
                     // destination no longer has the source of it. Copy the target again.
-                    Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => self.recopy(&to_db, &to_coll).await?,
+                    Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => {
+                        self.recopy(&to_db, &to_coll).await?
+                    }
                     Err(e) => {
-                        return Err(e).with_context(|| format!("renaming {from_ns} to {to_ns} on the destination"))
+                        return Err(e).with_context(|| {
+                            format!("renaming {from_ns} to {to_ns} on the destination")
+                        })
                     }
                 }
                 return Ok(());

@@ -42,9 +42,10 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
     let addr = args.api_addr.clone();
     let token = args.token.token();
     let path = format!("/api/v1/{action}");
-    let reply = tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), "POST", &path))
-        .await
-        .expect("the API call panicked");
+    let reply =
+        tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), "POST", &path))
+            .await
+            .expect("the API call panicked");
     match reply {
         Err(message) => {
             eprintln!("error: {message}");
@@ -68,7 +69,9 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
         Ok((_, body)) => {
             eprintln!(
                 "{action} refused: {}",
-                body["errorDescription"].as_str().unwrap_or("no reason given")
+                body["errorDescription"]
+                    .as_str()
+                    .unwrap_or("no reason given")
             );
             1
         }
@@ -78,9 +81,11 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
 pub async fn status(args: ApiArgs) -> i32 {
     let addr = args.api_addr.clone();
     let token = args.token.token();
-    let reply = tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), "GET", "/api/v1/progress"))
-        .await
-        .expect("the API call panicked");
+    let reply = tokio::task::spawn_blocking(move || {
+        call_api(&addr, token.as_deref(), "GET", "/api/v1/progress")
+    })
+    .await
+    .expect("the API call panicked");
     match reply {
         Err(message) => {
             eprintln!("error: {message}");

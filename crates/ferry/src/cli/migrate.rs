@@ -12,6 +12,9 @@ use crate::plan::{self, Clusters, Endpoint, InputError, Plan};
 use crate::progress::Progress;
 use crate::{rates, report};
 
+/// How long the API keeps answering after COMMITTED before the process exits.
+const FINAL_STATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub async fn migrate(args: MigrateArgs) -> i32 {
     let token = args.token.token();
     let ready = async {
@@ -34,6 +37,10 @@ pub async fn migrate(args: MigrateArgs) -> i32 {
     controller.start(plan).expect("a fresh controller starts");
     let signal = tokio::spawn(stop_on_signal(controller.clone()));
     let finish = controller.finished().await;
+    if finish == Finish::Committed {
+        // Keep answering a moment, so that dashboards and scripts polling the API see COMMITTED.
+        tokio::time::sleep(FINAL_STATE_GRACE).await;
+    }
     surface.stop().await;
     let s = controller.progress().snapshot();
     match finish {

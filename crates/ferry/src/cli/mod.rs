@@ -12,7 +12,11 @@ use crate::plan::InputError;
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:27182";
 
 #[derive(Parser, Debug)]
-#[command(name = "ferry", version, about = "Live-migrate a MongoDB replica set into another one")]
+#[command(
+    name = "ferry",
+    version,
+    about = "Live-migrate a MongoDB replica set into another one"
+)]
 pub struct Cli {
     /// Log lines as `text` or `json`.
     #[arg(long, global = true, value_name = "FORMAT", default_value = "text", value_parser = ["text", "json"])]
@@ -109,7 +113,12 @@ pub struct RunArgs {
 #[derive(Args, Debug, Clone)]
 pub struct TokenArgs {
     /// Token every API request must carry as `Authorization: Bearer <token>`.
-    #[arg(long, value_name = "TOKEN", env = "FERRY_API_TOKEN", hide_env_values = true)]
+    #[arg(
+        long,
+        value_name = "TOKEN",
+        env = "FERRY_API_TOKEN",
+        hide_env_values = true
+    )]
     pub api_token: Option<String>,
 }
 

@@ -98,4 +98,3 @@ pub async fn verify(args: VerifyArgs) -> i32 {
         }
     }
 }
-

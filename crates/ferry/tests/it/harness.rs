@@ -119,23 +119,7 @@ impl Ferry {
     }
 
     fn call(&self, method: &str, path: &str) -> Option<(u16, Value)> {
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(10)))
-            .build()
-            .into();
-        let url = format!("http://{}{path}", self.api);
-        let response = match method {
-            "POST" => agent
-                .post(&url)
-                .header("Content-Type", "application/json")
-                .send("{}"),
-            _ => agent.get(&url).call(),
-        }
-        .ok()?;
-        let status = response.status().as_u16();
-        let body = response.into_body().read_to_string().ok()?;
-        Some((status, serde_json::from_str(&body).ok()?))
+        call_api(&self.api, method, path, None)
     }
 
     /// The `progress` object of `GET /api/v1/progress`, once the API answers.
@@ -233,6 +217,40 @@ impl Drop for Ferry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One request to an API at `addr`: (HTTP status, body text); `None` when nothing answers.
+pub fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &str,
+    token: Option<&str>,
+) -> Option<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(30)))
+        .build()
+        .into();
+    let url = format!("http://{addr}{path}");
+    let bearer = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
+    let response = match method {
+        "POST" => agent
+            .post(&url)
+            .header("Content-Type", "application/json")
+            .header("Authorization", &bearer)
+            .send(body),
+        _ => agent.get(&url).header("Authorization", &bearer).call(),
+    }
+    .ok()?;
+    let status = response.status().as_u16();
+    Some((status, response.into_body().read_to_string().ok()?))
+}
+
+/// One request to an API at `addr` that answers JSON: (HTTP status, reply).
+pub fn call_api(addr: &str, method: &str, path: &str, token: Option<&str>) -> Option<(u16, Value)> {
+    let (status, body) = http(addr, method, path, "{}", token)?;
+    Some((status, serde_json::from_str(&body).ok()?))
 }
 
 /// A seed from `FERRY_TEST_SEED` or the clock, printed so that a failure can be replayed.

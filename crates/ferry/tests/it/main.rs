@@ -6,5 +6,6 @@ mod edges;
 mod faults;
 mod harness;
 mod live;
+mod operator;
 mod preflight;
 mod verify;
