@@ -3,8 +3,10 @@
 //! - `cargo xtask install-server`: build the pinned test server once per machine (cached);
 //! - `cargo xtask test [ARGS]`: install the server and the test browser if missing, then run
 //!   every test;
-//! - `cargo xtask demo`: a live migration between two local servers while an application writes.
+//! - `cargo xtask demo`: a live migration between two local servers while an application writes;
+//! - `cargo xtask bench`: Ferry's speed and memory against same-run baselines (docs/BENCHMARKS.md).
 
+mod bench;
 mod demo;
 
 use std::process::{Command, ExitCode};
@@ -20,8 +22,11 @@ fn main() -> ExitCode {
             .and_then(|()| install_browser())
             .and_then(|()| test(&args[1..])),
         Some("demo") => install_server().and_then(|()| demo::run()),
+        Some("bench") => install_server().and_then(|()| bench::run()),
         _ => {
-            eprintln!("usage: cargo xtask <install-server | test [cargo test args] | demo>");
+            eprintln!(
+                "usage: cargo xtask <install-server | test [cargo test args] | demo | bench>"
+            );
             return ExitCode::from(2);
         }
     };
