@@ -71,7 +71,16 @@ async fn rebuild_capped(
         .run_command(exact.create_command(false))
         .await
         .with_context(|| format!("creating capped {} with its exact options", spec.ns()))?;
-    copy::copy_documents(source, destination, spec, &scratch, progress, None).await?;
+    copy::copy_documents(
+        source,
+        destination,
+        spec,
+        &scratch,
+        &Default::default(),
+        progress,
+        None,
+    )
+    .await?;
     let indexes: Vec<Document> = spec
         .indexes
         .iter()

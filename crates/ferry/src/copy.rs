@@ -13,13 +13,13 @@ use crate::catalog::{self, CollectionSpec, Kind};
 use crate::id_order;
 use crate::progress::Progress;
 use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
-use crate::state::StateStore;
+use crate::state::{Partition, StateStore};
 
 /// Documents per insert batch, and the byte size at which a batch is sent early.
 const BATCH_DOCUMENTS: usize = 1000;
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Batches buffered between the reader and the writer of one collection.
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 /// The source's size estimate of a collection: (documents, bytes).
 pub async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64) {
@@ -59,22 +59,108 @@ pub async fn create_namespace(destination: &Client, spec: &CollectionSpec) -> Re
     }
 }
 
-/// Where a collection's copy records its progress, and where it resumes.
+/// Where a partition's copy records its progress.
 pub struct Resume<'a> {
     pub store: &'a StateStore,
-    /// The greatest `_id` already acknowledged: reading continues after it.
-    pub after: Option<Bson>,
+    /// The partition's index in the collection's stored state.
+    pub partition: usize,
 }
 
-/// Copies every document of one collection into the destination collection `target` of the same
-/// database, in `_id` order (natural order for capped ones, whose insertion order is part of their
-/// content). With `resume`, each acknowledged batch is checkpointed and reading starts after the
-/// last checkpointed `_id`. Returns the number of documents copied.
+/// Bytes per partition of a large collection, and the most partitions one collection gets.
+const PARTITION_BYTES: u64 = 16 * 1024 * 1024;
+const MAX_PARTITIONS: u64 = 64;
+/// Sampled `_id`s per partition boundary.
+const SAMPLES_PER_PARTITION: u64 = 20;
+
+/// Splits a collection of `bytes` into `_id` ranges of about [`PARTITION_BYTES`], from a
+/// random sample of its `_id`s (any mix of `_id` types). Small and capped collections are one
+/// range (a capped one is copied in natural order).
+pub async fn partitions(
+    source: &Client,
+    spec: &CollectionSpec,
+    bytes: u64,
+) -> Result<Vec<Partition>> {
+    let count = (bytes / PARTITION_BYTES).min(MAX_PARTITIONS);
+    if spec.is_capped() || count < 2 {
+        return Ok(vec![Partition::default()]);
+    }
+    let sample: Vec<RawDocumentBuf> = source
+        .database(&spec.db)
+        .collection::<RawDocumentBuf>(&spec.name)
+        .aggregate([
+            doc! { "$sample": { "size": (count * SAMPLES_PER_PARTITION) as i64 } },
+            doc! { "$project": { "_id": 1 } },
+        ])
+        .with_type::<RawDocumentBuf>()
+        .await
+        .with_context(|| format!("sampling the _ids of {}", spec.ns()))?
+        .try_collect()
+        .await?;
+    let mut ids: Vec<Bson> = sample
+        .iter()
+        .filter_map(|d| d.get("_id").ok().flatten())
+        .filter_map(|id| id.to_raw_bson().try_into().ok())
+        .collect();
+    ids.sort_by(compare_bson);
+    ids.dedup();
+    let mut bounds: Vec<Bson> = (1..count)
+        .filter_map(|i| ids.get((i * ids.len() as u64 / count) as usize).cloned())
+        .collect();
+    bounds.dedup();
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut lo = None;
+    for hi in bounds {
+        ranges.push(Partition {
+            lo: lo.clone(),
+            hi: Some(hi.clone()),
+            ..Default::default()
+        });
+        lo = Some(hi);
+    }
+    ranges.push(Partition {
+        lo,
+        ..Default::default()
+    });
+    Ok(ranges)
+}
+
+fn compare_bson(a: &Bson, b: &Bson) -> std::cmp::Ordering {
+    let (a, b) = (
+        mongodb::bson::RawBson::try_from(a.clone()),
+        mongodb::bson::RawBson::try_from(b.clone()),
+    );
+    match (a, b) {
+        (Ok(a), Ok(b)) => id_order::compare(a.as_raw_bson_ref(), b.as_raw_bson_ref()),
+        _ => std::cmp::Ordering::Equal,
+    }
+}
+
+/// The filter selecting what is left to copy of a partition.
+fn remaining(range: &Partition) -> Document {
+    let mut parts = Vec::new();
+    if let Some(after) = range.last_id.as_ref().or(range.lo.as_ref()) {
+        parts.push(id_order::after(after));
+    }
+    if let Some(hi) = &range.hi {
+        parts.push(id_order::up_to(hi));
+    }
+    match parts.len() {
+        0 => doc! {},
+        1 => parts.remove(0),
+        _ => doc! { "$and": parts },
+    }
+}
+
+/// Copies the documents of one `_id` range of a collection into the destination collection
+/// `target` of the same database, in `_id` order (natural order for capped ones, whose insertion
+/// order is part of their content), continuing after the range's last copied `_id`. With
+/// `resume`, each acknowledged batch is checkpointed. Returns the number of documents copied.
 pub async fn copy_documents(
     source: &Client,
     destination: &Client,
     spec: &CollectionSpec,
     target: &str,
+    range: &Partition,
     progress: &Progress,
     resume: Option<Resume<'_>>,
 ) -> Result<u64> {
@@ -90,16 +176,14 @@ pub async fn copy_documents(
     let writer = destination
         .database(&spec.db)
         .collection::<RawDocumentBuf>(target);
-    let (store, after) = match resume {
-        Some(Resume { store, after }) => (Some(store.clone()), after),
-        None => (None, None),
-    };
+    let checkpoint = resume.map(|r| (r.store.clone(), r.partition));
     // Capped collections are read in natural order, so they restart from the beginning; the
     // documents already there are refused as duplicates and skipped.
     let ordered = !spec.is_capped();
-    let filter = match (&after, ordered) {
-        (Some(last), true) => id_order::after(last),
-        _ => doc! {},
+    let filter = if ordered {
+        remaining(range)
+    } else {
+        doc! {}
     };
 
     let (batches, mut incoming) = mpsc::channel::<Vec<RawDocumentBuf>>(BATCHES_IN_FLIGHT);
@@ -127,10 +211,11 @@ pub async fn copy_documents(
                         .with_context(|| format!("writing documents of {write_ns}"))
                 }
             }
-            if let (Some(store), Some(last_id), true) = (&store, last_id, ordered) {
+            if let (Some((store, partition)), Some(last_id), true) = (&checkpoint, last_id, ordered)
+            {
                 let last_id: Bson = last_id.try_into()?;
                 store
-                    .copied_up_to(&write_ns, &last_id, documents, bytes)
+                    .copied_up_to(&write_ns, *partition, &last_id, documents, bytes)
                     .await?;
             }
             written += documents;
@@ -195,4 +280,30 @@ pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Resul
         .await
         .with_context(|| format!("building the indexes of {} on the destination", spec.ns()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_continues_after_its_last_copied_id_up_to_its_end() {
+        let whole = Partition::default();
+        assert_eq!(remaining(&whole), doc! {});
+        let first = Partition {
+            hi: Some(Bson::Int32(10)),
+            ..Default::default()
+        };
+        assert_eq!(remaining(&first), id_order::up_to(&Bson::Int32(10)));
+        let resumed = Partition {
+            lo: Some(Bson::Int32(10)),
+            hi: Some(Bson::Int32(20)),
+            last_id: Some(Bson::Int32(15)),
+            done: false,
+        };
+        assert_eq!(
+            remaining(&resumed),
+            doc! { "$and": [id_order::after(&Bson::Int32(15)), id_order::up_to(&Bson::Int32(20))] }
+        );
+    }
 }

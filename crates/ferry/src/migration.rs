@@ -27,7 +27,7 @@ use crate::progress::{CollectionProgress, Phase, Progress, State};
 use crate::redact::redact_uri;
 use crate::server_error::{self, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST};
 use crate::source_clock::{self, seconds_between};
-use crate::state::{Checkpoint, CollectionState, CopyStatus, StateStore, Stored};
+use crate::state::{Checkpoint, CollectionState, CopyStatus, Partition, StateStore, Stored};
 use crate::{constraints, copy, oplog, preflight, verify};
 
 /// Collections copied at the same time.
@@ -292,8 +292,10 @@ impl Migration<'_> {
             .iter()
             .filter(|s| s.kind == Kind::Collection)
             .collect();
+        let mut estimates = HashMap::new();
         for spec in &collections {
             let (documents, bytes) = copy::estimate_size(&self.source, spec).await;
+            estimates.insert(spec.ns(), bytes);
             let ns = spec.ns();
             let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
             self.progress.update(|s| {
@@ -318,11 +320,78 @@ impl Migration<'_> {
         for spec in specs.iter().filter(|s| s.kind == Kind::Timeseries) {
             tracing::warn!(namespace = %spec.ns(), "time-series collections are not migrated");
         }
+        // Every `_id` range left to copy, across all collections, runs in one bounded pool.
+        let mut jobs = Vec::new();
+        let mut left: HashMap<String, (usize, u64)> = HashMap::new();
+        for spec in &collections {
+            let ns = spec.ns();
+            let Some(ranges) = self
+                .plan_copy(
+                    spec,
+                    stored.get(&ns),
+                    estimates.get(&ns).copied().unwrap_or(0),
+                )
+                .await?
+            else {
+                continue;
+            };
+            copy::create_namespace(&self.destination, spec).await?;
+            self.set_collection_phase(&ns, "copying", None);
+            let remaining: Vec<(usize, Partition)> = ranges
+                .into_iter()
+                .enumerate()
+                .filter(|(_, r)| !r.done)
+                .collect();
+            if remaining.is_empty() {
+                self.finish_copy(&ns, 0).await?;
+                continue;
+            }
+            left.insert(ns, (remaining.len(), 0));
+            jobs.extend(
+                remaining
+                    .into_iter()
+                    .map(|(index, range)| (*spec, index, range)),
+            );
+        }
+        let left = std::sync::Mutex::new(left);
         // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
         // lifetime, which spawning the migration needs.
-        let copies: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = collections
-            .iter()
-            .map(|spec| self.copy_one(spec, stored.get(&spec.ns())).boxed())
+        let copies: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = jobs
+            .into_iter()
+            .map(|(spec, index, range)| {
+                let left = &left;
+                async move {
+                    let ns = spec.ns();
+                    let resume = copy::Resume {
+                        store: &self.store,
+                        partition: index,
+                    };
+                    let copied = copy::copy_documents(
+                        &self.source,
+                        &self.destination,
+                        spec,
+                        &spec.name,
+                        &range,
+                        &self.progress,
+                        Some(resume),
+                    )
+                    .await?;
+                    self.store.partition_done(&ns, index).await?;
+                    self.touch();
+                    let finished = {
+                        let mut left = left.lock().expect("copy tracker lock");
+                        let entry = left.get_mut(&ns).expect("a tracked collection");
+                        entry.0 -= 1;
+                        entry.1 += copied;
+                        (entry.0 == 0).then_some(entry.1)
+                    };
+                    if let Some(total) = finished {
+                        self.finish_copy(&ns, total).await?;
+                    }
+                    Ok(())
+                }
+                .boxed()
+            })
             .collect();
         stream::iter(copies)
             .buffer_unordered(COPY_CONCURRENCY)
@@ -367,20 +436,24 @@ impl Migration<'_> {
         Ok(())
     }
 
-    async fn copy_one(
+    /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
+    /// incarnation, new ones otherwise; `None` when it is copied already.
+    async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
-    ) -> Result<()> {
+        bytes: u64,
+    ) -> Result<Option<Vec<Partition>>> {
         let ns = spec.ns();
-        let after = match stored {
+        match stored {
             Some(state) if state.uuid == spec.uuid && state.status != CopyStatus::Copying => {
                 tracing::info!(namespace = %ns, "already copied");
-                return Ok(());
+                return Ok(None);
             }
-            Some(state) if state.uuid == spec.uuid => {
-                tracing::info!(namespace = %ns, after_id = %state.last_id.as_ref().map_or("the start".to_string(), ToString::to_string), "resuming the copy");
-                state.last_id.clone()
+            Some(state) if state.uuid == spec.uuid && !state.partitions.is_empty() => {
+                let done = state.partitions.iter().filter(|p| p.done).count();
+                tracing::info!(namespace = %ns, partitions = state.partitions.len(), done, "resuming the copy");
+                return Ok(Some(state.partitions.clone()));
             }
             Some(_) => {
                 // The source holds a new incarnation: start this collection over.
@@ -389,32 +462,24 @@ impl Migration<'_> {
                     .collection::<mongodb::bson::Document>(&spec.name)
                     .drop()
                     .await?;
-                self.store.begin_copy(&ns, spec.uuid.as_ref()).await?;
-                None
             }
-            None => {
-                self.store.begin_copy(&ns, spec.uuid.as_ref()).await?;
-                None
-            }
-        };
-        copy::create_namespace(&self.destination, spec).await?;
-        self.set_collection_phase(&ns, "copying", None);
-        let resume = copy::Resume {
-            store: &self.store,
-            after,
-        };
-        let copied = copy::copy_documents(
-            &self.source,
-            &self.destination,
-            spec,
-            &spec.name,
-            &self.progress,
-            Some(resume),
-        )
-        .await?;
-        self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
+            None => {}
+        }
+        let ranges = copy::partitions(&self.source, spec, bytes).await?;
+        if ranges.len() > 1 {
+            tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
+        }
+        self.store
+            .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
+            .await?;
+        Ok(Some(ranges))
+    }
+
+    /// Records a collection's copy as finished.
+    async fn finish_copy(&self, ns: &str, copied: u64) -> Result<()> {
+        self.store.set_copy_status(ns, CopyStatus::Copied).await?;
         self.touch();
-        self.set_collection_phase(&ns, "copied", None);
+        self.set_collection_phase(ns, "copied", None);
         tracing::info!(namespace = %ns, documents = copied, "collection copied");
         Ok(())
     }

@@ -71,14 +71,24 @@ impl CopyStatus {
     }
 }
 
+/// One `_id` range of a collection's copy: after `lo` (exclusive) up to `hi` (inclusive), open
+/// where absent.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Partition {
+    pub lo: Option<Bson>,
+    pub hi: Option<Bson>,
+    /// The greatest `_id` of this range acknowledged by the destination.
+    pub last_id: Option<Bson>,
+    pub done: bool,
+}
+
 /// The stored copy state of one collection.
 #[derive(Clone, Debug)]
 pub struct CollectionState {
     pub ns: String,
     pub uuid: Option<Bson>,
     pub status: CopyStatus,
-    /// The greatest `_id` acknowledged by the destination, in `_id` order.
-    pub last_id: Option<Bson>,
+    pub partitions: Vec<Partition>,
     pub copied_documents: u64,
     pub copied_bytes: u64,
 }
@@ -216,21 +226,44 @@ impl StateStore {
                 ns: d.get_str("_id").unwrap_or_default().to_string(),
                 uuid: d.get("uuid").cloned(),
                 status: CopyStatus::parse(d.get_str("status").unwrap_or_default()),
-                last_id: d.get("lastId").cloned(),
+                partitions: d
+                    .get_array("partitions")
+                    .map(|ps| {
+                        ps.iter()
+                            .filter_map(Bson::as_document)
+                            .map(|p| Partition {
+                                lo: p.get("lo").cloned().filter(|b| *b != Bson::Null),
+                                hi: p.get("hi").cloned().filter(|b| *b != Bson::Null),
+                                last_id: p.get("lastId").cloned().filter(|b| *b != Bson::Null),
+                                done: p.get_bool("done").unwrap_or(false),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
                 copied_documents: d.get_i64("copiedDocuments").unwrap_or(0) as u64,
                 copied_bytes: d.get_i64("copiedBytes").unwrap_or(0) as u64,
             })
             .collect())
     }
 
-    /// Registers a collection to copy (or restarts its copy for a new incarnation).
-    pub async fn begin_copy(&self, ns: &str, uuid: Option<&Bson>) -> Result<()> {
+    /// Registers a collection to copy in the given `_id` ranges (or restarts its copy for a
+    /// new incarnation).
+    pub async fn begin_copy(
+        &self,
+        ns: &str,
+        uuid: Option<&Bson>,
+        partitions: &[Partition],
+    ) -> Result<()> {
+        let partitions: Vec<Document> = partitions
+            .iter()
+            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false })
+            .collect();
         self.collections
             .replace_one(
                 doc! { "_id": ns },
                 doc! {
                     "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
-                    "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
+                    "partitions": partitions, "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
                 },
             )
             .upsert(true)
@@ -239,10 +272,11 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records documents of `ns` acknowledged up to `last_id`.
+    /// Records documents of partition `index` of `ns` acknowledged up to `last_id`.
     pub async fn copied_up_to(
         &self,
         ns: &str,
+        index: usize,
         last_id: &Bson,
         documents: u64,
         bytes: u64,
@@ -251,9 +285,21 @@ impl StateStore {
             .update_one(
                 doc! { "_id": ns },
                 doc! {
-                    "$set": { "lastId": last_id.clone() },
+                    "$set": { format!("partitions.{index}.lastId"): last_id.clone() },
                     "$inc": { "copiedDocuments": documents as i64, "copiedBytes": bytes as i64 },
                 },
+            )
+            .await
+            .with_context(|| format!("recording the copy progress of {ns}"))?;
+        Ok(())
+    }
+
+    /// Records that partition `index` of `ns` is copied.
+    pub async fn partition_done(&self, ns: &str, index: usize) -> Result<()> {
+        self.collections
+            .update_one(
+                doc! { "_id": ns },
+                doc! { "$set": { format!("partitions.{index}.done"): true } },
             )
             .await
             .with_context(|| format!("recording the copy progress of {ns}"))?;

@@ -215,6 +215,7 @@ impl Applier {
                 &self.destination,
                 &spec,
                 coll,
+                &Default::default(),
                 &self.progress,
                 None,
             )

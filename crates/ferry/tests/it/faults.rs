@@ -89,6 +89,13 @@ async fn kill_during_copy_resumes_without_copying_again() {
         copied_in_log(&first.output(), "big.items").is_none(),
         "the copy had finished already"
     );
+    assert!(
+        first
+            .output()
+            .contains("copying in parallel _id ranges namespace=big.items"),
+        "{}",
+        first.output()
+    );
     let small_done: Vec<String> = ["wl_main.capped", "wl_main.validated"]
         .iter()
         .filter(|ns| copied_in_log(&first.output(), ns).is_some())
