@@ -241,7 +241,7 @@ impl FerryRun {
 
     fn commit_and_wait(&mut self) -> Result<()> {
         self.wait_for("lag 0", Duration::from_secs(600), |p| {
-            p["lagTimeSeconds"] == 0
+            p["canCommit"] == true && p["lagTimeSeconds"] == 0
         })?;
         self.post("commit")?;
         let status = self.child.wait()?;

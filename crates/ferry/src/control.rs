@@ -161,6 +161,8 @@ impl Controller {
             s.state = State::Running;
             s.paused_reason = None;
             s.cutover_deadline = None;
+            // Unknown until the resumed run measures it: the lag before the pause is stale.
+            s.lag_time_seconds = None;
         });
         self.spawn();
         Ok(())

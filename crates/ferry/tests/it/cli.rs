@@ -1,22 +1,11 @@
 //! The command line as a user meets it: bad input is refused with a clear message and exit code
 //! 2 before anything is written; commit is refused while it is not safe; secrets never print.
 
-use std::process::Command;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 
-use crate::harness::Pair;
-
-fn run_ferry(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .output()
-        .expect("running ferry");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
-}
+use crate::harness::{run_ferry, Pair};
 
 #[test]
 fn malformed_input_is_refused_with_exit_code_2_and_a_fix() {

@@ -253,6 +253,17 @@ pub fn call_api(addr: &str, method: &str, path: &str, token: Option<&str>) -> Op
     Some((status, serde_json::from_str(&body).ok()?))
 }
 
+/// Runs ferry to completion: (exit code, stdout + stderr).
+pub fn run_ferry(args: &[&str]) -> (i32, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .output()
+        .expect("running ferry");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status.code().unwrap_or(-1), text)
+}
+
 /// A seed from `FERRY_TEST_SEED` or the clock, printed so that a failure can be replayed.
 pub fn seed(test: &str) -> u64 {
     let seed = std::env::var("FERRY_TEST_SEED")

@@ -2,7 +2,6 @@
 //! destination, the same server twice, an unreachable port), bad input refused with exit code 2
 //! and nothing written, and secrets that never appear in any output.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
@@ -10,18 +9,7 @@ use mongodb::Client;
 use serde_json::Value;
 use testkit::{Server, ServerOptions};
 
-use crate::harness::{Ferry, Pair};
-
-/// Runs ferry to completion: (exit code, stdout + stderr).
-fn run_ferry(args: &[&str]) -> (i32, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args(args)
-        .output()
-        .expect("running ferry");
-    let text = String::from_utf8_lossy(&output.stdout).to_string()
-        + &String::from_utf8_lossy(&output.stderr);
-    (output.status.code().unwrap_or(-1), text)
-}
+use crate::harness::{run_ferry, Ferry, Pair};
 
 /// `ferry check --json` between two URIs: (exit code, report).
 fn check(source: &str, destination: &str, extra: &[&str]) -> (i32, Value) {
