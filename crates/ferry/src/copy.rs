@@ -137,17 +137,11 @@ fn compare_bson(a: &Bson, b: &Bson) -> std::cmp::Ordering {
 
 /// The filter selecting what is left to copy of a partition.
 fn remaining(range: &Partition) -> Document {
-    let mut parts = Vec::new();
-    if let Some(after) = range.last_id.as_ref().or(range.lo.as_ref()) {
-        parts.push(id_order::after(after));
-    }
-    if let Some(hi) = &range.hi {
-        parts.push(id_order::up_to(hi));
-    }
-    match parts.len() {
-        0 => doc! {},
-        1 => parts.remove(0),
-        _ => doc! { "$and": parts },
+    match (range.last_id.as_ref().or(range.lo.as_ref()), &range.hi) {
+        (Some(after), Some(hi)) => id_order::between(after, hi),
+        (Some(after), None) => id_order::after(after),
+        (None, Some(hi)) => id_order::up_to(hi),
+        (None, None) => doc! {},
     }
 }
 
@@ -303,7 +297,7 @@ mod tests {
         };
         assert_eq!(
             remaining(&resumed),
-            doc! { "$and": [id_order::after(&Bson::Int32(15)), id_order::up_to(&Bson::Int32(20))] }
+            doc! { "_id": { "$gt": 15, "$lte": 20 } }
         );
     }
 }

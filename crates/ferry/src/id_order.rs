@@ -64,6 +64,16 @@ pub fn up_to(last: &Bson) -> Document {
     doc! { "$or": [ { "_id": { "$lte": last.clone() } }, { "_id": { "$type": earlier } } ] }
 }
 
+/// The documents whose `_id` sorts after `lo` and at or before `hi`. When both bounds are of one
+/// type bracket no other type can sort between them, so the range is a plain `$gt`/`$lte` that
+/// an index scan serves directly.
+pub fn between(lo: &Bson, hi: &Bson) -> Document {
+    if bracket(lo.element_type()) == bracket(hi.element_type()) {
+        return doc! { "_id": { "$gt": lo.clone(), "$lte": hi.clone() } };
+    }
+    doc! { "$and": [after(lo), up_to(hi)] }
+}
+
 /// Compares two `_id` values as MongoDB sorts them with the simple collation.
 pub fn compare(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
     let by_bracket = bracket(a.element_type()).cmp(&bracket(b.element_type()));
@@ -117,6 +127,18 @@ mod tests {
         assert_eq!(
             up_to(&Bson::String("m".into())),
             doc! { "$or": [ { "_id": { "$lte": "m" } }, { "_id": { "$type": [-1, 6, 10, 1, 16, 18, 19] } } ] }
+        );
+    }
+
+    #[test]
+    fn a_range_within_one_type_is_a_plain_index_range() {
+        assert_eq!(
+            between(&Bson::Int32(5), &Bson::Int64(9)),
+            doc! { "_id": { "$gt": 5, "$lte": 9_i64 } }
+        );
+        assert_eq!(
+            between(&Bson::Int32(5), &Bson::String("a".into())),
+            doc! { "$and": [after(&Bson::Int32(5)), up_to(&Bson::String("a".into()))] }
         );
     }
 

@@ -48,10 +48,11 @@ pub async fn verify_documents(
         let lower = after.as_ref().map(id_order::after).unwrap_or_default();
         let source_side =
             hash_range(source, db, coll, lower.clone(), Some(PARTITION), comparison).await?;
-        let range = match &source_side.last_id {
-            Some(last) => doc! { "$and": [lower.clone(), id_order::up_to(last)] },
+        let range = match (&after, &source_side.last_id) {
+            (Some(first), Some(last)) => id_order::between(first, last),
+            (None, Some(last)) => id_order::up_to(last),
             // Past the source's last document: anything left on the destination is extra.
-            None => lower.clone(),
+            (_, None) => lower.clone(),
         };
         let destination_side =
             hash_range(destination, db, coll, range.clone(), None, comparison).await?;

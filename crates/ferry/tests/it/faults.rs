@@ -321,16 +321,27 @@ async fn restarted_servers_are_ridden_out_mid_copy_and_mid_stream() {
             p["collectionCopy"]["estimatedCopiedBytes"].as_u64() > Some(5_000_000)
         })
     });
+    // Mid-copy: the destination, then the source, go down and come back.
     pair.destination.restart(Duration::from_secs(3)).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    pair.source.restart(Duration::from_secs(3)).unwrap();
+    pair.src = Client::with_uri_str(pair.source.uri()).await.unwrap();
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     assert!(ferry.output().contains("retrying"), "{}", ferry.output());
 
-    let app = App::start(&pair.src, seed);
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    app.stop().await;
-    pair.source.restart(Duration::from_secs(3)).unwrap();
-    pair.src = Client::with_uri_str(pair.source.uri()).await.unwrap();
-    let app = App::start(&pair.src, seed ^ 1);
+    // Mid-stream, under writes: the source, then the destination.
+    for (round, restart_source) in [(1, true), (2, false)] {
+        let app = App::start(&pair.src, seed ^ round);
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        app.stop().await;
+        if restart_source {
+            pair.source.restart(Duration::from_secs(3)).unwrap();
+            pair.src = Client::with_uri_str(pair.source.uri()).await.unwrap();
+        } else {
+            pair.destination.restart(Duration::from_secs(3)).unwrap();
+        }
+    }
+    let app = App::start(&pair.src, seed ^ 3);
     tokio::time::sleep(Duration::from_secs(3)).await;
     app.stop().await;
     tokio::task::block_in_place(|| ferry.commit_and_finish());

@@ -314,7 +314,7 @@ async fn metrics_move_with_the_migration_and_match_the_progress_reply() {
     coll.insert_many((0..3000).map(|i| doc! { "_id": i }))
         .await
         .unwrap();
-    let mut ferry = pair.migrate(&[]);
+    let mut ferry = pair.migrate(&["--log-format", "json"]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     for i in 0..50 {
         coll.update_one(doc! { "_id": i }, doc! { "$set": { "touched": true } })
@@ -359,6 +359,17 @@ async fn metrics_move_with_the_migration_and_match_the_progress_reply() {
         (Some("m.c"), Some("indexed"), Some(3000)),
         "{collections}"
     );
+    // --log-format json: every log line is one JSON object.
+    let output = ferry.output();
+    let log_lines: Vec<&str> = output.lines().filter(|l| l.starts_with('{')).collect();
+    assert!(log_lines.len() >= 3, "{output}");
+    for line in log_lines {
+        let parsed: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            parsed["level"].is_string() && parsed["fields"].is_object(),
+            "{line}"
+        );
+    }
     tokio::task::block_in_place(|| ferry.commit_and_finish());
 }
 

@@ -321,6 +321,9 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
     assert_eq!(code, 0, "{report}");
     let mut ferry = Ferry::start(&source_uri, &destination_uri, &["--verify"]);
     let progress = tokio::task::block_in_place(|| ferry.wait_can_commit());
+    let metrics = crate::harness::http(&ferry.api, "GET", "/metrics", "", None)
+        .unwrap()
+        .1;
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     let (verify_code, verify_text) = tokio::task::block_in_place(|| {
         run_ferry(&[
@@ -345,6 +348,7 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
     for (what, output) in [
         ("the migration's log", ferry.output()),
         ("the progress reply", progress.to_string()),
+        ("the metrics", metrics),
         ("the check report", report.to_string()),
         ("the verify report", verify_text),
         ("a failed start", failing),
