@@ -75,7 +75,7 @@ pub async fn list_namespaces(
 }
 
 /// Lists the migrated collections and views of one database.
-pub async fn list_database(
+async fn list_database(
     client: &Client,
     db: &str,
     filter: &NamespaceFilter,

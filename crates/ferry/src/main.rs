@@ -9,8 +9,11 @@ fn main() {
     let logs = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
+                // On a terminal the live view tells the story; only warnings interrupt it.
+                let terminal = std::io::stderr().is_terminal() && cli.log_format == "text";
+                tracing_subscriber::EnvFilter::new(if terminal { "warn" } else { "info" })
+            }),
         )
         .with_target(false);
     if cli.log_format == "json" {

@@ -120,6 +120,9 @@ pub fn render(s: &Snapshot, documents_per_second: f64) -> String {
     };
     out.push_str(&status);
     out.push('\n');
+    if let Some(reason) = &s.retrying {
+        out.push_str(&format!("  ↻ retrying: {}\n", truncate(reason, 100)));
+    }
     out
 }
 
@@ -182,6 +185,9 @@ mod tests {
         assert!(view.contains("[##########----------]  50%"), "{view}");
         assert!(view.contains("lag    1 s"), "{view}");
         assert!(view.contains("Safe to cut over"), "{view}");
+        progress.update(|s| s.retrying = Some("connection refused".into()));
+        let view = render(&progress.snapshot(), 0.0);
+        assert!(view.contains("↻ retrying: connection refused"), "{view}");
     }
 
     #[test]

@@ -106,11 +106,6 @@ impl StateStore {
         }
     }
 
-    /// Whether a migration has left its state on this destination.
-    pub async fn exists(&self) -> Result<bool> {
-        Ok(self.load().await?.is_some())
-    }
-
     /// Reads the stored state, if a migration has left one.
     pub async fn load(&self) -> Result<Option<Stored>> {
         let Some(document) = self
