@@ -170,7 +170,13 @@ struct FerryRun {
 }
 
 impl FerryRun {
-    fn start(ferry: &std::path::Path, source: &Server, destination: &Server) -> Result<Self> {
+    /// Starts `ferry migrate`; its log goes to `log`.
+    fn start(
+        ferry: &std::path::Path,
+        source: &Server,
+        destination: &Server,
+        log: &std::path::Path,
+    ) -> Result<Self> {
         let api = format!("127.0.0.1:{}", testkit::server::free_port()?);
         let child = Command::new(ferry)
             .args([
@@ -184,7 +190,7 @@ impl FerryRun {
             ])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(log)?)
             .spawn()
             .context("starting ferry")?;
         Ok(Self { child, api })
@@ -323,7 +329,8 @@ pub fn run() -> Result<()> {
         let naive_seconds = runtime.block_on(naive_copy(&src, &dst))?;
         eprintln!("bench: ferry copy, launch to canCommit");
         let started = Instant::now();
-        let mut run = FerryRun::start(&ferry, &source, &destination)?;
+        let log = ferry.with_file_name(format!("bench-ferry-{documents}.log"));
+        let mut run = FerryRun::start(&ferry, &source, &destination, &log)?;
         let ready = run.wait_for("canCommit", Duration::from_secs(3600), |p| {
             p["canCommit"] == true
         })?;
