@@ -4,13 +4,13 @@ use std::time::Duration;
 
 use super::ApiArgs;
 
-/// Sends one request to a running migration's API: (HTTP status, JSON body).
+/// Sends one request to a running migration's API and returns its JSON reply.
 fn call_api(
     addr: &str,
     token: Option<&str>,
     method: &str,
     path: &str,
-) -> Result<(u16, serde_json::Value), String> {
+) -> Result<serde_json::Value, String> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(30)))
@@ -27,35 +27,43 @@ fn call_api(
         _ => agent.get(&url).header("Authorization", &bearer).call(),
     }
     .map_err(|e| format!("no Ferry migration answers at {addr} ({e}); is `ferry migrate` running with this --api-addr?"))?;
-    let status = response.status().as_u16();
     let body = response
         .into_body()
         .read_to_string()
         .map_err(|e| format!("reading the reply from {addr}: {e}"))?;
-    let json = serde_json::from_str(&body)
-        .map_err(|_| format!("{addr} answered with something that is not Ferry's API: {body}"))?;
-    Ok((status, json))
+    serde_json::from_str(&body)
+        .map_err(|_| format!("{addr} answered with something that is not Ferry's API: {body}"))
+}
+
+/// One call to the migration named by `args`; the reply's body, or `None` after saying why
+/// there is none.
+async fn request(args: &ApiArgs, method: &'static str, path: String) -> Option<serde_json::Value> {
+    let addr = args.api_addr.clone();
+    let token = args.token.token();
+    let reply =
+        tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), method, &path))
+            .await
+            .expect("the API call panicked");
+    match reply {
+        Ok(body) => Some(body),
+        Err(message) => {
+            eprintln!("error: {message}");
+            None
+        }
+    }
 }
 
 /// `ferry commit`, `ferry pause`, `ferry resume`: one POST to the running migration.
 pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
-    let addr = args.api_addr.clone();
-    let token = args.token.token();
-    let path = format!("/api/v1/{action}");
-    let reply =
-        tokio::task::spawn_blocking(move || call_api(&addr, token.as_deref(), "POST", &path))
-            .await
-            .expect("the API call panicked");
-    match reply {
-        Err(message) => {
-            eprintln!("error: {message}");
-            1
-        }
-        Ok((_, body)) if args.json => {
+    let Some(body) = request(&args, "POST", format!("/api/v1/{action}")).await else {
+        return 1;
+    };
+    match body {
+        body if args.json => {
             println!("{body}");
             i32::from(body["success"] != true)
         }
-        Ok((_, body)) if body["success"] == true => {
+        body if body["success"] == true => {
             println!(
                 "{}",
                 match action {
@@ -66,7 +74,7 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
             );
             0
         }
-        Ok((_, body)) => {
+        body => {
             eprintln!(
                 "{action} refused: {}",
                 body["errorDescription"]
@@ -79,23 +87,15 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
 }
 
 pub async fn status(args: ApiArgs) -> i32 {
-    let addr = args.api_addr.clone();
-    let token = args.token.token();
-    let reply = tokio::task::spawn_blocking(move || {
-        call_api(&addr, token.as_deref(), "GET", "/api/v1/progress")
-    })
-    .await
-    .expect("the API call panicked");
-    match reply {
-        Err(message) => {
-            eprintln!("error: {message}");
-            1
-        }
-        Ok((_, body)) if args.json => {
+    let Some(body) = request(&args, "GET", "/api/v1/progress".into()).await else {
+        return 1;
+    };
+    match body {
+        body if args.json => {
             println!("{body}");
             0
         }
-        Ok((_, body)) => {
+        body => {
             let p = &body["progress"];
             println!(
                 "state {}  ·  {}  ·  canCommit {}  ·  lag {}  ·  copied {} of {} bytes",
