@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::id_order;
+use crate::preflight::checks::number;
 use crate::progress::Progress;
 use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
 use crate::state::{Partition, StateStore};
@@ -28,17 +29,11 @@ pub async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64)
         .run_command(doc! { "collStats": &spec.name })
         .await;
     match stats {
-        Ok(stats) => (number(&stats, "count"), number(&stats, "size")),
+        Ok(stats) => {
+            let count = |field| number(&stats, field).unwrap_or(0.0).max(0.0) as u64;
+            (count("count"), count("size"))
+        }
         Err(_) => (0, 0),
-    }
-}
-
-fn number(doc: &Document, field: &str) -> u64 {
-    match doc.get(field) {
-        Some(mongodb::bson::Bson::Int32(n)) => (*n).max(0) as u64,
-        Some(mongodb::bson::Bson::Int64(n)) => (*n).max(0) as u64,
-        Some(mongodb::bson::Bson::Double(n)) => n.max(0.0) as u64,
-        _ => 0,
     }
 }
 

@@ -17,18 +17,14 @@ pub async fn run(progress: Progress, terminal: bool, stop: CancellationToken) {
         Duration::from_secs(5)
     };
     let mut drawn_lines = 0;
-    let mut last_documents = 0u64;
     loop {
         let stopped = tokio::select! {
             _ = tokio::time::sleep(interval) => false,
             _ = stop.cancelled() => true,
         };
         let snapshot = progress.snapshot();
-        let documents = snapshot.copied_documents();
-        let rate = (documents - last_documents.min(documents)) as f64 / interval.as_secs_f64();
-        last_documents = documents;
         if terminal {
-            let view = render(&snapshot, rate);
+            let view = render(&snapshot);
             let mut err = std::io::stderr().lock();
             if drawn_lines > 0 {
                 let _ = write!(err, "\x1b[{drawn_lines}A\x1b[J");
@@ -42,8 +38,8 @@ pub async fn run(progress: Progress, terminal: bool, stop: CancellationToken) {
                 phase = snapshot.phase.as_str(),
                 copied_bytes = snapshot.copied_bytes(),
                 total_bytes = snapshot.total_bytes(),
-                copied_documents = documents,
-                documents_per_second = rate.round(),
+                copied_documents = snapshot.copied_documents(),
+                documents_per_second = snapshot.rates.documents_per_second.round(),
                 events_applied = snapshot.events.total(),
                 lag_seconds = snapshot.lag_time_seconds,
                 can_commit = snapshot.can_commit,
@@ -56,8 +52,8 @@ pub async fn run(progress: Progress, terminal: bool, stop: CancellationToken) {
     }
 }
 
-/// The live terminal view of one snapshot.
-pub fn render(s: &Snapshot, documents_per_second: f64) -> String {
+/// The live terminal view of one snapshot (its rates are measured by `rates`).
+pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let elapsed = s.started.elapsed().as_secs();
     out.push_str(&format!(
@@ -75,7 +71,7 @@ pub fn render(s: &Snapshot, documents_per_second: f64) -> String {
         human_bytes(total),
         percent(s.copied_bytes(), total),
         s.copied_documents(),
-        documents_per_second
+        s.rates.documents_per_second
     ));
     for c in s.collections.iter().filter(|c| !c.done).take(8) {
         let total = c.estimated_total_bytes.max(c.copied_bytes);
@@ -178,7 +174,7 @@ mod tests {
                 ..Default::default()
             });
         });
-        let view = render(&progress.snapshot(), 12.0);
+        let view = render(&progress.snapshot());
         assert!(view.contains("RUNNING"), "{view}");
         assert!(view.contains("change event application"), "{view}");
         assert!(view.contains("shop.orders"), "{view}");
@@ -186,7 +182,7 @@ mod tests {
         assert!(view.contains("lag    1 s"), "{view}");
         assert!(view.contains("Safe to cut over"), "{view}");
         progress.update(|s| s.retrying = Some("connection refused".into()));
-        let view = render(&progress.snapshot(), 0.0);
+        let view = render(&progress.snapshot());
         assert!(view.contains("↻ retrying: connection refused"), "{view}");
     }
 

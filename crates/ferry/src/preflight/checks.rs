@@ -294,17 +294,11 @@ pub fn number(doc: &Document, field: &str) -> Option<f64> {
     }
 }
 
-/// The source's data size, from the included collections' statistics.
+/// The source's data size: the sum of the included collections' size estimates.
 pub async fn data_bytes(source: &Client, included: &[CollectionSpec]) -> f64 {
     let mut total = 0.0;
     for spec in included.iter().filter(|s| s.kind == Kind::Collection) {
-        if let Ok(stats) = source
-            .database(&spec.db)
-            .run_command(doc! { "collStats": &spec.name })
-            .await
-        {
-            total += number(&stats, "size").unwrap_or(0.0);
-        }
+        total += crate::copy::estimate_size(source, spec).await.1 as f64;
     }
     total
 }
