@@ -204,7 +204,7 @@ impl Migration<'_> {
             });
         }
         self.touch();
-        let _oplog_watch = OplogWatch::start(self.source.clone(), self.progress.clone());
+        let _oplog_watch = watch_oplog(self.source.clone(), self.progress.clone());
 
         let specs = catalog::list_namespaces(&self.source, &self.plan.filter).await?;
         if stored.phase > Phase::CollectionCopy {
@@ -534,6 +534,19 @@ impl Migration<'_> {
             start.incarnations,
             self.progress.clone(),
         );
+        let mut verification = None;
+        if self.plan.verify {
+            applier = applier.with_verification(verify::ChangeTracker::new(
+                &self.destination,
+                &self.plan.filter.state_db,
+            ));
+            verification = Some(Background::spawn(verify::alongside_changes(
+                self.source.clone(),
+                self.destination.clone(),
+                self.plan.filter.clone(),
+                self.progress.clone(),
+            )));
+        }
         let mut applied = start.applied;
         let mut commit_point = start.commit_point;
         let mut last_checkpoint = Instant::now();
@@ -595,6 +608,8 @@ impl Migration<'_> {
             if commit_point.is_some_and(|point| applied >= point) {
                 self.checkpoint(stream.resume_token(), applied, &applier)
                     .await?;
+                // The final pass takes over from the verification that ran alongside.
+                drop(verification);
                 self.finish_commit().await?;
                 return Ok(Outcome::Committed);
             }
@@ -670,16 +685,20 @@ impl Migration<'_> {
     /// so any difference is real and the commit is refused with the report.
     async fn verify_before_committed(&self) -> Result<()> {
         tracing::info!("verifying the destination before COMMITTED");
+        let queue = verify::RecheckQueue::new(&self.destination, &self.plan.filter.state_db);
         let report = verify::verify(
             &self.source,
             &self.destination,
             &self.plan.filter,
             verify::Comparison::default(),
+            verify::Mode::Final(&queue),
             Some(&self.progress),
         )
         .await?;
         tracing::info!(
             documents = report.documents_checked,
+            read_at_commit = report.documents_checked - report.documents_resumed,
+            rechecked = report.rechecked,
             equal = report.equal,
             "verification finished"
         );
@@ -702,32 +721,36 @@ fn history_lost(error: anyhow::Error) -> anyhow::Error {
     }
 }
 
-/// Measures the source's oplog window in the background while a migration attempt runs.
-struct OplogWatch(tokio::task::JoinHandle<()>);
+/// Work that runs beside a migration attempt and stops when the attempt drops it.
+struct Background(tokio::task::JoinHandle<()>);
 
-impl OplogWatch {
-    fn start(source: Client, progress: Progress) -> Self {
-        Self(tokio::spawn(async move {
-            let start = source_clock::read(&source).await.ok().map(|c| c.last_write);
-            loop {
-                if let Ok(Some(oldest)) = oplog::oldest_entry(&source).await {
-                    let resume = progress.snapshot().resume_time.or(start);
-                    if let Some(resume) = resume {
-                        progress.update(|s| {
-                            s.oplog_window_seconds = Some(seconds_between(oldest, resume))
-                        });
-                    }
-                }
-                tokio::time::sleep(OPLOG_WINDOW_INTERVAL).await;
-            }
-        }))
+impl Background {
+    fn spawn(work: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        Self(tokio::spawn(work))
     }
 }
 
-impl Drop for OplogWatch {
+impl Drop for Background {
     fn drop(&mut self) {
         self.0.abort();
     }
+}
+
+/// Measures the source's oplog window in the background while a migration attempt runs.
+fn watch_oplog(source: Client, progress: Progress) -> Background {
+    Background::spawn(async move {
+        let start = source_clock::read(&source).await.ok().map(|c| c.last_write);
+        loop {
+            if let Ok(Some(oldest)) = oplog::oldest_entry(&source).await {
+                let resume = progress.snapshot().resume_time.or(start);
+                if let Some(resume) = resume {
+                    progress
+                        .update(|s| s.oplog_window_seconds = Some(seconds_between(oldest, resume)));
+                }
+            }
+            tokio::time::sleep(OPLOG_WINDOW_INTERVAL).await;
+        }
+    })
 }
 
 /// Reads one round of events: up to [`ROUND_EVENTS`], for about [`ROUND_TIME`], or until the

@@ -142,13 +142,19 @@ pub struct Rates {
 }
 
 /// Where a verification stands.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct VerificationProgress {
-    /// `running`, `equal` or `different`.
+    /// `running` (one-off), `first pass`, `re-checking` (while changes are applied),
+    /// `final pass` (at commit), then `equal` or `different`.
     pub state: String,
     pub documents_checked: u64,
+    /// Differences found; during a migration, only those re-checking did not clear at commit.
     pub mismatches: u64,
+    /// Documents waiting to be compared again (changed since checked, or in flight).
+    pub recheck_queued: u64,
+    /// Documents compared again so far.
+    pub rechecked: u64,
 }
 
 /// Everything the migration reports at one moment.

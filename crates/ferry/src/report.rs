@@ -95,6 +95,12 @@ pub fn render(s: &Snapshot) -> String {
         e.delete,
         e.ddl
     ));
+    if let Some(v) = &s.verification {
+        out.push_str(&format!(
+            "  verify {}  ·  {} documents checked  ·  {} waiting for re-check  ·  {} mismatches\n",
+            v.state, v.documents_checked, v.recheck_queued, v.mismatches
+        ));
+    }
     out.push_str(&format!(
         "  lag    {}\n",
         s.lag_time_seconds

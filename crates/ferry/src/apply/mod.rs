@@ -12,6 +12,7 @@ use mongodb::Client;
 use crate::changes::{ChangeEvent, Op};
 use crate::filter::NamespaceFilter;
 use crate::progress::{EventCounts, Progress};
+use crate::verify::ChangeTracker;
 use incarnations::Incarnations;
 
 pub use crud::{writes_for, Command, Writes};
@@ -23,6 +24,8 @@ pub struct Applier {
     filter: NamespaceFilter,
     incarnations: Incarnations,
     progress: Progress,
+    /// With `--verify`: tells the verification what changed.
+    verification: Option<ChangeTracker>,
 }
 
 impl Applier {
@@ -39,7 +42,14 @@ impl Applier {
             filter,
             incarnations,
             progress,
+            verification: None,
         }
+    }
+
+    /// Queues every document written for re-check, and marks namespaces a catalog change moves.
+    pub fn with_verification(mut self, tracker: ChangeTracker) -> Self {
+        self.verification = Some(tracker);
+        self
     }
 
     pub fn incarnations(&self) -> &Incarnations {
@@ -56,6 +66,9 @@ impl Applier {
                 if let Some(pending) = batch.take() {
                     counts.refetched += pending.execute(&self.source, &self.destination).await?;
                 }
+                if let Some(tracker) = &self.verification {
+                    tracker.catalog_changed(&event).await?;
+                }
                 self.apply_catalog_change(&event).await?;
                 continue;
             }
@@ -68,6 +81,9 @@ impl Applier {
                     .applies(&event.ns(), event.collection_uuid.as_ref())
             {
                 continue;
+            }
+            if let Some(tracker) = &mut self.verification {
+                tracker.document_changed(&event)?;
             }
             match crud::writes_for(&event)? {
                 Writes::Nothing => {}
@@ -100,6 +116,9 @@ impl Applier {
         }
         if let Some(pending) = batch.take() {
             counts.refetched += pending.execute(&self.source, &self.destination).await?;
+        }
+        if let Some(tracker) = &mut self.verification {
+            tracker.flush().await?;
         }
         self.progress.update(|s| {
             s.events.insert += counts.insert;

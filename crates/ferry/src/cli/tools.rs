@@ -70,7 +70,15 @@ pub async fn verify(args: VerifyArgs) -> i32 {
     let run = async {
         let source = clusters.source.client()?;
         let destination = clusters.destination.client()?;
-        crate::verify::verify(&source, &destination, &clusters.filter, comparison, None).await
+        crate::verify::verify(
+            &source,
+            &destination,
+            &clusters.filter,
+            comparison,
+            crate::verify::Mode::Standalone,
+            None,
+        )
+        .await
     };
     match run.await {
         Ok(report) => {

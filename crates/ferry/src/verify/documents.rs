@@ -2,18 +2,21 @@
 //! (xxh3-128 over the raw BSON of its documents in `_id` order) one partition at a time, and only
 //! a partition whose hashes differ is read again and merged document by document to name the
 //! missing, extra and different `_id`s. Memory holds one document per side, never a key set.
+//! During a migration the differences go to the re-check queue instead of the report, since a
+//! change may still be in flight.
 
 use std::cmp::Ordering;
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::options::{Collation, ReadConcern};
 use mongodb::{Client, Cursor};
 use xxhash_rust::xxh3::Xxh3;
 
+use super::recheck::RecheckQueue;
 use super::report::{Mismatch, NamespaceReport};
-use super::store::VerifyStore;
+use super::store::{Place, VerifyStore};
 use crate::id_order;
 
 /// Documents per partition of the source's `_id` space.
@@ -26,7 +29,17 @@ pub struct Comparison {
     pub ignore_field_order: bool,
 }
 
+/// Where the differences a range comparison finds go.
+#[derive(Clone, Copy)]
+pub enum Differences<'a> {
+    /// Into the report: the clusters are not expected to change under a one-off verification.
+    Report,
+    /// Into the re-check queue: during a migration a difference may be a change in flight.
+    Queue(&'a RecheckQueue),
+}
+
 /// Verifies the documents of one collection, resuming after the last finished partition.
+#[allow(clippy::too_many_arguments)]
 pub async fn verify_documents(
     source: &Client,
     destination: &Client,
@@ -34,15 +47,21 @@ pub async fn verify_documents(
     coll: &str,
     comparison: Comparison,
     store: &VerifyStore,
+    differences: Differences<'_>,
     report: &mut NamespaceReport,
 ) -> Result<()> {
     let ns = format!("{db}.{coll}");
-    let mut after = match store.resume_point(&ns, report).await? {
-        Some(after) => {
+    let mut after = match store.place(&ns, report).await? {
+        Place::Done => {
+            report.documents_resumed = report.documents_checked;
+            return Ok(());
+        }
+        Place::After(after) => {
             tracing::info!(namespace = %ns, after_id = %after, "resuming the verification");
+            report.documents_resumed = report.documents_checked;
             Some(after)
         }
-        None => None,
+        Place::Start => None,
     };
     loop {
         let lower = after.as_ref().map(id_order::after).unwrap_or_default();
@@ -64,7 +83,7 @@ pub async fn verify_documents(
             } else {
                 lower
             };
-            descend(
+            let found = descend(
                 source,
                 destination,
                 db,
@@ -72,12 +91,25 @@ pub async fn verify_documents(
                 range_on_source,
                 range,
                 comparison,
-                report,
             )
             .await?;
+            match differences {
+                Differences::Report => found.into_iter().for_each(|(_, m)| report.record(m)),
+                Differences::Queue(queue) => {
+                    let unseen = Timestamp {
+                        time: 0,
+                        increment: 0,
+                    };
+                    let entries = found
+                        .into_iter()
+                        .map(|(id, _)| (ns.clone(), id, unseen))
+                        .collect();
+                    queue.queue(entries).await?;
+                }
+            }
         }
         let Some(last) = source_side.last_id else {
-            return Ok(());
+            return store.finished_namespace(&ns).await;
         };
         store.finished_partition(&ns, &last, report).await?;
         after = Some(last);
@@ -91,7 +123,7 @@ struct RangeHash {
     last_id: Option<Bson>,
 }
 
-async fn open(
+pub(super) async fn open(
     client: &Client,
     db: &str,
     coll: &str,
@@ -155,7 +187,10 @@ async fn hash_range(
 }
 
 /// The bytes compared: the raw document, or with every document's fields sorted by name.
-fn comparable_bytes(document: &RawDocumentBuf, comparison: Comparison) -> Result<Vec<u8>> {
+pub(super) fn comparable_bytes(
+    document: &RawDocumentBuf,
+    comparison: Comparison,
+) -> Result<Vec<u8>> {
     if !comparison.ignore_field_order {
         return Ok(document.as_bytes().to_vec());
     }
@@ -181,8 +216,8 @@ fn sort_fields(value: Bson) -> Bson {
     }
 }
 
-/// Merges both sides of a differing range in `_id` order and records each mismatch.
-#[allow(clippy::too_many_arguments)]
+/// Merges both sides of a differing range in `_id` order and returns each mismatch with its
+/// `_id` (at most a partition's worth).
 async fn descend(
     source: &Client,
     destination: &Client,
@@ -191,15 +226,15 @@ async fn descend(
     source_range: Document,
     destination_range: Document,
     comparison: Comparison,
-    report: &mut NamespaceReport,
-) -> Result<()> {
+) -> Result<Vec<(Bson, Mismatch)>> {
+    let mut found = Vec::new();
     let mut a_side = open(source, db, coll, source_range, Some(PARTITION)).await?;
     let mut b_side = open(destination, db, coll, destination_range, None).await?;
     let mut a = a_side.try_next().await?;
     let mut b = b_side.try_next().await?;
     loop {
         let order = match (&a, &b) {
-            (None, None) => return Ok(()),
+            (None, None) => return Ok(found),
             (Some(_), None) => Ordering::Less,
             (None, Some(_)) => Ordering::Greater,
             (Some(x), Some(y)) => id_order::compare(id(x)?, id(y)?),
@@ -207,18 +242,19 @@ async fn descend(
         match order {
             Ordering::Less => {
                 let x = a.take().expect("compared");
-                report.record(mismatch("missing", &x, Vec::new())?);
+                found.push((id_of(&x)?, mismatch("missing", &x, Vec::new())?));
                 a = a_side.try_next().await?;
             }
             Ordering::Greater => {
                 let y = b.take().expect("compared");
-                report.record(mismatch("extra", &y, Vec::new())?);
+                found.push((id_of(&y)?, mismatch("extra", &y, Vec::new())?));
                 b = b_side.try_next().await?;
             }
             Ordering::Equal => {
                 let (x, y) = (a.take().expect("compared"), b.take().expect("compared"));
                 if comparable_bytes(&x, comparison)? != comparable_bytes(&y, comparison)? {
-                    report.record(mismatch("different", &x, field_diff(&x, &y)?)?);
+                    let diff = field_diff(&x, &y)?;
+                    found.push((id_of(&x)?, mismatch("different", &x, diff)?));
                 }
                 a = a_side.try_next().await?;
                 b = b_side.try_next().await?;
@@ -231,8 +267,16 @@ fn id(document: &RawDocumentBuf) -> Result<mongodb::bson::RawBsonRef<'_>> {
     document.get("_id")?.context("a document without _id")
 }
 
-fn mismatch(kind: &'static str, document: &RawDocumentBuf, diff: Vec<String>) -> Result<Mismatch> {
-    let id: Bson = id(document)?.to_raw_bson().try_into()?;
+pub(super) fn id_of(document: &RawDocumentBuf) -> Result<Bson> {
+    Ok(id(document)?.to_raw_bson().try_into()?)
+}
+
+pub(super) fn mismatch(
+    kind: &'static str,
+    document: &RawDocumentBuf,
+    diff: Vec<String>,
+) -> Result<Mismatch> {
+    let id = id_of(document)?;
     Ok(Mismatch {
         kind,
         id: id.into_relaxed_extjson(),

@@ -2,23 +2,51 @@
 //! namespace (existence, options, view definitions, indexes) and document by document (hashed
 //! partitions of the `_id` space, descending only where they differ), and says exactly where it
 //! does not. Resumable, with memory that does not grow with the data.
+//!
+//! Inside a migration (`--verify`) it runs in two passes: a first pass while changes are applied,
+//! whose differences and every document written after it are queued for re-check, and a final
+//! pass at commit that covers what the first pass did not and re-checks the queue, so the
+//! downtime pays only for what changed.
 
 mod documents;
 mod metadata;
+mod recheck;
 pub mod report;
 mod store;
+mod tracker;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use anyhow::Result;
 use mongodb::Client;
 
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::filter::NamespaceFilter;
-use crate::progress::{Progress, VerificationProgress};
+use crate::progress::Progress;
+use crate::redact::redact_uri;
 pub use documents::Comparison;
+use documents::Differences;
+pub use recheck::RecheckQueue;
 pub use report::{NamespaceReport, Report};
-pub use store::VerifyStore;
+pub use tracker::ChangeTracker;
+
+/// How often the re-check queue is worked through while changes are applied.
+const RECHECK_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Which verification runs.
+#[derive(Clone, Copy)]
+pub enum Mode<'a> {
+    /// A one-off `ferry verify`: every difference is reported.
+    Standalone,
+    /// The migration's first pass, while changes are applied: documents only (the catalog may
+    /// still change), and differences are queued for re-check, not reported.
+    FirstPass(&'a RecheckQueue),
+    /// The migration's final pass, with the source quiescent and every change applied: metadata,
+    /// the documents the first pass did not cover, then the re-check queue. What stays different
+    /// is reported.
+    Final(&'a RecheckQueue),
+}
 
 /// Verifies every included namespace of both clusters. With `progress`, the verification's
 /// state is shown there as it goes.
@@ -27,9 +55,15 @@ pub async fn verify(
     destination: &Client,
     filter: &NamespaceFilter,
     comparison: Comparison,
+    mode: Mode<'_>,
     progress: Option<&Progress>,
 ) -> Result<Report> {
-    let store = VerifyStore::new(destination, &filter.state_db);
+    let (place, differences, running) = match mode {
+        Mode::Standalone => (store::STANDALONE, Differences::Report, "running"),
+        Mode::FirstPass(queue) => (store::MIGRATION, Differences::Queue(queue), "first pass"),
+        Mode::Final(queue) => (store::MIGRATION, Differences::Queue(queue), "final pass"),
+    };
+    let store = store::VerifyStore::new(destination, &filter.state_db, place);
     let mut namespaces: BTreeMap<String, (Option<CollectionSpec>, Option<CollectionSpec>)> =
         BTreeMap::new();
     for spec in catalog::list_namespaces(source, filter).await? {
@@ -46,12 +80,11 @@ pub async fn verify(
             let mismatches =
                 |n: &NamespaceReport| n.missing + n.extra + n.different + n.metadata.len() as u64;
             progress.update(|s| {
-                s.verification = Some(VerificationProgress {
-                    state: state.to_string(),
-                    documents_checked: done + current.documents_checked,
-                    mismatches: report.namespaces.iter().map(mismatches).sum::<u64>()
-                        + mismatches(current),
-                })
+                let shown = s.verification.get_or_insert_with(Default::default);
+                shown.state = state.to_string();
+                shown.documents_checked = done + current.documents_checked;
+                shown.mismatches =
+                    report.namespaces.iter().map(mismatches).sum::<u64>() + mismatches(current);
             });
         }
     };
@@ -59,9 +92,11 @@ pub async fn verify(
     for (ns, (on_source, on_destination)) in namespaces {
         let mut checked = NamespaceReport {
             namespace: ns,
-            metadata: metadata::differences(on_source.as_ref(), on_destination.as_ref()),
             ..Default::default()
         };
+        if !matches!(mode, Mode::FirstPass(_)) {
+            checked.metadata = metadata::differences(on_source.as_ref(), on_destination.as_ref());
+        }
         let is_collection =
             |s: &Option<CollectionSpec>| s.as_ref().is_some_and(|s| s.kind == Kind::Collection);
         if is_collection(&on_source) || is_collection(&on_destination) {
@@ -69,7 +104,7 @@ pub async fn verify(
                 .as_ref()
                 .or(on_destination.as_ref())
                 .expect("one side has it");
-            show(&report, &checked, "running");
+            show(&report, &checked, running);
             documents::verify_documents(
                 source,
                 destination,
@@ -77,15 +112,104 @@ pub async fn verify(
                 &spec.name,
                 comparison,
                 &store,
+                differences,
                 &mut checked,
             )
             .await?;
         }
         report.namespaces.push(checked);
     }
-    store.clear().await?;
+    if let Mode::Final(queue) = mode {
+        show(&report, &NamespaceReport::default(), "re-checking");
+        let namespaces = &mut report.namespaces;
+        let counts = queue
+            .recheck(
+                source,
+                destination,
+                comparison,
+                &mut |ns, mismatch| match namespaces.iter_mut().find(|n| n.namespace == ns) {
+                    Some(known) => known.record(mismatch),
+                    None => {
+                        let mut gone = NamespaceReport {
+                            namespace: ns.to_string(),
+                            ..Default::default()
+                        };
+                        gone.record(mismatch);
+                        namespaces.push(gone);
+                    }
+                },
+            )
+            .await?;
+        report.rechecked = counts.checked;
+        if let Some(progress) = progress {
+            progress.update(|s| {
+                let shown = s.verification.get_or_insert_with(Default::default);
+                shown.rechecked += counts.checked;
+                shown.recheck_queued = counts.checked - counts.cleared;
+            });
+        }
+    }
     let report = report.finish();
-    let state = if report.equal { "equal" } else { "different" };
+    match mode {
+        Mode::Standalone => store.clear().await?,
+        Mode::Final(queue) if report.equal => {
+            store.clear().await?;
+            queue.clear().await?;
+        }
+        // The first pass keeps its places for the final one; a failed final pass keeps its
+        // evidence.
+        _ => {}
+    }
+    let state = match mode {
+        Mode::FirstPass(_) => "re-checking",
+        _ if report.equal => "equal",
+        _ => "different",
+    };
     show(&report, &NamespaceReport::default(), state);
     Ok(report)
+}
+
+/// The migration's verification while changes are applied: the first pass, then the re-check
+/// queue worked through every few seconds so that little is left for the commit. Runs until
+/// dropped; a fault is logged and the work resumes where it stood.
+pub async fn alongside_changes(
+    source: Client,
+    destination: Client,
+    filter: NamespaceFilter,
+    progress: Progress,
+) {
+    let queue = RecheckQueue::new(&destination, &filter.state_db);
+    let comparison = Comparison::default();
+    let pass = Mode::FirstPass(&queue);
+    while let Err(error) = verify(
+        &source,
+        &destination,
+        &filter,
+        comparison,
+        pass,
+        Some(&progress),
+    )
+    .await
+    {
+        tracing::warn!(error = %redact_uri(&format!("{error:#}")), "the first verification pass stopped; it resumes in a moment");
+        tokio::time::sleep(RECHECK_INTERVAL).await;
+    }
+    tracing::info!("first verification pass finished; re-checking changed documents");
+    loop {
+        let rechecked = queue
+            .recheck(&source, &destination, comparison, &mut |_, _| {})
+            .await;
+        let queued = queue.len().await;
+        match (rechecked, queued) {
+            (Ok(counts), Ok(queued)) => progress.update(|s| {
+                let shown = s.verification.get_or_insert_with(Default::default);
+                shown.rechecked += counts.checked;
+                shown.recheck_queued = queued;
+            }),
+            (Err(error), _) | (_, Err(error)) => {
+                tracing::warn!(error = %redact_uri(&format!("{error:#}")), "re-checking changed documents failed; it is tried again")
+            }
+        }
+        tokio::time::sleep(RECHECK_INTERVAL).await;
+    }
 }

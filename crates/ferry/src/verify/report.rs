@@ -25,6 +25,8 @@ pub struct Mismatch {
 pub struct NamespaceReport {
     pub namespace: String,
     pub documents_checked: u64,
+    /// Of those, the documents an earlier pass or an interrupted run verified.
+    pub documents_resumed: u64,
     pub missing: u64,
     pub extra: u64,
     pub different: u64,
@@ -56,6 +58,10 @@ impl NamespaceReport {
 pub struct Report {
     pub equal: bool,
     pub documents_checked: u64,
+    /// Of those, the documents an earlier pass or an interrupted run verified.
+    pub documents_resumed: u64,
+    /// Documents compared again from the re-check queue (during a migration).
+    pub rechecked: u64,
     pub namespaces: Vec<NamespaceReport>,
     /// The verifying process's peak resident memory, where the system reports it.
     pub peak_memory_bytes: Option<u64>,
@@ -65,6 +71,7 @@ impl Report {
     pub fn finish(mut self) -> Self {
         self.equal = self.namespaces.iter().all(NamespaceReport::is_equal);
         self.documents_checked = self.namespaces.iter().map(|n| n.documents_checked).sum();
+        self.documents_resumed = self.namespaces.iter().map(|n| n.documents_resumed).sum();
         self.peak_memory_bytes = peak_memory_bytes();
         self
     }

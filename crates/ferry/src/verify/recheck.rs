@@ -1,0 +1,250 @@
+//! The re-check queue of a migration's verification: the documents to compare again, kept on
+//! the destination (so memory stays bounded and a restart keeps it). Change application queues
+//! every document it writes after the first pass may have seen it, and the first pass queues
+//! what differed while changes were still in flight. Re-checking compares each queued document
+//! on both sides by `_id` and forgets the ones found equal; what stays different once the
+//! source is quiescent and every change is applied is a real difference.
+//!
+//! Each entry carries the time of the latest change that queued it, and an entry is forgotten
+//! only if that time is unchanged since it was read, so a change that lands during a re-check
+//! is never lost. An entry's key is one binary value (namespace, then the `_id`'s BSON), so
+//! that every queue write is a point lookup in the `_id` index.
+
+use std::collections::{BTreeMap, HashMap};
+
+use anyhow::{Context, Result};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::{Client, Collection, Database};
+
+use super::documents::{self, Comparison};
+use super::report::Mismatch;
+
+/// The collection of the state database that holds the queue.
+const COLLECTION: &str = "migration.recheck";
+/// Queue entries read, compared and forgotten at a time.
+const PAGE: i64 = 1000;
+
+/// What one re-check did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecheckCounts {
+    pub checked: u64,
+    /// Found equal and forgotten.
+    pub cleared: u64,
+}
+
+#[derive(Clone)]
+pub struct RecheckQueue {
+    database: Database,
+    collection: Collection<Document>,
+}
+
+impl RecheckQueue {
+    pub fn new(destination: &Client, state_db: &str) -> Self {
+        let database = destination.database(state_db);
+        Self {
+            collection: database.collection(COLLECTION),
+            database,
+        }
+    }
+
+    /// Queues documents, each as (namespace, `_id`, time of the change that queued it).
+    pub async fn queue(&self, entries: Vec<(String, Bson, Timestamp)>) -> Result<()> {
+        for chunk in entries.chunks(PAGE as usize) {
+            let statements: Vec<Document> = chunk
+                .iter()
+                .map(|(ns, id, at)| {
+                    Ok(doc! {
+                        "q": { "_id": entry_key(ns, id)? },
+                        "u": {
+                            "$max": { "at": *at },
+                            "$setOnInsert": { "ns": ns, "id": id.clone() },
+                        },
+                        "upsert": true,
+                    })
+                })
+                .collect::<Result<_>>()?;
+            self.write("update", "updates", statements)
+                .await
+                .context("queueing documents for re-check")?;
+        }
+        Ok(())
+    }
+
+    /// How many documents wait for a re-check.
+    pub async fn len(&self) -> Result<u64> {
+        self.collection
+            .count_documents(doc! {})
+            .await
+            .context("counting the re-check queue")
+    }
+
+    /// Compares every queued document on both sides, forgets the equal ones and hands each
+    /// difference to `found` (with its namespace). The differences stay queued.
+    pub async fn recheck(
+        &self,
+        source: &Client,
+        destination: &Client,
+        comparison: Comparison,
+        found: &mut (dyn FnMut(&str, Mismatch) + Send),
+    ) -> Result<RecheckCounts> {
+        let mut counts = RecheckCounts::default();
+        let mut after: Option<Bson> = None;
+        loop {
+            let filter = match &after {
+                Some(key) => doc! { "_id": { "$gt": key.clone() } },
+                None => doc! {},
+            };
+            let page: Vec<Document> = self
+                .collection
+                .find(filter)
+                .sort(doc! { "_id": 1 })
+                .limit(PAGE)
+                .await
+                .context("reading the re-check queue")?
+                .try_collect()
+                .await
+                .context("reading the re-check queue")?;
+            let Some(last) = page.last() else {
+                return Ok(counts);
+            };
+            after = last.get("_id").cloned();
+            let mut by_namespace: BTreeMap<String, Vec<Entry>> = BTreeMap::new();
+            for stored in page {
+                let entry = Entry::parse(stored)?;
+                by_namespace
+                    .entry(entry.ns.clone())
+                    .or_default()
+                    .push(entry);
+            }
+            let mut equal = Vec::new();
+            for (ns, entries) in by_namespace {
+                counts.checked += entries.len() as u64;
+                let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
+                let ids: Vec<Bson> = entries.iter().map(|e| e.id.clone()).collect();
+                let on_source = fetch(source, db, coll, &ids).await?;
+                let on_destination = fetch(destination, db, coll, &ids).await?;
+                for entry in entries {
+                    let key = id_key(&entry.id)?;
+                    let mismatch = match (on_source.get(&key), on_destination.get(&key)) {
+                        (None, None) => None,
+                        (Some(a), None) => Some(documents::mismatch("missing", a, Vec::new())?),
+                        (None, Some(b)) => Some(documents::mismatch("extra", b, Vec::new())?),
+                        (Some(a), Some(b)) => {
+                            if documents::comparable_bytes(a, comparison)?
+                                == documents::comparable_bytes(b, comparison)?
+                            {
+                                None
+                            } else {
+                                Some(documents::mismatch(
+                                    "different",
+                                    a,
+                                    documents::field_diff(a, b)?,
+                                )?)
+                            }
+                        }
+                    };
+                    match mismatch {
+                        Some(mismatch) => found(&ns, mismatch),
+                        None => equal.push(doc! {
+                            "q": { "_id": entry.key, "at": entry.at },
+                            "limit": 1,
+                        }),
+                    }
+                }
+            }
+            counts.cleared += equal.len() as u64;
+            if !equal.is_empty() {
+                self.write("delete", "deletes", equal)
+                    .await
+                    .context("forgetting re-checked documents")?;
+            }
+        }
+    }
+
+    /// Forgets the whole queue.
+    pub async fn clear(&self) -> Result<()> {
+        self.collection
+            .drop()
+            .await
+            .context("clearing the re-check queue")
+    }
+
+    async fn write(&self, command: &str, field: &str, statements: Vec<Document>) -> Result<()> {
+        let reply = self
+            .database
+            .run_command(doc! {
+                command: COLLECTION,
+                field: statements,
+                "ordered": false,
+            })
+            .await?;
+        if let Ok(errors) = reply.get_array("writeErrors") {
+            anyhow::bail!("the destination refused re-check queue writes: {errors:?}");
+        }
+        Ok(())
+    }
+}
+
+/// One queued document.
+struct Entry {
+    /// The queue's key (see [`entry_key`]).
+    key: Bson,
+    ns: String,
+    id: Bson,
+    at: Timestamp,
+}
+
+impl Entry {
+    fn parse(stored: Document) -> Result<Self> {
+        Ok(Self {
+            ns: stored
+                .get_str("ns")
+                .context("a re-check entry without ns")?
+                .to_string(),
+            id: stored
+                .get("id")
+                .cloned()
+                .context("a re-check entry without id")?,
+            at: stored
+                .get_timestamp("at")
+                .context("a re-check entry without time")?,
+            key: stored
+                .get("_id")
+                .cloned()
+                .context("a re-check entry without key")?,
+        })
+    }
+}
+
+/// The documents with these `_id`s on one side, by `_id`.
+async fn fetch(
+    client: &Client,
+    db: &str,
+    coll: &str,
+    ids: &[Bson],
+) -> Result<HashMap<Vec<u8>, RawDocumentBuf>> {
+    let mut cursor =
+        documents::open(client, db, coll, doc! { "_id": { "$in": ids } }, None).await?;
+    let mut found = HashMap::new();
+    while let Some(document) = cursor.try_next().await? {
+        found.insert(id_key(&documents::id_of(&document)?)?, document);
+    }
+    Ok(found)
+}
+
+/// A queue entry's key: the namespace, a zero byte, then the `_id` as [`id_key`] bytes.
+fn entry_key(ns: &str, id: &Bson) -> Result<Bson> {
+    let mut bytes = ns.as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend(id_key(id)?);
+    Ok(Bson::Binary(mongodb::bson::Binary {
+        subtype: mongodb::bson::spec::BinarySubtype::Generic,
+        bytes,
+    }))
+}
+
+/// An `_id` as bytes that are equal exactly when the values are (type included).
+pub(super) fn id_key(id: &Bson) -> Result<Vec<u8>> {
+    Ok(mongodb::bson::to_vec(&doc! { "id": id.clone() })?)
+}
