@@ -412,7 +412,7 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
         .await
         .unwrap();
     }
-    let mut ferry: Ferry = pair.migrate(&[]);
+    let mut ferry: Ferry = pair.migrate(&["--verify"]);
     let driver = chromedriver();
     let profile = tempfile::tempdir().unwrap();
     let mut capabilities = serde_json::Map::new();
@@ -498,6 +498,8 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
         .unwrap();
     assert_eq!(rows.len(), 1);
     assert!(rows[0].text().await.unwrap().contains("dash.items"));
+    // The verification's first pass runs during change application and the page follows it.
+    wait_text("details", "re-checking (").await;
     std::fs::write(
         artifacts.join("2-ready-to-commit.png"),
         browser.screenshot().await.unwrap(),
@@ -524,6 +526,8 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
         .await
         .unwrap();
     wait_text("state", "COMMITTED").await;
+    let verified = wait_text("details", "equal (").await;
+    assert!(verified.contains("0 mismatches"), "{verified}");
     std::fs::write(
         artifacts.join("4-committed.png"),
         browser.screenshot().await.unwrap(),
