@@ -6,15 +6,16 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Document, Timestamp};
 use mongodb::Client;
 
-/// The time of the oldest entry in the source's oplog.
+/// The time of the oldest entry in the source's oplog: the first in natural order. (A hinted
+/// natural scan, not a sort: servers that keep the oplog as an ordinary collection would sort
+/// all of it.)
 pub async fn oldest_entry(source: &Client) -> Result<Option<Timestamp>> {
     let oldest: Vec<Document> = source
         .database("local")
         .collection::<Document>("oplog.rs")
         .find(doc! {})
-        .sort(doc! { "$natural": 1 })
+        .hint(mongodb::options::Hint::Keys(doc! { "$natural": 1 }))
         .limit(1)
-        .projection(doc! { "ts": 1 })
         .await?
         .try_collect()
         .await?;

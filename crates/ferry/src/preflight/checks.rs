@@ -296,11 +296,12 @@ pub fn number(doc: &Document, field: &str) -> Option<f64> {
 
 /// The source's data size: the sum of the included collections' size estimates.
 pub async fn data_bytes(source: &Client, included: &[CollectionSpec]) -> f64 {
-    let mut total = 0.0;
-    for spec in included.iter().filter(|s| s.kind == Kind::Collection) {
-        total += crate::copy::estimate_size(source, spec).await.1 as f64;
-    }
-    total
+    let collections = included.iter().filter(|s| s.kind == Kind::Collection);
+    futures_util::future::join_all(collections.map(|spec| crate::copy::estimate_size(source, spec)))
+        .await
+        .iter()
+        .map(|(_, bytes)| *bytes as f64)
+        .sum()
 }
 
 /// Bytes per second read from the largest included collection, over a short sample.
@@ -326,9 +327,20 @@ async fn read_rate(source: &Client, included: &[CollectionSpec]) -> Option<f64> 
 }
 
 /// The source's oplog window against the time the copy will take.
-pub async fn oplog_window(source: &Client, included: &[CollectionSpec], hello: &Document) -> Check {
+pub async fn oplog_window(
+    source: &Client,
+    included: &[CollectionSpec],
+    data: f64,
+    hello: &Document,
+) -> Check {
     const ID: &str = "source.oplog-window";
-    let oldest = crate::oplog::oldest_entry(source).await;
+    // Independent reads, at once: on some servers each of them scans the oplog or a collection.
+    let local = source.database("local");
+    let (oldest, stats, rate) = tokio::join!(
+        crate::oplog::oldest_entry(source),
+        local.run_command(doc! { "collStats": "oplog.rs" }),
+        read_rate(source, included)
+    );
     let newest = hello
         .get_document("lastWrite")
         .and_then(|w| w.get_document("opTime"))
@@ -337,11 +349,7 @@ pub async fn oplog_window(source: &Client, included: &[CollectionSpec], hello: &
         return Check::warn(ID, "could not read the source's oplog (local.oplog.rs)", "grant the source user read access to the local database, and make sure the oplog is large enough for the whole copy");
     };
     let span = f64::from(newest.time.saturating_sub(oldest.time));
-    let stats = source
-        .database("local")
-        .run_command(doc! { "collStats": "oplog.rs" })
-        .await
-        .ok();
+    let stats = stats.ok();
     let (size, max) = stats
         .as_ref()
         .map(|s| {
@@ -359,10 +367,7 @@ pub async fn oplog_window(source: &Client, included: &[CollectionSpec], hello: &
     } else {
         None
     };
-    let data = data_bytes(source, included).await;
-    let estimate = read_rate(source, included)
-        .await
-        .map(|rate| data / rate * 2.0);
+    let estimate = rate.map(|rate| data / rate * 2.0);
     let hours = |s: f64| format!("{:.1} h", s / 3600.0);
     match (capacity, estimate) {
         (Some(capacity), Some(estimate)) if capacity < estimate => Check::fail(

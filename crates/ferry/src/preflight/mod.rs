@@ -157,35 +157,48 @@ pub async fn run_checks(
     let included = catalog::list_namespaces(source, &clusters.filter)
         .await
         .unwrap_or_default();
-    report.push(checks::source_privileges(source, &included).await);
-    report.push(checks::destination_privileges(destination, &clusters.filter.state_db).await);
-
-    let everything = crate::filter::NamespaceFilter {
-        state_db: clusters.filter.state_db.clone(),
-        ..Default::default()
+    // The data size and oplog window are measured alongside the checks in between: on some
+    // servers they scan the collections and the oplog. Only a new migration reports them.
+    let sizing = async {
+        let data = checks::data_bytes(source, &included).await;
+        let window = checks::oplog_window(source, &included, data, &source_hello).await;
+        (data, window)
     };
-    let on_source: Vec<(String, String)> = catalog::list_namespaces(source, &everything)
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .map(|s| (s.db, s.name))
-        .collect();
-    report.push(checks::filters_match(&clusters.filter, &on_source));
-
-    let stored = StateStore::new(destination, &clusters.filter.state_db)
-        .load()
-        .await
-        .ok()
-        .flatten();
-    let (empty, resume) = destination_empty(clusters, drop, destination, stored, &identity).await;
-    report.push(empty);
-    if resume.is_none() {
-        report.push(checks::oplog_window(source, &included, &source_hello).await);
-        report.push(
-            checks::destination_disk(destination, checks::data_bytes(source, &included).await)
-                .await,
-        );
+    let in_between = async {
+        let mut checks = vec![
+            checks::source_privileges(source, &included).await,
+            checks::destination_privileges(destination, &clusters.filter.state_db).await,
+        ];
+        let everything = crate::filter::NamespaceFilter {
+            state_db: clusters.filter.state_db.clone(),
+            ..Default::default()
+        };
+        let on_source: Vec<(String, String)> = catalog::list_namespaces(source, &everything)
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.db, s.name))
+            .collect();
+        checks.push(checks::filters_match(&clusters.filter, &on_source));
+        let stored = StateStore::new(destination, &clusters.filter.state_db)
+            .load()
+            .await
+            .ok()
+            .flatten();
+        let (empty, resume) =
+            destination_empty(clusters, drop, destination, stored, &identity).await;
+        checks.push(empty);
+        (checks, resume)
+    };
+    let ((data, window), (checks, resume)) = tokio::join!(sizing, in_between);
+    for check in checks {
+        report.push(check);
     }
+    if resume.is_none() {
+        report.push(window);
+        report.push(checks::destination_disk(destination, data).await);
+    }
+
     report.push(checks::not_migrated(source, &included).await);
     Outcome {
         report,
