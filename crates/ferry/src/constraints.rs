@@ -79,6 +79,7 @@ async fn rebuild_capped(
         &Default::default(),
         progress,
         None,
+        None,
     )
     .await?;
     let indexes: Vec<Document> = spec

@@ -15,6 +15,8 @@ use crate::preflight::checks::number;
 use crate::progress::Progress;
 use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
 use crate::state::{Partition, StateStore};
+use crate::write_limit::WriteLimit;
+use std::sync::Arc;
 
 /// Documents per insert batch, and the byte size at which a batch is sent early.
 const BATCH_DOCUMENTS: usize = 1000;
@@ -143,7 +145,9 @@ fn remaining(range: &Partition) -> Document {
 /// Copies the documents of one `_id` range of a collection into the destination collection
 /// `target` of the same database, in `_id` order (natural order for capped ones, whose insertion
 /// order is part of their content), continuing after the range's last copied `_id`. With
-/// `resume`, each acknowledged batch is checkpointed. Returns the number of documents copied.
+/// `resume`, each acknowledged batch is checkpointed; with `limit`, each insert waits its turn
+/// under the shared adaptive limit. Returns the number of documents copied.
+#[allow(clippy::too_many_arguments)]
 pub async fn copy_documents(
     source: &Client,
     destination: &Client,
@@ -152,6 +156,7 @@ pub async fn copy_documents(
     range: &Partition,
     progress: &Progress,
     resume: Option<Resume<'_>>,
+    limit: Option<Arc<WriteLimit>>,
 ) -> Result<u64> {
     let ns = spec.ns();
     let reader = source
@@ -187,12 +192,20 @@ pub async fn copy_documents(
                 .last()
                 .and_then(|d| d.get("_id").ok().flatten())
                 .map(|id| id.to_raw_bson());
-            match writer
+            let turn = match &limit {
+                Some(limit) => Some(limit.acquire().await),
+                None => None,
+            };
+            let sent = std::time::Instant::now();
+            let inserted = writer
                 .insert_many(batch)
                 .ordered(false)
                 .bypass_document_validation(true)
-                .await
-            {
+                .await;
+            if let (Some(limit), Some(turn)) = (&limit, turn) {
+                limit.release(turn, sent.elapsed(), bytes);
+            }
+            match inserted {
                 Ok(_) => {}
                 Err(e) if only_duplicates(&e) => {}
                 Err(e) => {

@@ -27,3 +27,4 @@ pub mod server_error;
 pub mod source_clock;
 pub mod state;
 pub mod verify;
+pub mod write_limit;

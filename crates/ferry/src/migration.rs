@@ -28,17 +28,20 @@ use crate::redact::redact_uri;
 use crate::server_error::{self, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST};
 use crate::source_clock::{self, seconds_between};
 use crate::state::{Checkpoint, CollectionState, CopyStatus, Partition, StateStore, Stored};
-use crate::{constraints, copy, oplog, preflight, verify};
+use crate::{constraints, copy, oplog, preflight, verify, write_limit};
 
-/// Collections copied at the same time.
-const COPY_CONCURRENCY: usize = 4;
+/// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
+/// adapted to the destination (`write_limit`). More ranges than that only add source reads.
+const COPY_CONCURRENCY: usize = write_limit::MAX;
 /// A round of change application reads at most this many events, or for at most this long.
 const ROUND_EVENTS: usize = 5000;
 const ROUND_TIME: Duration = Duration::from_millis(300);
 /// Checkpoints are written at most this often while applying changes.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
-/// How often the source's oplog window is measured.
+/// How often the source's oplog window is measured at most, and the share of the source's time
+/// the measurement may take (on some servers finding the oldest entry scans the oplog).
 const OPLOG_WINDOW_INTERVAL: Duration = Duration::from_secs(10);
+const OPLOG_WINDOW_COST_SHARE: u32 = 20;
 /// How often the source's featureCompatibilityVersion is compared with its value at start.
 const FCV_CHECK_INTERVAL: Duration = Duration::from_secs(30);
 /// `canCommit` needs the lag at or below this many seconds.
@@ -292,9 +295,14 @@ impl Migration<'_> {
             .iter()
             .filter(|s| s.kind == Kind::Collection)
             .collect();
+        let sizes = futures_util::future::join_all(
+            collections
+                .iter()
+                .map(|spec| copy::estimate_size(&self.source, spec)),
+        )
+        .await;
         let mut estimates = HashMap::new();
-        for spec in &collections {
-            let (documents, bytes) = copy::estimate_size(&self.source, spec).await;
+        for (spec, (documents, bytes)) in collections.iter().zip(sizes) {
             estimates.insert(spec.ns(), bytes);
             let ns = spec.ns();
             let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
@@ -323,16 +331,16 @@ impl Migration<'_> {
         // Every `_id` range left to copy, across all collections, runs in one bounded pool.
         let mut jobs = Vec::new();
         let mut left: HashMap<String, (usize, u64)> = HashMap::new();
-        for spec in &collections {
+        // Planned at once: sampling a large collection's `_id`s can take a while.
+        let plans = futures_util::future::try_join_all(collections.iter().map(|spec| {
             let ns = spec.ns();
-            let Some(ranges) = self
-                .plan_copy(
-                    spec,
-                    stored.get(&ns),
-                    estimates.get(&ns).copied().unwrap_or(0),
-                )
-                .await?
-            else {
+            let bytes = estimates.get(&ns).copied().unwrap_or(0);
+            self.plan_copy(spec, stored.get(&ns), bytes)
+        }))
+        .await?;
+        for (spec, ranges) in collections.iter().zip(plans) {
+            let ns = spec.ns();
+            let Some(ranges) = ranges else {
                 continue;
             };
             copy::create_namespace(&self.destination, spec).await?;
@@ -354,12 +362,13 @@ impl Migration<'_> {
             );
         }
         let left = std::sync::Mutex::new(left);
+        let limit = std::sync::Arc::new(write_limit::WriteLimit::new());
         // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
         // lifetime, which spawning the migration needs.
         let copies: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = jobs
             .into_iter()
             .map(|(spec, index, range)| {
-                let left = &left;
+                let (left, limit) = (&left, limit.clone());
                 async move {
                     let ns = spec.ns();
                     let resume = copy::Resume {
@@ -374,6 +383,7 @@ impl Migration<'_> {
                         &range,
                         &self.progress,
                         Some(resume),
+                        Some(limit),
                     )
                     .await?;
                     self.store.partition_done(&ns, index).await?;
@@ -397,6 +407,10 @@ impl Migration<'_> {
             .buffer_unordered(COPY_CONCURRENCY)
             .try_collect::<Vec<()>>()
             .await?;
+        tracing::info!(
+            concurrent_writes = limit.limit(),
+            "copy write concurrency at the end of the copy"
+        );
         for view in specs.iter().filter(|s| s.kind == Kind::View) {
             copy::create_namespace(&self.destination, view).await?;
         }
@@ -736,19 +750,25 @@ impl Drop for Background {
     }
 }
 
-/// Measures the source's oplog window in the background while a migration attempt runs.
+/// Measures the source's oplog window in the background while a migration attempt runs: first
+/// after one interval (the pre-flight has just measured it), then as often as the interval and
+/// the measurement's own cost allow.
 fn watch_oplog(source: Client, progress: Progress) -> Background {
     Background::spawn(async move {
         let start = source_clock::read(&source).await.ok().map(|c| c.last_write);
+        let mut pause = OPLOG_WINDOW_INTERVAL;
         loop {
-            if let Ok(Some(oldest)) = oplog::oldest_entry(&source).await {
+            tokio::time::sleep(pause).await;
+            let measuring = Instant::now();
+            let oldest = oplog::oldest_entry(&source).await;
+            pause = OPLOG_WINDOW_INTERVAL.max(measuring.elapsed() * OPLOG_WINDOW_COST_SHARE);
+            if let Ok(Some(oldest)) = oldest {
                 let resume = progress.snapshot().resume_time.or(start);
                 if let Some(resume) = resume {
                     progress
                         .update(|s| s.oplog_window_seconds = Some(seconds_between(oldest, resume)));
                 }
             }
-            tokio::time::sleep(OPLOG_WINDOW_INTERVAL).await;
         }
     })
 }

@@ -218,6 +218,7 @@ impl Applier {
                 &Default::default(),
                 &self.progress,
                 None,
+                None,
             )
             .await?;
             copy::build_indexes(&self.destination, &spec).await?;
