@@ -97,6 +97,13 @@ impl ChangeEvent {
         })
     }
 
+    /// The transaction the event belongs to, as (session id bytes, transaction number).
+    pub fn transaction(&self) -> Option<(Vec<u8>, i64)> {
+        let session = self.raw.get_document("lsid").ok()?;
+        let number = self.raw.get_i64("txnNumber").ok()?;
+        Some((session.as_bytes().to_vec(), number))
+    }
+
     pub fn ns(&self) -> String {
         match &self.coll {
             Some(coll) => format!("{}.{coll}", self.db),

@@ -1,10 +1,12 @@
 //! Change application: routes each decoded change event to its absolute effect on the
-//! destination. Document changes for one collection are batched in source order; a catalog
-//! change (DDL) is a barrier: everything before it is written first, then it is applied alone.
+//! destination. Document changes go to parallel lanes by document (`lanes`), batched in source
+//! order; a catalog change (DDL) and a transaction are barriers: everything before is written
+//! first, then the catalog change alone or the transaction's events, then what follows.
 
 mod crud;
 mod ddl;
 pub mod incarnations;
+mod lanes;
 
 use anyhow::Result;
 use mongodb::Client;
@@ -59,13 +61,13 @@ impl Applier {
     /// Applies events in order and returns once the destination has acknowledged all of them.
     pub async fn apply(&mut self, events: Vec<ChangeEvent>) -> Result<()> {
         let mut counts = EventCounts::default();
-        let mut batch: Option<crud::Batch> = None;
+        let mut lanes = lanes::Lanes::new();
+        // The transaction whose events the lanes hold (`None`: events outside transactions).
+        let mut transaction = None;
         for event in events {
             count(&mut counts, &event.op);
             if !event.op.is_crud() {
-                if let Some(pending) = batch.take() {
-                    counts.refetched += pending.execute(&self.source, &self.destination).await?;
-                }
+                counts.refetched += lanes.flush(&self.source, &self.destination).await?;
                 if let Some(tracker) = &self.verification {
                     tracker.catalog_changed(&event).await?;
                 }
@@ -85,38 +87,18 @@ impl Applier {
             if let Some(tracker) = &mut self.verification {
                 tracker.document_changed(&event)?;
             }
-            match crud::writes_for(&event)? {
-                Writes::Nothing => {}
-                Writes::Refetch => {
-                    if let Some(pending) = batch.take() {
-                        counts.refetched +=
-                            pending.execute(&self.source, &self.destination).await?;
-                    }
-                    crud::refetch(&self.source, &self.destination, &event).await?;
-                    counts.refetched += 1;
-                }
-                Writes::Statements(command, statements) => {
-                    if !batch
-                        .as_ref()
-                        .is_some_and(|b| b.accepts(&event.db, &coll, command))
-                    {
-                        if let Some(full) =
-                            batch.replace(crud::Batch::new(&event.db, &coll, command))
-                        {
-                            counts.refetched +=
-                                full.execute(&self.source, &self.destination).await?;
-                        }
-                    }
-                    batch
-                        .as_mut()
-                        .expect("a batch was just ensured")
-                        .push(event, statements);
-                }
+            let writes = crud::writes_for(&event)?;
+            if writes == Writes::Nothing {
+                continue;
             }
+            let this_transaction = event.transaction();
+            if this_transaction != transaction {
+                counts.refetched += lanes.flush(&self.source, &self.destination).await?;
+                transaction = this_transaction;
+            }
+            lanes.push(event, writes)?;
         }
-        if let Some(pending) = batch.take() {
-            counts.refetched += pending.execute(&self.source, &self.destination).await?;
-        }
+        counts.refetched += lanes.flush(&self.source, &self.destination).await?;
         if let Some(tracker) = &mut self.verification {
             tracker.flush().await?;
         }

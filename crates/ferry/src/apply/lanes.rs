@@ -1,0 +1,151 @@
+//! Parallel lanes for document changes: each event goes to a lane chosen by its namespace and
+//! document key, so one document's events stay in source order while different documents are
+//! written at the same time, and a hot document holds up only its own lane. Within a lane,
+//! consecutive statements for one collection and command travel as one ordered command.
+//!
+//! The caller flushes the lanes at every barrier (a catalog change, and the start and end of a
+//! transaction's events), so nothing is reordered across one.
+
+use std::hash::{Hash, Hasher};
+
+use anyhow::Result;
+use mongodb::Client;
+
+use super::crud::{self, Batch, Writes};
+use crate::changes::ChangeEvent;
+
+/// Lanes written at the same time.
+pub const LANES: usize = 4;
+
+/// Events waiting in their lanes, each with its writes.
+pub struct Lanes {
+    lanes: Vec<Vec<(ChangeEvent, Writes)>>,
+}
+
+impl Lanes {
+    pub fn new() -> Self {
+        Self {
+            lanes: (0..LANES).map(|_| Vec::new()).collect(),
+        }
+    }
+
+    /// Puts an event in its document's lane.
+    pub fn push(&mut self, event: ChangeEvent, writes: Writes) -> Result<()> {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        event.db.hash(&mut hasher);
+        event.coll.hash(&mut hasher);
+        event.document("documentKey")?.as_bytes().hash(&mut hasher);
+        let lane = (hasher.finish() % LANES as u64) as usize;
+        self.lanes[lane].push((event, writes));
+        Ok(())
+    }
+
+    /// Writes every waiting event, the lanes at the same time, and returns once all are
+    /// acknowledged. Returns the number of documents refetched from the source.
+    pub async fn flush(&mut self, source: &Client, destination: &Client) -> Result<u64> {
+        let work = self
+            .lanes
+            .iter_mut()
+            .filter(|lane| !lane.is_empty())
+            .map(|lane| apply_lane(source, destination, std::mem::take(lane)));
+        let refetched = futures_util::future::try_join_all(work).await?;
+        Ok(refetched.into_iter().sum())
+    }
+}
+
+/// Applies one lane's events in order.
+async fn apply_lane(
+    source: &Client,
+    destination: &Client,
+    events: Vec<(ChangeEvent, Writes)>,
+) -> Result<u64> {
+    let mut refetched = 0;
+    let mut batch: Option<Batch> = None;
+    for (event, writes) in events {
+        let coll = event.coll.clone().unwrap_or_default();
+        match writes {
+            Writes::Nothing => {}
+            Writes::Refetch => {
+                if let Some(pending) = batch.take() {
+                    refetched += pending.execute(source, destination).await?;
+                }
+                crud::refetch(source, destination, &event).await?;
+                refetched += 1;
+            }
+            Writes::Statements(command, statements) => {
+                if !batch
+                    .as_ref()
+                    .is_some_and(|b| b.accepts(&event.db, &coll, command))
+                {
+                    if let Some(full) = batch.replace(Batch::new(&event.db, &coll, command)) {
+                        refetched += full.execute(source, destination).await?;
+                    }
+                }
+                batch
+                    .as_mut()
+                    .expect("a batch was just ensured")
+                    .push(event, statements);
+            }
+        }
+    }
+    if let Some(pending) = batch.take() {
+        refetched += pending.execute(source, destination).await?;
+    }
+    Ok(refetched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{rawdoc, Timestamp};
+
+    fn update(coll: &str, id: i32, n: i32) -> ChangeEvent {
+        ChangeEvent::decode(rawdoc! {
+            "operationType": "update",
+            "clusterTime": Timestamp { time: 1, increment: n as u32 },
+            "ns": { "db": "d", "coll": coll },
+            "documentKey": { "_id": id },
+            "updateDescription": { "updatedFields": { "n": n }, "removedFields": [] },
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn one_documents_events_share_a_lane_in_order_and_documents_spread() {
+        let mut lanes = Lanes::new();
+        for n in 0..200 {
+            let event = update(if n % 2 == 0 { "a" } else { "b" }, n % 50, n);
+            let writes = crud::writes_for(&event).unwrap();
+            lanes.push(event, writes).unwrap();
+        }
+        assert!(lanes.lanes.iter().filter(|l| !l.is_empty()).count() > 1);
+        for lane in &lanes.lanes {
+            let mut last_seen = std::collections::HashMap::new();
+            for (event, _) in lane {
+                let key = (
+                    event.coll.clone(),
+                    event.document("documentKey").unwrap().as_bytes().to_vec(),
+                );
+                let time = event.cluster_time.increment;
+                if let Some(previous) = last_seen.insert(key, time) {
+                    assert!(previous < time, "a document's events out of order");
+                }
+            }
+        }
+        // Every event of one document is in exactly one lane.
+        let holding = |coll: &str, id: i32| {
+            lanes
+                .lanes
+                .iter()
+                .filter(|lane| {
+                    lane.iter().any(|(e, _)| {
+                        e.coll.as_deref() == Some(coll)
+                            && e.document("documentKey").unwrap().get_i32("_id").unwrap() == id
+                    })
+                })
+                .count()
+        };
+        assert_eq!(holding("a", 0), 1);
+        assert_eq!(holding("b", 1), 1);
+    }
+}
