@@ -5,7 +5,8 @@
 //! write ceiling (best of several concurrencies of unordered bulk inserts of documents already
 //! in memory), a naive single-stream copy with the same driver, and Ferry from launch to
 //! `canCommit` with its peak memory. Once: change application against a source written as fast
-//! as one client can, the steady lag, and the catch-up after a one-minute backlog.
+//! as one client can, the steady lag, and the catch-up after a one-minute backlog
+//! (`FERRY_BENCH_APPLY=0` leaves that out, for quick copy measurements).
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -167,6 +168,8 @@ async fn naive_copy(source: &Client, destination: &Client) -> Result<f64> {
 struct FerryRun {
     child: Child,
     api: String,
+    /// When each phase (`info` of the progress) was first seen.
+    phases: Vec<(String, Instant)>,
 }
 
 impl FerryRun {
@@ -193,7 +196,11 @@ impl FerryRun {
             .stderr(std::fs::File::create(log)?)
             .spawn()
             .context("starting ferry")?;
-        Ok(Self { child, api })
+        Ok(Self {
+            child,
+            api,
+            phases: Vec::new(),
+        })
     }
 
     fn progress(&self) -> Option<Value> {
@@ -221,6 +228,11 @@ impl FerryRun {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(progress) = self.progress() {
+                if let Some(phase) = progress["info"].as_str() {
+                    if !self.phases.iter().any(|(p, _)| p == phase) {
+                        self.phases.push((phase.to_string(), Instant::now()));
+                    }
+                }
                 if condition(&progress) {
                     return Ok(progress);
                 }
@@ -287,6 +299,10 @@ fn max_rate_writer(
 struct SizeResult {
     documents: i64,
     ferry_seconds: f64,
+    /// Seconds from launch to the copy, in the copy, and in the index build.
+    pre_copy_seconds: f64,
+    copy_seconds: f64,
+    index_seconds: f64,
     naive_seconds: f64,
     peak_memory: Option<u64>,
     data_bytes: f64,
@@ -335,10 +351,19 @@ pub fn run() -> Result<()> {
             p["canCommit"] == true
         })?;
         let ferry_seconds = started.elapsed().as_secs_f64();
+        let seen = |phase: &str| {
+            run.phases
+                .iter()
+                .find(|(p, _)| p == phase)
+                .map(|(_, at)| at.duration_since(started).as_secs_f64())
+        };
+        let copy_started = seen("collection copy").unwrap_or(0.0);
+        let index_started = seen("index building").unwrap_or(copy_started);
+        let apply_started = seen("change event application").unwrap_or(ferry_seconds);
         let data_bytes = ready["collectionCopy"]["estimatedCopiedBytes"]
             .as_f64()
             .unwrap_or(0.0);
-        if n == 0 {
+        if n == 0 && std::env::var("FERRY_BENCH_APPLY").as_deref() != Ok("0") {
             apply = Some(measure_apply(&runtime, &src, &mut run)?);
         }
         let peak_memory = run.peak_memory();
@@ -346,6 +371,9 @@ pub fn run() -> Result<()> {
         results.push(SizeResult {
             documents,
             ferry_seconds,
+            pre_copy_seconds: copy_started,
+            copy_seconds: index_started - copy_started,
+            index_seconds: apply_started - index_started,
             naive_seconds,
             peak_memory,
             data_bytes,
@@ -476,6 +504,26 @@ fn render(
             r.naive_seconds / r.ferry_seconds,
             r.peak_memory
                 .map_or("?".into(), |m| format!("{:.0} MB", m as f64 / 1e6))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nWhere Ferry's time goes, and the copy phase alone against the ceiling:\n"
+    );
+    let _ = writeln!(out, "| documents | launch → copy (pre-flight) | copy (planning + documents) | index build | copy phase docs/s | copy phase / ceiling |");
+    let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
+    for r in results {
+        let total = r.documents as f64 + (SMALL_COLLECTIONS as f64 * f64::from(SMALL_DOCUMENTS));
+        let rate = total / r.copy_seconds;
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} s | {:.1} s | {:.1} s | {:.0} | {:.0}% |",
+            r.documents,
+            r.pre_copy_seconds,
+            r.copy_seconds,
+            r.index_seconds,
+            rate,
+            rate / ceiling.0 * 100.0
         );
     }
     if let [small, large, ..] = results {
