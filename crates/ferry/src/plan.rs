@@ -160,8 +160,10 @@ pub struct Plan {
     pub filter: NamespaceFilter,
     /// Clear the included namespaces (and earlier Ferry state) on the destination first.
     pub drop: bool,
-    /// Verify the destination at commit.
+    /// Verify the destination while changes are applied and at commit.
     pub verify: bool,
+    /// Parallel lanes for document changes.
+    pub apply_lanes: usize,
     /// How long to ride out transient faults without progress before failing.
     pub retry_window: Duration,
     /// How long the cutover window stays open once `canCommit` turns true.
@@ -185,6 +187,7 @@ impl Plan {
             filter: clusters.filter,
             drop: run.drop,
             verify: run.verify,
+            apply_lanes: usize::from(run.apply_lanes),
             retry_window: duration(&run.retry_window, "retry-window", "90s, 30m or 2h")?,
             cutover_window: duration(&run.cutover_window, "cutover-window", "72h or 90m")?,
         })

@@ -14,18 +14,15 @@ use mongodb::Client;
 use super::crud::{self, Batch, Writes};
 use crate::changes::ChangeEvent;
 
-/// Lanes written at the same time.
-pub const LANES: usize = 4;
-
 /// Events waiting in their lanes, each with its writes.
 pub struct Lanes {
     lanes: Vec<Vec<(ChangeEvent, Writes)>>,
 }
 
 impl Lanes {
-    pub fn new() -> Self {
+    pub fn new(count: usize) -> Self {
         Self {
-            lanes: (0..LANES).map(|_| Vec::new()).collect(),
+            lanes: (0..count.max(1)).map(|_| Vec::new()).collect(),
         }
     }
 
@@ -35,7 +32,7 @@ impl Lanes {
         event.db.hash(&mut hasher);
         event.coll.hash(&mut hasher);
         event.document("documentKey")?.as_bytes().hash(&mut hasher);
-        let lane = (hasher.finish() % LANES as u64) as usize;
+        let lane = (hasher.finish() % self.lanes.len() as u64) as usize;
         self.lanes[lane].push((event, writes));
         Ok(())
     }
@@ -112,7 +109,7 @@ mod tests {
 
     #[test]
     fn one_documents_events_share_a_lane_in_order_and_documents_spread() {
-        let mut lanes = Lanes::new();
+        let mut lanes = Lanes::new(4);
         for n in 0..200 {
             let event = update(if n % 2 == 0 { "a" } else { "b" }, n % 50, n);
             let writes = crud::writes_for(&event).unwrap();

@@ -28,6 +28,8 @@ pub struct Applier {
     progress: Progress,
     /// With `--verify`: tells the verification what changed.
     verification: Option<ChangeTracker>,
+    /// Parallel lanes for document changes.
+    lanes: usize,
 }
 
 impl Applier {
@@ -45,7 +47,14 @@ impl Applier {
             incarnations,
             progress,
             verification: None,
+            lanes: 1,
         }
+    }
+
+    /// Writes document changes in `count` parallel lanes.
+    pub fn with_lanes(mut self, count: usize) -> Self {
+        self.lanes = count;
+        self
     }
 
     /// Queues every document written for re-check, and marks namespaces a catalog change moves.
@@ -61,7 +70,7 @@ impl Applier {
     /// Applies events in order and returns once the destination has acknowledged all of them.
     pub async fn apply(&mut self, events: Vec<ChangeEvent>) -> Result<()> {
         let mut counts = EventCounts::default();
-        let mut lanes = lanes::Lanes::new();
+        let mut lanes = lanes::Lanes::new(self.lanes);
         // The transaction whose events the lanes hold (`None`: events outside transactions).
         let mut transaction = None;
         for event in events {

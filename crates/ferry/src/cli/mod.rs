@@ -98,9 +98,13 @@ pub struct RunArgs {
     /// Drop the included namespaces and any earlier Ferry state on the destination first.
     #[arg(long)]
     pub drop: bool,
-    /// Verify the whole destination at commit, before COMMITTED; a difference fails the commit.
+    /// Verify the destination while changes are applied and finish at commit, before COMMITTED;
+    /// a difference that re-checking does not clear refuses the commit.
     #[arg(long)]
     pub verify: bool,
+    /// Document changes are written in this many parallel lanes (by document).
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub apply_lanes: u16,
     /// How long to ride out network errors, restarts and elections without progress.
     #[arg(long, value_name = "DURATION", default_value = "30m")]
     pub retry_window: String,
