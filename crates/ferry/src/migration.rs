@@ -538,16 +538,20 @@ impl Migration<'_> {
 
     /// Applies changes from `start` on, until a commit completes or the operator stops.
     async fn follow_changes(&self, start: StreamStart) -> Result<Outcome> {
-        let mut stream = changes::open(&self.source, Some(&start.token))
+        let stream = changes::open(&self.source, Some(&start.token))
             .await
             .map_err(history_lost)?;
+        // The next round is read from the source while this one is written to the destination.
+        let (_reader, mut rounds) = read_ahead(self.source.clone(), stream);
+        let mut token = None;
         let mut applier = Applier::new(
             self.source.clone(),
             self.destination.clone(),
             self.plan.filter.clone(),
             start.incarnations,
             self.progress.clone(),
-        );
+        )
+        .with_lanes(self.plan.apply_lanes);
         let mut verification = None;
         if self.plan.verify {
             applier = applier.with_verification(verify::ChangeTracker::new(
@@ -579,16 +583,24 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(stream.resume_token(), applied, &applier)
+                self.checkpoint(token.clone(), applied, &applier)
                     .await?;
                 return Ok(Outcome::Stopped);
             }
-            let clock = source_clock::read(&self.source).await?;
-            let (events, caught_up) = read_round(&mut stream).await.map_err(history_lost)?;
+            let Round {
+                clock,
+                events,
+                caught_up,
+                token: read_up_to,
+            } = rounds
+                .recv()
+                .await
+                .context("the change stream reader stopped")??;
             if let Some(last) = events.last() {
                 applied = applied.max(last.cluster_time);
             }
             applier.apply(events).await?;
+            token = read_up_to.or(token);
             if caught_up {
                 // Every change the source had majority-committed before this round is applied.
                 applied = applied.max(clock.majority);
@@ -605,7 +617,7 @@ impl Migration<'_> {
                 (s.commit_requested, closed && !s.commit_requested)
             });
             if window_closed {
-                self.checkpoint(stream.resume_token(), applied, &applier)
+                self.checkpoint(token.clone(), applied, &applier)
                     .await?;
                 return Ok(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
@@ -615,12 +627,12 @@ impl Migration<'_> {
                 commit_point = Some(self.begin_commit().await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit_point.is_some() {
-                self.checkpoint(stream.resume_token(), applied, &applier)
+                self.checkpoint(token.clone(), applied, &applier)
                     .await?;
                 last_checkpoint = Instant::now();
             }
             if commit_point.is_some_and(|point| applied >= point) {
-                self.checkpoint(stream.resume_token(), applied, &applier)
+                self.checkpoint(token.clone(), applied, &applier)
                     .await?;
                 // The final pass takes over from the verification that ran alongside.
                 drop(verification);
@@ -771,6 +783,44 @@ fn watch_oplog(source: Client, progress: Progress) -> Background {
             }
         }
     })
+}
+
+/// One round of change events, with the source's clock read just before it and the stream's
+/// resume token just after it.
+struct Round {
+    clock: source_clock::SourceClock,
+    events: Vec<ChangeEvent>,
+    caught_up: bool,
+    token: Option<ResumeToken>,
+}
+
+/// Reads rounds from the stream in the background, one round ahead of the caller; the first
+/// error ends it.
+fn read_ahead(
+    source: Client,
+    mut stream: ChangeStream<RawDocumentBuf>,
+) -> (Background, tokio::sync::mpsc::Receiver<Result<Round>>) {
+    let (rounds, received) = tokio::sync::mpsc::channel(1);
+    let reader = Background::spawn(async move {
+        loop {
+            let round = async {
+                let clock = source_clock::read(&source).await?;
+                let (events, caught_up) = read_round(&mut stream).await.map_err(history_lost)?;
+                Ok(Round {
+                    clock,
+                    events,
+                    caught_up,
+                    token: stream.resume_token(),
+                })
+            }
+            .await;
+            let failed = round.is_err();
+            if rounds.send(round).await.is_err() || failed {
+                return;
+            }
+        }
+    });
+    (reader, received)
 }
 
 /// Reads one round of events: up to [`ROUND_EVENTS`], for about [`ROUND_TIME`], or until the
