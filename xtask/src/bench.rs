@@ -7,6 +7,7 @@
 //! `canCommit` with its peak memory. Once: change application against a source written as fast
 //! as one client can, the steady lag, and the catch-up after a one-minute backlog
 //! (`FERRY_BENCH_APPLY=0` leaves that out, for quick copy measurements).
+//! `FERRY_BENCH_FERRY_ARGS` adds arguments to `ferry migrate` (`--apply-lanes 1`, say).
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -191,6 +192,11 @@ impl FerryRun {
                 "--api-addr",
                 &api,
             ])
+            .args(
+                std::env::var("FERRY_BENCH_FERRY_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?)
@@ -378,12 +384,15 @@ pub fn run() -> Result<()> {
             peak_memory,
             data_bytes,
         });
+        // Written after every size, so that a later size that fails leaves the earlier ones.
+        let report = render(ceiling.expect("measured"), &results, apply.as_ref());
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
+        std::fs::write(&path, &report)?;
+        eprintln!(
+            "bench: {documents} documents done, written to {}",
+            path.display()
+        );
     }
-    let report = render(ceiling.expect("measured"), &results, apply.as_ref());
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/BENCHMARKS.md");
-    std::fs::write(&path, &report)?;
-    println!("{report}");
-    eprintln!("bench: written to {}", path.display());
     Ok(())
 }
 
@@ -526,15 +535,29 @@ fn render(
             rate / ceiling.0 * 100.0
         );
     }
-    if let [small, large, ..] = results {
+    for pair in results.windows(2) {
+        let (small, large) = (&pair[0], &pair[1]);
         let _ = writeln!(
             out,
-            "\nScaling: {:.1}× the data took {:.2}× the time; peak memory {:+.0}%.",
+            "\nScaling {} → {}: {:.1}× the data took {:.2}× the time.",
+            small.documents,
+            large.documents,
             large.documents as f64 / small.documents as f64,
             large.ferry_seconds / small.ferry_seconds,
-            (large.peak_memory.unwrap_or(0) as f64 / small.peak_memory.unwrap_or(1) as f64 - 1.0)
-                * 100.0
         );
+    }
+    if let (Some(first), Some(last)) = (results.first(), results.last()) {
+        if results.len() > 1 {
+            let _ = writeln!(
+                out,
+                "\nPeak memory {} → {} documents: {:+.0}%.",
+                first.documents,
+                last.documents,
+                (last.peak_memory.unwrap_or(0) as f64 / first.peak_memory.unwrap_or(1) as f64
+                    - 1.0)
+                    * 100.0
+            );
+        }
     }
     if let Some(a) = apply {
         let _ = writeln!(out, "\n## Change application\n");
