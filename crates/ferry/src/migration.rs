@@ -583,8 +583,7 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(token.clone(), applied, &applier)
-                    .await?;
+                self.checkpoint(token.clone(), applied, &applier).await?;
                 return Ok(Outcome::Stopped);
             }
             let Round {
@@ -617,8 +616,7 @@ impl Migration<'_> {
                 (s.commit_requested, closed && !s.commit_requested)
             });
             if window_closed {
-                self.checkpoint(token.clone(), applied, &applier)
-                    .await?;
+                self.checkpoint(token.clone(), applied, &applier).await?;
                 return Ok(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
                 ));
@@ -627,13 +625,11 @@ impl Migration<'_> {
                 commit_point = Some(self.begin_commit().await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit_point.is_some() {
-                self.checkpoint(token.clone(), applied, &applier)
-                    .await?;
+                self.checkpoint(token.clone(), applied, &applier).await?;
                 last_checkpoint = Instant::now();
             }
             if commit_point.is_some_and(|point| applied >= point) {
-                self.checkpoint(token.clone(), applied, &applier)
-                    .await?;
+                self.checkpoint(token.clone(), applied, &applier).await?;
                 // The final pass takes over from the verification that ran alongside.
                 drop(verification);
                 self.finish_commit().await?;
