@@ -31,7 +31,12 @@ impl Lanes {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         event.db.hash(&mut hasher);
         event.coll.hash(&mut hasher);
-        event.document("documentKey")?.as_bytes().hash(&mut hasher);
+        // By `_id` alone: a sharded source's key also holds the shard key, which an update can
+        // change (a delete and an insert of one document under two keys).
+        match event.document("documentKey")?.get("_id")? {
+            Some(id) => format!("{id:?}").hash(&mut hasher),
+            None => event.document("documentKey")?.as_bytes().hash(&mut hasher),
+        }
         let lane = (hasher.finish() % self.lanes.len() as u64) as usize;
         self.lanes[lane].push((event, writes));
         Ok(())

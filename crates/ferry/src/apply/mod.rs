@@ -77,10 +77,12 @@ impl Applier {
             count(&mut counts, &event.op);
             if !event.op.is_crud() {
                 counts.refetched += lanes.flush(&self.source, &self.destination).await?;
+                self.apply_catalog_change(&event).await?;
+                // After the change is applied, so that a verification starting the namespace
+                // over sees it changed.
                 if let Some(tracker) = &self.verification {
                     tracker.catalog_changed(&event).await?;
                 }
-                self.apply_catalog_change(&event).await?;
                 continue;
             }
             let Some(coll) = event.coll.clone() else {

@@ -9,7 +9,7 @@ use std::cmp::Ordering;
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::options::{Collation, ReadConcern};
 use mongodb::{Client, Cursor};
 use xxhash_rust::xxh3::Xxh3;
@@ -96,14 +96,7 @@ pub async fn verify_documents(
             match differences {
                 Differences::Report => found.into_iter().for_each(|(_, m)| report.record(m)),
                 Differences::Queue(queue) => {
-                    let unseen = Timestamp {
-                        time: 0,
-                        increment: 0,
-                    };
-                    let entries = found
-                        .into_iter()
-                        .map(|(id, _)| (ns.clone(), id, unseen))
-                        .collect();
+                    let entries = found.into_iter().map(|(id, _)| (ns.clone(), id)).collect();
                     queue.queue(entries).await?;
                 }
             }

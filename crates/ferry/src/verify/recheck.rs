@@ -5,16 +5,16 @@
 //! on both sides by `_id` and forgets the ones found equal; what stays different once the
 //! source is quiescent and every change is applied is a real difference.
 //!
-//! Each entry carries the time of the latest change that queued it, and an entry is forgotten
-//! only if that time is unchanged since it was read, so a change that lands during a re-check
-//! is never lost. An entry's key is one binary value (namespace, then the `_id`'s BSON), so
+//! Each entry carries a version that every queueing increments, and an entry is forgotten only
+//! if its version is unchanged since it was read, so a write that lands during a re-check is
+//! never lost (a time would not do: a transaction's writes share one, and a resume replays them). An entry's key is one binary value (namespace, then the `_id`'s BSON), so
 //! that every queue write is a point lookup in the `_id` index.
 
 use std::collections::{BTreeMap, HashMap};
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::{Client, Collection, Database};
 
 use super::documents::{self, Comparison};
@@ -48,16 +48,16 @@ impl RecheckQueue {
         }
     }
 
-    /// Queues documents, each as (namespace, `_id`, time of the change that queued it).
-    pub async fn queue(&self, entries: Vec<(String, Bson, Timestamp)>) -> Result<()> {
+    /// Queues documents, each as (namespace, `_id`).
+    pub async fn queue(&self, entries: Vec<(String, Bson)>) -> Result<()> {
         for chunk in entries.chunks(PAGE as usize) {
             let statements: Vec<Document> = chunk
                 .iter()
-                .map(|(ns, id, at)| {
+                .map(|(ns, id)| {
                     Ok(doc! {
                         "q": { "_id": entry_key(ns, id)? },
                         "u": {
-                            "$max": { "at": *at },
+                            "$inc": { "v": 1 },
                             "$setOnInsert": { "ns": ns, "id": id.clone() },
                         },
                         "upsert": true,
@@ -147,7 +147,7 @@ impl RecheckQueue {
                     match mismatch {
                         Some(mismatch) => found(&ns, mismatch),
                         None => equal.push(doc! {
-                            "q": { "_id": entry.key, "at": entry.at },
+                            "q": { "_id": entry.key, "v": entry.version },
                             "limit": 1,
                         }),
                     }
@@ -192,7 +192,8 @@ struct Entry {
     key: Bson,
     ns: String,
     id: Bson,
-    at: Timestamp,
+    /// How many times it was queued, when it was read.
+    version: Bson,
 }
 
 impl Entry {
@@ -206,9 +207,10 @@ impl Entry {
                 .get("id")
                 .cloned()
                 .context("a re-check entry without id")?,
-            at: stored
-                .get_timestamp("at")
-                .context("a re-check entry without time")?,
+            version: stored
+                .get("v")
+                .cloned()
+                .context("a re-check entry without version")?,
             key: stored
                 .get("_id")
                 .cloned()

@@ -47,6 +47,15 @@ impl VerifyStore {
     /// Where the verification of `ns` stands, with the counts so far restored into `report`.
     /// A dirty namespace is forgotten and starts over.
     pub async fn place(&self, ns: &str, report: &mut NamespaceReport) -> Result<Place> {
+        // Forgotten in one step, so that a mark made meanwhile is never lost.
+        let dirty = self
+            .collection
+            .find_one_and_delete(doc! { "_id": ns, "dirty": true })
+            .await
+            .context("starting a changed namespace's verification over")?;
+        if dirty.is_some() {
+            return Ok(Place::Start);
+        }
         let Some(stored) = self
             .collection
             .find_one(doc! { "_id": ns })
@@ -55,13 +64,6 @@ impl VerifyStore {
         else {
             return Ok(Place::Start);
         };
-        if stored.get_bool("dirty").unwrap_or(false) {
-            self.collection
-                .delete_one(doc! { "_id": ns })
-                .await
-                .context("starting a changed namespace's verification over")?;
-            return Ok(Place::Start);
-        }
         let count = |field: &str| stored.get_i64(field).unwrap_or(0) as u64;
         report.documents_checked = count("checked");
         report.missing = count("missing");

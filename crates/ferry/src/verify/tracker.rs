@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use mongodb::bson::{Bson, Timestamp};
+use mongodb::bson::Bson;
 use mongodb::Client;
 
 use super::recheck::{self, RecheckQueue};
@@ -17,7 +17,7 @@ pub struct ChangeTracker {
     queue: RecheckQueue,
     store: VerifyStore,
     /// Documents written since the last flush, by (namespace, `_id` bytes).
-    touched: HashMap<(String, Vec<u8>), (Bson, Timestamp)>,
+    touched: HashMap<(String, Vec<u8>), Bson>,
 }
 
 impl ChangeTracker {
@@ -37,11 +37,7 @@ impl ChangeTracker {
             .with_context(|| format!("a change event on {} without a document _id", event.ns()))?;
         let id = Bson::try_from(id.to_raw_bson())?;
         let key = (event.ns(), recheck::id_key(&id)?);
-        let at = event.cluster_time;
-        self.touched
-            .entry(key)
-            .and_modify(|(_, latest)| *latest = (*latest).max(at))
-            .or_insert((id, at));
+        self.touched.entry(key).or_insert(id);
         Ok(())
     }
 
@@ -63,11 +59,7 @@ impl ChangeTracker {
         if self.touched.is_empty() {
             return Ok(());
         }
-        let entries = self
-            .touched
-            .drain()
-            .map(|((ns, _), (id, at))| (ns, id, at))
-            .collect();
+        let entries = self.touched.drain().map(|((ns, _), id)| (ns, id)).collect();
         self.queue.queue(entries).await
     }
 }
