@@ -21,6 +21,7 @@ pub async fn check(args: CheckArgs) -> i32 {
         }
     };
     let outcome = crate::preflight::run_checks(&clusters, args.drop, &source, &destination).await;
+    close([source, destination]).await;
     if args.json {
         println!(
             "{}",
@@ -42,9 +43,9 @@ pub async fn reset(args: ResetArgs) -> i32 {
         let client = destination
             .client()
             .map_err(|e| InputError(e.to_string()))?;
-        crate::reset::reset(&client, &args.state_db, args.yes)
-            .await
-            .map_err(|e| InputError(redact_uri(&format!("{e:#}"))))
+        let summary = crate::reset::reset(&client, &args.state_db, args.yes).await;
+        close([client]).await;
+        summary.map_err(|e| InputError(redact_uri(&format!("{e:#}"))))
     };
     match run.await {
         Ok(summary) => {
@@ -70,7 +71,7 @@ pub async fn verify(args: VerifyArgs) -> i32 {
     let run = async {
         let source = clusters.source.client()?;
         let destination = clusters.destination.client()?;
-        crate::verify::verify(
+        let report = crate::verify::verify(
             &source,
             &destination,
             &clusters.filter,
@@ -78,7 +79,9 @@ pub async fn verify(args: VerifyArgs) -> i32 {
             crate::verify::Mode::Standalone,
             None,
         )
-        .await
+        .await;
+        close([source, destination]).await;
+        report
     };
     match run.await {
         Ok(report) => {
@@ -104,5 +107,14 @@ pub async fn verify(args: VerifyArgs) -> i32 {
                 3
             }
         }
+    }
+}
+
+/// Shuts the clients down before the process exits: a client merely dropped at exit ends its
+/// sessions in the background on a pool that may already be gone, and the driver then panics
+/// onto stderr after the command's output.
+async fn close<const N: usize>(clients: [mongodb::Client; N]) {
+    for client in clients {
+        client.shutdown().await;
     }
 }
