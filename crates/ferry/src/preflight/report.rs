@@ -57,17 +57,10 @@ impl Check {
 pub struct Report {
     pub blocking: bool,
     pub checks: Vec<Check>,
-    /// When the previous check finished, to log how long each one took.
-    #[serde(skip)]
-    previous: Option<std::time::Instant>,
 }
 
 impl Report {
     pub fn push(&mut self, check: Check) {
-        let now = std::time::Instant::now();
-        let took = self.previous.map_or(0, |p| (now - p).as_millis() as u64);
-        tracing::debug!(check = check.id, took_ms = took, "pre-flight check done");
-        self.previous = Some(now);
         self.blocking |= check.status == Status::Fail;
         self.checks.push(check);
     }
