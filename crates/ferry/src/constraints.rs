@@ -80,6 +80,7 @@ async fn rebuild_capped(
         progress,
         None,
         None,
+        None,
     )
     .await?;
     let indexes: Vec<Document> = spec

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use futures_util::{stream, FutureExt, StreamExt, TryStreamExt};
+use futures_util::{FutureExt, StreamExt};
 use mongodb::bson::{Bson, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
@@ -151,6 +151,21 @@ struct Migration<'a> {
     first_attempt: bool,
 }
 
+/// How a collection's copy goes on (see `Migration::plan_copy`).
+enum CopyPlan {
+    /// Copied already.
+    Copied,
+    /// These ranges, some perhaps done.
+    Ranges(Vec<Partition>),
+    /// One open range now, split into this many once the collection's `_id`s are sampled.
+    Sampled(u64),
+}
+
+/// The `_id` ranges handed to the copy pool: the collection, the range's index in its stored
+/// state, the range, and how the range learns its end while its collection is sampled.
+type Jobs<'a> =
+    tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition, Option<copy::Split>)>;
+
 /// Where change application starts.
 struct StreamStart {
     token: Bson,
@@ -161,14 +176,14 @@ struct StreamStart {
 
 impl Migration<'_> {
     async fn run(&self) -> Result<Outcome> {
-        let (stored, planned) = preflight::validate(
+        let validated = preflight::validate(
             self.plan,
             &self.source,
             &self.destination,
             self.first_attempt,
         )
         .await?;
-        let stored = match stored {
+        let stored = match validated.resume {
             Some(stored) => {
                 tracing::info!(
                     state = stored.state.as_str(),
@@ -180,7 +195,9 @@ impl Migration<'_> {
             None => {
                 // T0: the change stream's starting point, taken before the first document is read.
                 let start_token = changes::start_point(&self.source).await?;
-                self.store.start(planned, start_token.clone()).await?;
+                self.store
+                    .start(validated.identity, start_token.clone())
+                    .await?;
                 Stored {
                     state: State::Running,
                     phase: Phase::Validating,
@@ -215,7 +232,8 @@ impl Migration<'_> {
         }
         if stored.phase <= Phase::CollectionCopy {
             self.enter(Phase::CollectionCopy).await?;
-            if self.until_stopped(self.copy_all(&specs)).await?.is_none() {
+            let copying = self.copy_all(&specs, validated.sizes);
+            if self.until_stopped(copying).await?.is_none() {
                 return Ok(Outcome::Stopped);
             }
         }
@@ -283,7 +301,13 @@ impl Migration<'_> {
     }
 
     /// Copies every collection not yet copied, continuing each from its last checkpoint.
-    async fn copy_all(&self, specs: &[CollectionSpec]) -> Result<()> {
+    /// `sizes` are the pre-flight's estimates (documents, bytes) by namespace; missing ones are
+    /// measured here.
+    async fn copy_all(
+        &self,
+        specs: &[CollectionSpec],
+        mut sizes: HashMap<String, (u64, u64)>,
+    ) -> Result<()> {
         let stored: HashMap<String, CollectionState> = self
             .store
             .collections()
@@ -295,16 +319,21 @@ impl Migration<'_> {
             .iter()
             .filter(|s| s.kind == Kind::Collection)
             .collect();
-        let sizes = futures_util::future::join_all(
-            collections
+        let unmeasured: Vec<&CollectionSpec> = collections
+            .iter()
+            .copied()
+            .filter(|s| !sizes.contains_key(&s.ns()))
+            .collect();
+        let measured = futures_util::future::join_all(
+            unmeasured
                 .iter()
                 .map(|spec| copy::estimate_size(&self.source, spec)),
         )
         .await;
-        let mut estimates = HashMap::new();
-        for (spec, (documents, bytes)) in collections.iter().zip(sizes) {
-            estimates.insert(spec.ns(), bytes);
+        sizes.extend(unmeasured.iter().map(|s| s.ns()).zip(measured));
+        for spec in &collections {
             let ns = spec.ns();
+            let (documents, bytes) = sizes.get(&ns).copied().unwrap_or_default();
             let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
             self.progress.update(|s| {
                 s.collections.retain(|c| c.namespace != ns);
@@ -328,20 +357,72 @@ impl Migration<'_> {
         for spec in specs.iter().filter(|s| s.kind == Kind::Timeseries) {
             tracing::warn!(namespace = %spec.ns(), "time-series collections are not migrated");
         }
-        // Every `_id` range left to copy, across all collections, runs in one bounded pool.
-        let mut jobs = Vec::new();
-        let mut left: HashMap<String, (usize, u64)> = HashMap::new();
-        // Planned at once: sampling a large collection's `_id`s can take a while.
-        let plans = futures_util::future::try_join_all(collections.iter().map(|spec| {
+        // Every `_id` range left to copy, across all collections, runs in one bounded pool,
+        // which takes a collection's ranges as soon as they are planned: the small collections
+        // are copied while a large one's `_id`s are still being sampled.
+        let left = std::sync::Mutex::new(HashMap::<String, (usize, u64)>::new());
+        let limit = std::sync::Arc::new(write_limit::WriteLimit::new());
+        let (jobs, mut planned) = tokio::sync::mpsc::unbounded_channel();
+        // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
+        // lifetime, which spawning the migration needs.
+        let plans: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = collections
+            .iter()
+            .map(|spec| {
+                let ns = spec.ns();
+                let bytes = sizes.get(&ns).map_or(0, |(_, bytes)| *bytes);
+                self.plan_ranges(spec, stored.get(&ns), bytes, &left, jobs.clone())
+            })
+            .collect();
+        drop(jobs);
+        let planning = futures_util::future::try_join_all(plans);
+        let copying = async {
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut planning = true;
+            loop {
+                tokio::select! {
+                    job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
+                        match job {
+                            Some((spec, index, range, split)) => {
+                                running.push(self.copy_range(spec, index, range, split, &left, limit.clone()));
+                            }
+                            None => planning = false,
+                        }
+                    }
+                    Some(copied) = running.next(), if !running.is_empty() => copied?,
+                    else => return Ok::<(), anyhow::Error>(()),
+                }
+            }
+        };
+        tokio::try_join!(planning, copying)?;
+        tracing::info!(
+            concurrent_writes = limit.limit(),
+            "copy write concurrency at the end of the copy"
+        );
+        for view in specs.iter().filter(|s| s.kind == Kind::View) {
+            copy::create_namespace(&self.destination, view).await?;
+        }
+        Ok(())
+    }
+
+    /// Plans one collection's copy and hands its unfinished `_id` ranges to the copy pool.
+    fn plan_ranges<'a>(
+        &'a self,
+        spec: &'a CollectionSpec,
+        stored: Option<&'a CollectionState>,
+        bytes: u64,
+        left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        jobs: Jobs<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+        async move {
             let ns = spec.ns();
-            let bytes = estimates.get(&ns).copied().unwrap_or(0);
-            self.plan_copy(spec, stored.get(&ns), bytes)
-        }))
-        .await?;
-        for (spec, ranges) in collections.iter().zip(plans) {
-            let ns = spec.ns();
-            let Some(ranges) = ranges else {
-                continue;
+            let ranges = match self.plan_copy(spec, stored, bytes).await? {
+                CopyPlan::Copied => return Ok(()),
+                CopyPlan::Ranges(ranges) => ranges,
+                CopyPlan::Sampled(count) => {
+                    copy::create_namespace(&self.destination, spec).await?;
+                    self.set_collection_phase(&ns, "copying", None);
+                    return self.copy_while_sampling(spec, count, left, jobs).await;
+                }
             };
             copy::create_namespace(&self.destination, spec).await?;
             self.set_collection_phase(&ns, "copying", None);
@@ -351,70 +432,107 @@ impl Migration<'_> {
                 .filter(|(_, r)| !r.done)
                 .collect();
             if remaining.is_empty() {
-                self.finish_copy(&ns, 0).await?;
-                continue;
+                return self.finish_copy(&ns, 0).await;
             }
-            left.insert(ns, (remaining.len(), 0));
-            jobs.extend(
-                remaining
-                    .into_iter()
-                    .map(|(index, range)| (*spec, index, range)),
-            );
+            left.lock()
+                .expect("copy tracker lock")
+                .insert(ns, (remaining.len(), 0));
+            for (index, range) in remaining {
+                // The pool runs until every sender is gone, so the receiver is still there.
+                let _ = jobs.send((spec, index, range, None));
+            }
+            Ok(())
         }
-        let left = std::sync::Mutex::new(left);
-        let limit = std::sync::Arc::new(write_limit::WriteLimit::new());
-        // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
-        // lifetime, which spawning the migration needs.
-        let copies: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = jobs
-            .into_iter()
-            .map(|(spec, index, range)| {
-                let (left, limit) = (&left, limit.clone());
-                async move {
-                    let ns = spec.ns();
-                    let resume = copy::Resume {
-                        store: &self.store,
-                        partition: index,
-                    };
-                    let copied = copy::copy_documents(
-                        &self.source,
-                        &self.destination,
-                        spec,
-                        &spec.name,
-                        &range,
-                        &self.progress,
-                        Some(resume),
-                        Some(limit),
-                    )
-                    .await?;
-                    self.store.partition_done(&ns, index).await?;
-                    self.touch();
-                    let finished = {
-                        let mut left = left.lock().expect("copy tracker lock");
-                        let entry = left.get_mut(&ns).expect("a tracked collection");
-                        entry.0 -= 1;
-                        entry.1 += copied;
-                        (entry.0 == 0).then_some(entry.1)
-                    };
-                    if let Some(total) = finished {
-                        self.finish_copy(&ns, total).await?;
-                    }
-                    Ok(())
-                }
-                .boxed()
-            })
-            .collect();
-        stream::iter(copies)
-            .buffer_unordered(COPY_CONCURRENCY)
-            .try_collect::<Vec<()>>()
-            .await?;
-        tracing::info!(
-            concurrent_writes = limit.limit(),
-            "copy write concurrency at the end of the copy"
-        );
-        for view in specs.iter().filter(|s| s.kind == Kind::View) {
-            copy::create_namespace(&self.destination, view).await?;
+        .boxed()
+    }
+
+    /// Copies a large collection from its first `_id` on while its `_id`s are sampled, then
+    /// splits what the first range has not reached into `count` ranges for the pool.
+    async fn copy_while_sampling<'a>(
+        &self,
+        spec: &'a CollectionSpec,
+        count: u64,
+        left: &std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        jobs: Jobs<'a>,
+    ) -> Result<()> {
+        let ns = spec.ns();
+        left.lock()
+            .expect("copy tracker lock")
+            .insert(ns.clone(), (1, 0));
+        let (bounds, bounds_received) = tokio::sync::oneshot::channel();
+        let (end_claimed, end) = tokio::sync::oneshot::channel();
+        let split = copy::Split {
+            bounds: bounds_received,
+            end: end_claimed,
+        };
+        let _ = jobs.send((spec, 0, Partition::default(), Some(split)));
+        let sampled = copy::sample_bounds(&self.source, spec, count).await?;
+        if bounds.send(sampled.clone()).is_err() {
+            return Ok(()); // the first range copied the whole collection already
         }
+        let Ok((end, planned)) = end.await else {
+            return Ok(()); // no bound was left ahead of the first range
+        };
+        let rest = copy::ranges_after(Some(&end), &sampled);
+        self.store.split_first_range(&ns, &end, &rest).await?;
+        tracing::info!(namespace = %ns, partitions = rest.len() + 1, "copying in parallel _id ranges");
+        left.lock()
+            .expect("copy tracker lock")
+            .get_mut(&ns)
+            .expect("a tracked collection")
+            .0 += rest.len();
+        for (index, range) in rest.into_iter().enumerate() {
+            let _ = jobs.send((spec, index + 1, range, None));
+        }
+        let _ = planned.send(());
         Ok(())
+    }
+
+    /// Copies one `_id` range of a collection; the last range of a collection to finish
+    /// records the collection as copied. `left` counts each collection's unfinished ranges and
+    /// the documents copied so far.
+    fn copy_range<'a>(
+        &'a self,
+        spec: &'a CollectionSpec,
+        index: usize,
+        range: Partition,
+        split: Option<copy::Split>,
+        left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        limit: std::sync::Arc<write_limit::WriteLimit>,
+    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+        async move {
+            let ns = spec.ns();
+            let resume = copy::Resume {
+                store: &self.store,
+                partition: index,
+            };
+            let copied = copy::copy_documents(
+                &self.source,
+                &self.destination,
+                spec,
+                &spec.name,
+                &range,
+                &self.progress,
+                Some(resume),
+                Some(limit),
+                split,
+            )
+            .await?;
+            self.store.partition_done(&ns, index).await?;
+            self.touch();
+            let finished = {
+                let mut left = left.lock().expect("copy tracker lock");
+                let entry = left.get_mut(&ns).expect("a tracked collection");
+                entry.0 -= 1;
+                entry.1 += copied;
+                (entry.0 == 0).then_some(entry.1)
+            };
+            if let Some(total) = finished {
+                self.finish_copy(&ns, total).await?;
+            }
+            Ok(())
+        }
+        .boxed()
     }
 
     fn set_collection_phase(&self, ns: &str, phase: &'static str, indexes_built: Option<u64>) {
@@ -450,24 +568,24 @@ impl Migration<'_> {
         Ok(())
     }
 
-    /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
-    /// incarnation, new ones otherwise; `None` when it is copied already.
+    /// How a collection's copy goes on: the stored ranges when resuming the same incarnation,
+    /// otherwise recorded anew, as one range or as one to split once sampled.
     async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         bytes: u64,
-    ) -> Result<Option<Vec<Partition>>> {
+    ) -> Result<CopyPlan> {
         let ns = spec.ns();
         match stored {
             Some(state) if state.uuid == spec.uuid && state.status != CopyStatus::Copying => {
                 tracing::info!(namespace = %ns, "already copied");
-                return Ok(None);
+                return Ok(CopyPlan::Copied);
             }
             Some(state) if state.uuid == spec.uuid && !state.partitions.is_empty() => {
                 let done = state.partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = state.partitions.len(), done, "resuming the copy");
-                return Ok(Some(state.partitions.clone()));
+                return Ok(CopyPlan::Ranges(state.partitions.clone()));
             }
             Some(_) => {
                 // The source holds a new incarnation: start this collection over.
@@ -479,14 +597,14 @@ impl Migration<'_> {
             }
             None => {}
         }
-        let ranges = copy::partitions(&self.source, spec, bytes).await?;
-        if ranges.len() > 1 {
-            tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
-        }
+        let whole = vec![Partition::default()];
         self.store
-            .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
+            .begin_copy(&ns, spec.uuid.as_ref(), &whole)
             .await?;
-        Ok(Some(ranges))
+        Ok(match copy::range_count(spec, bytes) {
+            1 => CopyPlan::Ranges(whole),
+            count => CopyPlan::Sampled(count),
+        })
     }
 
     /// Records a collection's copy as finished.
@@ -759,8 +877,8 @@ impl Drop for Background {
 }
 
 /// Measures the source's oplog window in the background while a migration attempt runs: first
-/// after one interval (the pre-flight has just measured it), then as often as the interval and
-/// the measurement's own cost allow.
+/// after one interval (an attempt's start is busy: planning the copy, or a resumed catch-up),
+/// then as often as the interval and the measurement's own cost allow.
 fn watch_oplog(source: Client, progress: Progress) -> Background {
     Background::spawn(async move {
         let start = source_clock::read(&source).await.ok().map(|c| c.last_write);

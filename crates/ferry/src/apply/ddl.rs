@@ -219,6 +219,7 @@ impl Applier {
                 &self.progress,
                 None,
                 None,
+                None,
             )
             .await?;
             copy::build_indexes(&self.destination, &spec).await?;

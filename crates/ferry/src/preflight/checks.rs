@@ -2,6 +2,7 @@
 //! operations the migration will run) and returns a [`Check`] with a stable id, what it found,
 //! and the fix when something is wrong.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -137,7 +138,8 @@ pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> 
         let collection = source
             .database(&spec.db)
             .collection::<RawDocumentBuf>(&spec.name);
-        let read = collection.find_one(doc! {});
+        // A point read by `_id` proves the privilege without scanning on any server.
+        let read = collection.find_one(doc! { "_id": Bson::MinKey });
         if let Err(p) = probe(&format!("read {}", spec.ns()), "find", SOURCE_ROLES, read).await {
             problems.push(p);
             break;
@@ -294,14 +296,22 @@ pub fn number(doc: &Document, field: &str) -> Option<f64> {
     }
 }
 
-/// The source's data size: the sum of the included collections' size estimates.
-pub async fn data_bytes(source: &Client, included: &[CollectionSpec]) -> f64 {
-    let collections = included.iter().filter(|s| s.kind == Kind::Collection);
-    futures_util::future::join_all(collections.map(|spec| crate::copy::estimate_size(source, spec)))
-        .await
+/// The source's size estimate of each included collection, by namespace: (documents, bytes).
+pub async fn collection_sizes(
+    source: &Client,
+    included: &[CollectionSpec],
+) -> HashMap<String, (u64, u64)> {
+    let collections: Vec<&CollectionSpec> = included
         .iter()
-        .map(|(_, bytes)| *bytes as f64)
-        .sum()
+        .filter(|s| s.kind == Kind::Collection)
+        .collect();
+    let sizes = futures_util::future::join_all(
+        collections
+            .iter()
+            .map(|spec| crate::copy::estimate_size(source, spec)),
+    )
+    .await;
+    collections.iter().map(|s| s.ns()).zip(sizes).collect()
 }
 
 /// Bytes per second read from the largest included collection, over a short sample.
@@ -326,49 +336,105 @@ async fn read_rate(source: &Client, included: &[CollectionSpec]) -> Option<f64> 
     (bytes > 1_000_000 && seconds > 0.0).then(|| bytes as f64 / seconds)
 }
 
-/// The source's oplog window against the time the copy will take.
-pub async fn oplog_window(
+/// What the pre-flight learns about the source's oplog and read speed.
+#[derive(Debug, Default, PartialEq)]
+pub struct OplogReading {
+    /// The oplog's size and maximum size in bytes, when the server reports them.
+    pub size: Option<(f64, f64)>,
+    /// Seconds between the oldest entry and the newest write; `None` when unread.
+    pub span: Option<f64>,
+    /// Bytes per second read from the largest collection.
+    pub read_rate: Option<f64>,
+    /// The oplog could not be read at all.
+    pub unreadable: bool,
+}
+
+/// How long the pre-flight waits for the oplog's statistics. They only inform a forecast, and
+/// some servers (or a loaded primary) take long to answer them; the migration measures the
+/// window as it runs (`oplogWindowSeconds`).
+const OPLOG_READING_BUDGET: Duration = Duration::from_secs(3);
+
+/// Reads the oplog's size and the read speed at once, and the oldest entry only when the size
+/// is known: without it no window can be forecast, and on servers that keep the oplog as an
+/// ordinary collection finding the oldest entry scans all of it. What does not answer within
+/// [`OPLOG_READING_BUDGET`] counts as not reported.
+pub async fn read_oplog(
     source: &Client,
     included: &[CollectionSpec],
-    data: f64,
     hello: &Document,
-) -> Check {
-    const ID: &str = "source.oplog-window";
-    // Independent reads, at once: on some servers each of them scans the oplog or a collection.
-    let local = source.database("local");
-    let (oldest, stats, rate) = tokio::join!(
-        crate::oplog::oldest_entry(source),
-        local.run_command(doc! { "collStats": "oplog.rs" }),
+) -> OplogReading {
+    let (reading, read_rate) = tokio::join!(
+        tokio::time::timeout(OPLOG_READING_BUDGET, oplog_size_and_span(source, hello)),
         read_rate(source, included)
     );
+    OplogReading {
+        read_rate,
+        ..reading.unwrap_or_default()
+    }
+}
+
+/// The oplog's size and maximum, and its span when the size is known.
+async fn oplog_size_and_span(source: &Client, hello: &Document) -> OplogReading {
+    let budget = OPLOG_READING_BUDGET.as_millis() as i64;
+    let stats = source
+        .database("local")
+        .run_command(doc! { "collStats": "oplog.rs", "maxTimeMS": budget })
+        .await;
+    let Ok(stats) = stats else {
+        return OplogReading {
+            unreadable: true,
+            ..Default::default()
+        };
+    };
+    let size = match (number(&stats, "size"), number(&stats, "maxSize")) {
+        (Some(size), Some(max)) if size > 0.0 && max > 0.0 => Some((size, max)),
+        _ => None,
+    };
     let newest = hello
         .get_document("lastWrite")
         .and_then(|w| w.get_document("opTime"))
         .and_then(|o| o.get_timestamp("ts"));
-    let (Ok(Some(oldest)), Ok(newest)) = (oldest, newest) else {
-        return Check::warn(ID, "could not read the source's oplog (local.oplog.rs)", "grant the source user read access to the local database, and make sure the oplog is large enough for the whole copy");
+    let mut reading = OplogReading {
+        size,
+        ..Default::default()
     };
-    let span = f64::from(newest.time.saturating_sub(oldest.time));
-    let stats = stats.ok();
-    let (size, max) = stats
-        .as_ref()
-        .map(|s| {
-            (
-                number(s, "size").unwrap_or(0.0),
-                number(s, "maxSize").unwrap_or(0.0),
-            )
-        })
-        .unwrap_or((0.0, 0.0));
+    if size.is_some() {
+        match (crate::oplog::oldest_entry(source).await, newest) {
+            (Ok(Some(oldest)), Ok(newest)) => {
+                reading.span = Some(f64::from(newest.time.saturating_sub(oldest.time)));
+            }
+            _ => reading.unreadable = true,
+        }
+    }
+    reading
+}
+
+/// The source's oplog window against the time the copy of `data` bytes will take.
+pub fn oplog_window(reading: &OplogReading, data: f64) -> Check {
+    const ID: &str = "source.oplog-window";
+    if reading.unreadable {
+        return Check::warn(ID, "could not read the source's oplog (local.oplog.rs)", "grant the source user read access to the local database, and make sure the oplog is large enough for the whole copy");
+    }
+    let hours = |s: f64| format!("{:.1} h", s / 3600.0);
+    let estimate = reading.read_rate.map(|rate| data / rate * 2.0);
+    let copy_time = estimate.map_or(String::new(), |e| {
+        format!(", the copy will take about {}", hours(e))
+    });
+    let (Some((size, max)), Some(span)) = (reading.size, reading.span) else {
+        return Check::warn(
+            ID,
+            format!("the source does not report its oplog's size, so its window cannot be forecast{copy_time}"),
+            "make sure the source's oplog holds more than the copy time; Ferry shows the history left as oplogWindowSeconds while it runs",
+        );
+    };
     // A full oplog's window is its span; a filling one will hold about span × max / size.
-    let capacity = if max > 0.0 && size >= 0.9 * max {
+    let capacity = if size >= 0.9 * max {
         Some(span)
-    } else if max > 0.0 && size > 0.0 && span >= 60.0 {
+    } else if span >= 60.0 {
         Some(span * max / size)
     } else {
         None
     };
-    let estimate = rate.map(|rate| data / rate * 2.0);
-    let hours = |s: f64| format!("{:.1} h", s / 3600.0);
     match (capacity, estimate) {
         (Some(capacity), Some(estimate)) if capacity < estimate => Check::fail(
             ID,
@@ -380,13 +446,9 @@ pub async fn oplog_window(
             format!("the oplog holds about {} of history, the copy will take about {}", hours(capacity), hours(estimate)),
             "the margin is thin: enlarge the source's oplog before migrating",
         ),
-        (Some(capacity), estimate) => Check::pass(
+        (Some(capacity), _) => Check::pass(
             ID,
-            format!(
-                "the oplog holds about {} of history{}",
-                hours(capacity),
-                estimate.map_or(String::new(), |e| format!(", the copy will take about {}", hours(e)))
-            ),
+            format!("the oplog holds about {} of history{copy_time}", hours(capacity)),
         ),
         (None, _) => Check::pass(ID, format!("the oplog is not full yet ({span:.0} s of history so far)")),
     }
@@ -531,5 +593,69 @@ pub async fn not_migrated(source: &Client, included: &[CollectionSpec]) -> Check
         )
     } else {
         Check::warn(ID, notes.join("; "), "recreate users and roles on the destination (createUser, createRole), and move time-series collections with mongodump/mongorestore")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{oplog_window, OplogReading};
+    use crate::preflight::Status;
+
+    const GB: f64 = 1e9;
+
+    fn reading(size: Option<(f64, f64)>, span: Option<f64>) -> OplogReading {
+        OplogReading {
+            size,
+            span,
+            // 10 MB/s: copying 36 GB then takes about 2 h (twice the read time).
+            read_rate: Some(10e6),
+            unreadable: false,
+        }
+    }
+
+    #[test]
+    fn a_full_oplog_shorter_than_the_copy_refuses_and_a_roomy_one_passes() {
+        let full_one_hour = reading(Some((GB, GB)), Some(3600.0));
+        let check = oplog_window(&full_one_hour, 36.0 * GB);
+        assert_eq!(check.status, Status::Fail, "{check:?}");
+        assert!(check.found.contains("1.0 h of history"), "{check:?}");
+        assert!(check.found.contains("2.0 h"), "{check:?}");
+        let thin = oplog_window(&reading(Some((GB, GB)), Some(4.0 * 3600.0)), 36.0 * GB);
+        assert_eq!(thin.status, Status::Warn, "{thin:?}");
+        let roomy = oplog_window(&reading(Some((GB, GB)), Some(24.0 * 3600.0)), 36.0 * GB);
+        assert_eq!(roomy.status, Status::Pass, "{roomy:?}");
+    }
+
+    #[test]
+    fn a_filling_oplog_is_judged_by_what_it_will_hold() {
+        // A quarter full after one hour: it will hold about four hours.
+        let filling = oplog_window(&reading(Some((GB, 4.0 * GB)), Some(3600.0)), 36.0 * GB);
+        assert_eq!(filling.status, Status::Warn, "{filling:?}");
+        assert!(filling.found.contains("4.0 h of history"), "{filling:?}");
+        let young = oplog_window(&reading(Some((GB, 4.0 * GB)), Some(10.0)), 36.0 * GB);
+        assert_eq!(young.status, Status::Pass, "{young:?}");
+        assert!(young.found.contains("not full yet"), "{young:?}");
+    }
+
+    #[test]
+    fn an_oplog_without_a_size_or_unreadable_is_a_warning_that_says_what_to_watch() {
+        let no_size = oplog_window(&reading(None, None), 36.0 * GB);
+        assert_eq!(no_size.status, Status::Warn, "{no_size:?}");
+        assert!(no_size.found.contains("cannot be forecast"), "{no_size:?}");
+        assert!(
+            no_size
+                .fix
+                .as_deref()
+                .unwrap()
+                .contains("oplogWindowSeconds"),
+            "{no_size:?}"
+        );
+        let unreadable = OplogReading {
+            unreadable: true,
+            ..Default::default()
+        };
+        let check = oplog_window(&unreadable, GB);
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(check.found.contains("could not read"), "{check:?}");
     }
 }

@@ -10,6 +10,8 @@
 pub mod checks;
 pub mod report;
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
@@ -65,6 +67,8 @@ pub struct Outcome {
     pub resume: Option<Stored>,
     /// The plan's identity, as stored with a new migration.
     pub identity: Document,
+    /// The source's size estimate of each included collection: (documents, bytes).
+    pub sizes: HashMap<String, (u64, u64)>,
 }
 
 /// Runs every check. `drop` is `--drop`: occupied namespaces are then reported as what will be
@@ -99,6 +103,7 @@ pub async fn run_checks(
                 report,
                 resume: None,
                 identity: Document::new(),
+                sizes: HashMap::new(),
             };
         }
     };
@@ -157,12 +162,22 @@ pub async fn run_checks(
     let included = catalog::list_namespaces(source, &clusters.filter)
         .await
         .unwrap_or_default();
-    // The data size and oplog window are measured alongside the checks in between: on some
-    // servers they scan the collections and the oplog. Only a new migration reports them.
+    let stored = StateStore::new(destination, &clusters.filter.state_db)
+        .load()
+        .await
+        .ok()
+        .flatten()
+        .filter(|_| !drop);
+    // A new migration measures the data and reads the oplog alongside the checks in between: on
+    // some servers they scan the collections and the oplog. A resumed one needs neither.
     let sizing = async {
-        let data = checks::data_bytes(source, &included).await;
-        let window = checks::oplog_window(source, &included, data, &source_hello).await;
-        (data, window)
+        if stored.is_some() {
+            return None;
+        }
+        Some(tokio::join!(
+            checks::collection_sizes(source, &included),
+            checks::read_oplog(source, &included, &source_hello)
+        ))
     };
     let in_between = async {
         let mut checks = vec![
@@ -180,23 +195,21 @@ pub async fn run_checks(
             .map(|s| (s.db, s.name))
             .collect();
         checks.push(checks::filters_match(&clusters.filter, &on_source));
-        let stored = StateStore::new(destination, &clusters.filter.state_db)
-            .load()
-            .await
-            .ok()
-            .flatten();
         let (empty, resume) =
-            destination_empty(clusters, drop, destination, stored, &identity).await;
+            destination_empty(clusters, drop, destination, stored.clone(), &identity).await;
         checks.push(empty);
         (checks, resume)
     };
-    let ((data, window), (checks, resume)) = tokio::join!(sizing, in_between);
+    let (sizing, (checks, resume)) = tokio::join!(sizing, in_between);
     for check in checks {
         report.push(check);
     }
-    if resume.is_none() {
-        report.push(window);
+    let mut sizes = HashMap::new();
+    if let Some((measured, oplog)) = sizing {
+        let data = measured.values().map(|(_, bytes)| *bytes as f64).sum();
+        report.push(checks::oplog_window(&oplog, data));
         report.push(checks::destination_disk(destination, data).await);
+        sizes = measured;
     }
 
     report.push(checks::not_migrated(source, &included).await);
@@ -204,6 +217,7 @@ pub async fn run_checks(
         report,
         resume,
         identity,
+        sizes,
     }
 }
 
@@ -217,7 +231,7 @@ async fn destination_empty(
     identity: &Document,
 ) -> (Check, Option<Stored>) {
     const ID: &str = "destination.empty";
-    if let Some(stored) = stored.filter(|_| !drop) {
+    if let Some(stored) = stored {
         if let Some((field, name)) = IDENTITY_FIELDS
             .iter()
             .find(|(f, _)| stored.plan.get(f) != identity.get(f))
@@ -296,14 +310,13 @@ fn show(value: Option<&Bson>) -> String {
 /// The checks `ferry migrate` runs before anything else. On the first attempt every check runs
 /// and a failed one refuses the start (exit 2); with `--drop`, the included namespaces and any
 /// earlier state are then cleared. A retry after a transient fault only needs both ends to
-/// answer and the stored state. Returns the migration to resume (if any) and the plan's
-/// identity to store.
+/// answer and the stored state (its size estimates are then left empty).
 pub async fn validate(
     plan: &Plan,
     source: &Client,
     destination: &Client,
     first_attempt: bool,
-) -> Result<(Option<Stored>, Document)> {
+) -> Result<Outcome> {
     let clusters = plan.clusters();
     if !first_attempt {
         let source_hello = source
@@ -317,7 +330,12 @@ pub async fn validate(
         let stored = StateStore::new(destination, &plan.filter.state_db)
             .load()
             .await?;
-        return Ok((stored, identity(&clusters, &source_hello)));
+        return Ok(Outcome {
+            report: Report::default(),
+            resume: stored,
+            identity: identity(&clusters, &source_hello),
+            sizes: HashMap::new(),
+        });
     }
     let outcome = run_checks(&clusters, plan.drop, source, destination).await;
     for check in outcome
@@ -350,5 +368,5 @@ pub async fn validate(
             .clear()
             .await?;
     }
-    Ok((outcome.resume, outcome.identity))
+    Ok(outcome)
 }
