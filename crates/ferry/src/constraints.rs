@@ -80,7 +80,6 @@ async fn rebuild_capped(
         progress,
         None,
         None,
-        None,
     )
     .await?;
     let indexes: Vec<Document> = spec

@@ -4,10 +4,10 @@
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::options::ReadConcern;
 use mongodb::Client;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::id_order;
@@ -113,18 +113,11 @@ pub async fn sample_bounds(
     Ok(bounds)
 }
 
-/// The ranges after `end` (exclusive; from the start when `None`), split at the `bounds` that
-/// sort after it.
-pub fn ranges_after(end: Option<&Bson>, bounds: &[Bson]) -> Vec<Partition> {
+/// The ranges a collection is copied in, split at `bounds` (in `_id` order).
+pub fn ranges_between(bounds: &[Bson]) -> Vec<Partition> {
     let mut ranges = Vec::with_capacity(bounds.len() + 1);
-    let mut lo = end.cloned();
+    let mut lo: Option<Bson> = None;
     for hi in bounds {
-        if lo
-            .as_ref()
-            .is_some_and(|lo| compare_bson(hi, lo) != std::cmp::Ordering::Greater)
-        {
-            continue;
-        }
         ranges.push(Partition {
             lo: lo.clone(),
             hi: Some(hi.clone()),
@@ -137,40 +130,6 @@ pub fn ranges_after(end: Option<&Bson>, bounds: &[Bson]) -> Vec<Partition> {
         ..Default::default()
     });
     ranges
-}
-
-/// How the first range of a collection still being sampled learns where to stop. The copy
-/// starts at once as one open range; when the sampled bounds arrive on `bounds`, the range ends
-/// at the first bound after the last `_id` it has read, hands that end to `end` with a signal
-/// to wait for, and goes on once the rest of the collection is planned as further ranges.
-pub struct Split {
-    pub bounds: oneshot::Receiver<Vec<Bson>>,
-    pub end: oneshot::Sender<(Bson, oneshot::Sender<()>)>,
-}
-
-impl Split {
-    /// The end this range takes if the bounds have arrived, after `last` (the last `_id` read):
-    /// `Ok(None)` while they have not, or when no bound is left after `last`.
-    async fn take_end(&mut self, last: RawBsonRef<'_>) -> Result<Option<Bson>> {
-        let Ok(bounds) = self.bounds.try_recv() else {
-            return Ok(None);
-        };
-        let Some(end) = bounds.into_iter().find(|bound| {
-            mongodb::bson::RawBson::try_from(bound.clone())
-                .is_ok_and(|b| id_order::compare(b.as_raw_bson_ref(), last).is_gt())
-        }) else {
-            return Ok(None);
-        };
-        let (planned, wait) = oneshot::channel();
-        let (never, _) = oneshot::channel();
-        let claim = std::mem::replace(&mut self.end, never);
-        if claim.send((end.clone(), planned)).is_err() {
-            return Ok(None);
-        }
-        wait.await
-            .context("planning the rest of the collection failed")?;
-        Ok(Some(end))
-    }
 }
 
 fn compare_bson(a: &Bson, b: &Bson) -> std::cmp::Ordering {
@@ -198,8 +157,7 @@ fn remaining(range: &Partition) -> Document {
 /// `target` of the same database, in `_id` order (natural order for capped ones, whose insertion
 /// order is part of their content), continuing after the range's last copied `_id`. With
 /// `resume`, each acknowledged batch is checkpointed; with `limit`, each insert waits its turn
-/// under the shared adaptive limit; with `split`, the range ends where the sampling of the
-/// collection says (see [`Split`]). Returns the number of documents copied.
+/// under the shared adaptive limit. Returns the number of documents copied.
 #[allow(clippy::too_many_arguments)]
 pub async fn copy_documents(
     source: &Client,
@@ -210,7 +168,6 @@ pub async fn copy_documents(
     progress: &Progress,
     resume: Option<Resume<'_>>,
     limit: Option<Arc<WriteLimit>>,
-    mut split: Option<Split>,
 ) -> Result<u64> {
     let ns = spec.ns();
     let reader = source
@@ -290,29 +247,14 @@ pub async fn copy_documents(
             .with_context(|| format!("reading documents of {ns}"))?;
         let mut batch = Vec::with_capacity(BATCH_DOCUMENTS);
         let mut batch_bytes = 0usize;
-        // Where this range ends once `split` has set it (the cursor itself reads on).
-        let mut end: Option<mongodb::bson::RawBson> = None;
         while let Some(document) = cursor
             .try_next()
             .await
             .with_context(|| format!("reading documents of {ns}"))?
         {
-            if let (Some(end), Ok(Some(id))) = (&end, document.get("_id")) {
-                if id_order::compare(id, end.as_raw_bson_ref()).is_gt() {
-                    break;
-                }
-            }
             batch_bytes += document.as_bytes().len();
             batch.push(document);
             if batch.len() >= BATCH_DOCUMENTS || batch_bytes >= BATCH_BYTES {
-                if let (Some(s), Some(Ok(Some(last)))) =
-                    (split.as_mut(), batch.last().map(|d| d.get("_id")))
-                {
-                    if let Some(found) = s.take_end(last).await? {
-                        end = Some(found.try_into()?);
-                        split = None;
-                    }
-                }
                 batch_bytes = 0;
                 let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_DOCUMENTS));
                 if batches.send(full).await.is_err() {
@@ -356,45 +298,6 @@ pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_ranges_after_a_split_start_at_its_end_and_skip_bounds_before_it() {
-        let bounds = [Bson::Int32(10), Bson::Int32(20), Bson::Int32(30)];
-        let range = |lo: Option<i32>, hi: Option<i32>| Partition {
-            lo: lo.map(Bson::Int32),
-            hi: hi.map(Bson::Int32),
-            ..Default::default()
-        };
-        assert_eq!(
-            ranges_after(None, &bounds),
-            [
-                range(None, Some(10)),
-                range(Some(10), Some(20)),
-                range(Some(20), Some(30)),
-                range(Some(30), None)
-            ]
-        );
-        assert_eq!(
-            ranges_after(Some(&Bson::Int32(20)), &bounds),
-            [range(Some(20), Some(30)), range(Some(30), None)]
-        );
-        // Across type brackets: every number sorts before every string.
-        let mixed = [Bson::Int64(5), Bson::String("m".into())];
-        assert_eq!(
-            ranges_after(Some(&Bson::Double(7.5)), &mixed),
-            [
-                Partition {
-                    lo: Some(Bson::Double(7.5)),
-                    hi: Some(Bson::String("m".into())),
-                    ..Default::default()
-                },
-                Partition {
-                    lo: Some(Bson::String("m".into())),
-                    ..Default::default()
-                }
-            ]
-        );
-    }
 
     #[test]
     fn a_partition_continues_after_its_last_copied_id_up_to_its_end() {

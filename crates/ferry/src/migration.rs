@@ -151,20 +151,9 @@ struct Migration<'a> {
     first_attempt: bool,
 }
 
-/// How a collection's copy goes on (see `Migration::plan_copy`).
-enum CopyPlan {
-    /// Copied already.
-    Copied,
-    /// These ranges, some perhaps done.
-    Ranges(Vec<Partition>),
-    /// One open range now, split into this many once the collection's `_id`s are sampled.
-    Sampled(u64),
-}
-
 /// The `_id` ranges handed to the copy pool: the collection, the range's index in its stored
-/// state, the range, and how the range learns its end while its collection is sampled.
-type Jobs<'a> =
-    tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition, Option<copy::Split>)>;
+/// state, and the range.
+type Jobs<'a> = tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition)>;
 
 /// Where change application starts.
 struct StreamStart {
@@ -382,8 +371,8 @@ impl Migration<'_> {
                 tokio::select! {
                     job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
                         match job {
-                            Some((spec, index, range, split)) => {
-                                running.push(self.copy_range(spec, index, range, split, &left, limit.clone()));
+                            Some((spec, index, range)) => {
+                                running.push(self.copy_range(spec, index, range, &left, limit.clone()));
                             }
                             None => planning = false,
                         }
@@ -415,14 +404,8 @@ impl Migration<'_> {
     ) -> futures_util::future::BoxFuture<'a, Result<()>> {
         async move {
             let ns = spec.ns();
-            let ranges = match self.plan_copy(spec, stored, bytes).await? {
-                CopyPlan::Copied => return Ok(()),
-                CopyPlan::Ranges(ranges) => ranges,
-                CopyPlan::Sampled(count) => {
-                    copy::create_namespace(&self.destination, spec).await?;
-                    self.set_collection_phase(&ns, "copying", None);
-                    return self.copy_while_sampling(spec, count, left, jobs).await;
-                }
+            let Some(ranges) = self.plan_copy(spec, stored, bytes).await? else {
+                return Ok(());
             };
             copy::create_namespace(&self.destination, spec).await?;
             self.set_collection_phase(&ns, "copying", None);
@@ -439,53 +422,11 @@ impl Migration<'_> {
                 .insert(ns, (remaining.len(), 0));
             for (index, range) in remaining {
                 // The pool runs until every sender is gone, so the receiver is still there.
-                let _ = jobs.send((spec, index, range, None));
+                let _ = jobs.send((spec, index, range));
             }
             Ok(())
         }
         .boxed()
-    }
-
-    /// Copies a large collection from its first `_id` on while its `_id`s are sampled, then
-    /// splits what the first range has not reached into `count` ranges for the pool.
-    async fn copy_while_sampling<'a>(
-        &self,
-        spec: &'a CollectionSpec,
-        count: u64,
-        left: &std::sync::Mutex<HashMap<String, (usize, u64)>>,
-        jobs: Jobs<'a>,
-    ) -> Result<()> {
-        let ns = spec.ns();
-        left.lock()
-            .expect("copy tracker lock")
-            .insert(ns.clone(), (1, 0));
-        let (bounds, bounds_received) = tokio::sync::oneshot::channel();
-        let (end_claimed, end) = tokio::sync::oneshot::channel();
-        let split = copy::Split {
-            bounds: bounds_received,
-            end: end_claimed,
-        };
-        let _ = jobs.send((spec, 0, Partition::default(), Some(split)));
-        let sampled = copy::sample_bounds(&self.source, spec, count).await?;
-        if bounds.send(sampled.clone()).is_err() {
-            return Ok(()); // the first range copied the whole collection already
-        }
-        let Ok((end, planned)) = end.await else {
-            return Ok(()); // no bound was left ahead of the first range
-        };
-        let rest = copy::ranges_after(Some(&end), &sampled);
-        self.store.split_first_range(&ns, &end, &rest).await?;
-        tracing::info!(namespace = %ns, partitions = rest.len() + 1, "copying in parallel _id ranges");
-        left.lock()
-            .expect("copy tracker lock")
-            .get_mut(&ns)
-            .expect("a tracked collection")
-            .0 += rest.len();
-        for (index, range) in rest.into_iter().enumerate() {
-            let _ = jobs.send((spec, index + 1, range, None));
-        }
-        let _ = planned.send(());
-        Ok(())
     }
 
     /// Copies one `_id` range of a collection; the last range of a collection to finish
@@ -496,7 +437,6 @@ impl Migration<'_> {
         spec: &'a CollectionSpec,
         index: usize,
         range: Partition,
-        split: Option<copy::Split>,
         left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
         limit: std::sync::Arc<write_limit::WriteLimit>,
     ) -> futures_util::future::BoxFuture<'a, Result<()>> {
@@ -515,7 +455,6 @@ impl Migration<'_> {
                 &self.progress,
                 Some(resume),
                 Some(limit),
-                split,
             )
             .await?;
             self.store.partition_done(&ns, index).await?;
@@ -568,24 +507,24 @@ impl Migration<'_> {
         Ok(())
     }
 
-    /// How a collection's copy goes on: the stored ranges when resuming the same incarnation,
-    /// otherwise recorded anew, as one range or as one to split once sampled.
+    /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
+    /// incarnation, new ones otherwise; `None` when it is copied already.
     async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         bytes: u64,
-    ) -> Result<CopyPlan> {
+    ) -> Result<Option<Vec<Partition>>> {
         let ns = spec.ns();
         match stored {
             Some(state) if state.uuid == spec.uuid && state.status != CopyStatus::Copying => {
                 tracing::info!(namespace = %ns, "already copied");
-                return Ok(CopyPlan::Copied);
+                return Ok(None);
             }
             Some(state) if state.uuid == spec.uuid && !state.partitions.is_empty() => {
                 let done = state.partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = state.partitions.len(), done, "resuming the copy");
-                return Ok(CopyPlan::Ranges(state.partitions.clone()));
+                return Ok(Some(state.partitions.clone()));
             }
             Some(_) => {
                 // The source holds a new incarnation: start this collection over.
@@ -597,14 +536,17 @@ impl Migration<'_> {
             }
             None => {}
         }
-        let whole = vec![Partition::default()];
+        let ranges = match copy::range_count(spec, bytes) {
+            1 => vec![Partition::default()],
+            count => copy::ranges_between(&copy::sample_bounds(&self.source, spec, count).await?),
+        };
+        if ranges.len() > 1 {
+            tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
+        }
         self.store
-            .begin_copy(&ns, spec.uuid.as_ref(), &whole)
+            .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        Ok(match copy::range_count(spec, bytes) {
-            1 => CopyPlan::Ranges(whole),
-            count => CopyPlan::Sampled(count),
-        })
+        Ok(Some(ranges))
     }
 
     /// Records a collection's copy as finished.

@@ -249,7 +249,10 @@ impl StateStore {
         uuid: Option<&Bson>,
         partitions: &[Partition],
     ) -> Result<()> {
-        let partitions: Vec<Document> = partitions.iter().map(partition_document).collect();
+        let partitions: Vec<Document> = partitions
+            .iter()
+            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false })
+            .collect();
         self.collections
             .replace_one(
                 doc! { "_id": ns },
@@ -261,29 +264,6 @@ impl StateStore {
             .upsert(true)
             .await
             .with_context(|| format!("recording the copy of {ns}"))?;
-        Ok(())
-    }
-
-    /// Records that the first range of `ns`, copied while the collection was sampled, ends at
-    /// `end`, and that `rest` (the ranges after it) follow. The rest is recorded first: a crash
-    /// in between leaves the first range open, which copies some documents twice (the second
-    /// copy is refused as a duplicate) but never skips one.
-    pub async fn split_first_range(&self, ns: &str, end: &Bson, rest: &[Partition]) -> Result<()> {
-        let rest: Vec<Document> = rest.iter().map(partition_document).collect();
-        self.collections
-            .update_one(
-                doc! { "_id": ns },
-                doc! { "$push": { "partitions": { "$each": rest } } },
-            )
-            .await
-            .with_context(|| format!("recording the ranges of {ns}"))?;
-        self.collections
-            .update_one(
-                doc! { "_id": ns },
-                doc! { "$set": { "partitions.0.hi": end.clone() } },
-            )
-            .await
-            .with_context(|| format!("recording the ranges of {ns}"))?;
         Ok(())
     }
 
@@ -331,11 +311,6 @@ impl StateStore {
             .with_context(|| format!("recording the copy status of {ns}"))?;
         Ok(())
     }
-}
-
-/// A range of a copy as stored, not started yet.
-fn partition_document(p: &Partition) -> Document {
-    doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false }
 }
 
 fn uuid_bson(uuid: &[u8]) -> Bson {

@@ -219,7 +219,6 @@ impl Applier {
                 &self.progress,
                 None,
                 None,
-                None,
             )
             .await?;
             copy::build_indexes(&self.destination, &spec).await?;

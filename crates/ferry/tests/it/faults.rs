@@ -75,7 +75,7 @@ async fn kill_during_copy_resumes_without_copying_again() {
 
     let mut first = pair.migrate(&[]);
     tokio::task::block_in_place(|| {
-        // The copy starts as one range and splits once the collection's `_id`s are sampled.
+        // Split into ranges once the collection's `_id`s are sampled.
         let deadline = std::time::Instant::now() + Duration::from_secs(120);
         while !first
             .output()
