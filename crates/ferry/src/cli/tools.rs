@@ -20,7 +20,8 @@ pub async fn check(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let outcome = crate::preflight::run_checks(&clusters, args.drop, &source, &destination).await;
+    let outcome =
+        crate::preflight::run_checks(&clusters, args.drop, &source, &destination, None).await;
     close([source, destination]).await;
     if args.json {
         println!(
