@@ -155,41 +155,6 @@ struct Migration<'a> {
 /// state, and the range.
 type Jobs<'a> = tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition)>;
 
-/// The sampled `_id` bounds of the large collections, by namespace, from [`sample_early`].
-type EarlySamples = futures_util::future::Shared<
-    futures_util::future::BoxFuture<'static, std::sync::Arc<HashMap<String, Vec<Bson>>>>,
->;
-
-/// Samples the large collections' `_id`s as soon as the pre-flight has measured their sizes,
-/// while its other checks run: sampling is a read, and on some servers it takes seconds. A
-/// sample that fails is left to the copy's planning to take again; a migration that resumes
-/// measures nothing and samples nothing here.
-fn sample_early(
-    source: Client,
-    measured: tokio::sync::oneshot::Receiver<Vec<(CollectionSpec, u64)>>,
-    sampled: tokio::sync::oneshot::Sender<HashMap<String, Vec<Bson>>>,
-) -> Background {
-    Background::spawn(async move {
-        let Ok(collections) = measured.await else {
-            return;
-        };
-        let large = collections.iter().filter_map(|(spec, bytes)| {
-            let count = copy::range_count(spec, *bytes);
-            (count > 1).then(|| {
-                let source = &source;
-                async move { (spec.ns(), copy::sample_bounds(source, spec, count).await) }
-            })
-        });
-        let samples = futures_util::future::join_all(large).await;
-        let _ = sampled.send(
-            samples
-                .into_iter()
-                .filter_map(|(ns, bounds)| Some((ns, bounds.ok()?)))
-                .collect(),
-        );
-    })
-}
-
 /// Where change application starts.
 struct StreamStart {
     token: Bson,
@@ -200,21 +165,13 @@ struct StreamStart {
 
 impl Migration<'_> {
     async fn run(&self) -> Result<Outcome> {
-        let (sized, measured) = tokio::sync::oneshot::channel();
-        let (sampled, samples) = tokio::sync::oneshot::channel();
-        let _sampling = sample_early(self.source.clone(), measured, sampled);
         let validated = preflight::validate(
             self.plan,
             &self.source,
             &self.destination,
             self.first_attempt,
-            sized,
         )
         .await?;
-        let samples: EarlySamples = samples
-            .map(|s| std::sync::Arc::new(s.unwrap_or_default()))
-            .boxed()
-            .shared();
         let stored = match validated.resume {
             Some(stored) => {
                 tracing::info!(
@@ -264,7 +221,7 @@ impl Migration<'_> {
         }
         if stored.phase <= Phase::CollectionCopy {
             self.enter(Phase::CollectionCopy).await?;
-            let copying = self.copy_all(&specs, validated.sizes, samples);
+            let copying = self.copy_all(&specs, validated.sizes);
             if self.until_stopped(copying).await?.is_none() {
                 return Ok(Outcome::Stopped);
             }
@@ -339,7 +296,6 @@ impl Migration<'_> {
         &self,
         specs: &[CollectionSpec],
         mut sizes: HashMap<String, (u64, u64)>,
-        samples: EarlySamples,
     ) -> Result<()> {
         let stored: HashMap<String, CollectionState> = self
             .store
@@ -403,7 +359,7 @@ impl Migration<'_> {
             .map(|spec| {
                 let ns = spec.ns();
                 let bytes = sizes.get(&ns).map_or(0, |(_, bytes)| *bytes);
-                self.plan_ranges(spec, stored.get(&ns), bytes, &samples, &left, jobs.clone())
+                self.plan_ranges(spec, stored.get(&ns), bytes, &left, jobs.clone())
             })
             .collect();
         drop(jobs);
@@ -443,13 +399,12 @@ impl Migration<'_> {
         spec: &'a CollectionSpec,
         stored: Option<&'a CollectionState>,
         bytes: u64,
-        samples: &'a EarlySamples,
         left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
         jobs: Jobs<'a>,
     ) -> futures_util::future::BoxFuture<'a, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some(ranges) = self.plan_copy(spec, stored, bytes, samples).await? else {
+            let Some(ranges) = self.plan_copy(spec, stored, bytes).await? else {
                 return Ok(());
             };
             copy::create_namespace(&self.destination, spec).await?;
@@ -553,14 +508,12 @@ impl Migration<'_> {
     }
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
-    /// incarnation, new ones otherwise (from the early sample when there is one); `None` when it
-    /// is copied already.
+    /// incarnation, new ones otherwise; `None` when it is copied already.
     async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         bytes: u64,
-        samples: &EarlySamples,
     ) -> Result<Option<Vec<Partition>>> {
         let ns = spec.ns();
         match stored {
@@ -585,14 +538,7 @@ impl Migration<'_> {
         }
         let ranges = match copy::range_count(spec, bytes) {
             1 => vec![Partition::default()],
-            count => {
-                let early = samples.clone().await.get(&ns).cloned();
-                let bounds = match early {
-                    Some(bounds) => bounds,
-                    None => copy::sample_bounds(&self.source, spec, count).await?,
-                };
-                copy::ranges_between(&bounds)
-            }
+            count => copy::ranges_between(&copy::sample_bounds(&self.source, spec, count).await?),
         };
         if ranges.len() > 1 {
             tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");

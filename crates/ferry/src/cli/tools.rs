@@ -20,8 +20,7 @@ pub async fn check(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let outcome =
-        crate::preflight::run_checks(&clusters, args.drop, &source, &destination, None).await;
+    let outcome = crate::preflight::run_checks(&clusters, args.drop, &source, &destination).await;
     close([source, destination]).await;
     if args.json {
         println!(

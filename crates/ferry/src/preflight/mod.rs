@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 
-use crate::catalog::{self, CollectionSpec};
+use crate::catalog;
 use crate::plan::{Clusters, InputError, Plan};
 use crate::state::{StateStore, Stored};
 pub use report::{Check, Report, Status};
@@ -71,18 +71,13 @@ pub struct Outcome {
     pub sizes: HashMap<String, (u64, u64)>,
 }
 
-/// The included collections with their estimated sizes in bytes, handed on as soon as they are
-/// measured (the migration plans its copy from them while the other checks run).
-pub type Sized = tokio::sync::oneshot::Sender<Vec<(CollectionSpec, u64)>>;
-
 /// Runs every check. `drop` is `--drop`: occupied namespaces are then reported as what will be
-/// dropped, not as a failure. A new migration's sizes also go to `sized`.
+/// dropped, not as a failure.
 pub async fn run_checks(
     clusters: &Clusters,
     drop: bool,
     source: &Client,
     destination: &Client,
-    sized: Option<Sized>,
 ) -> Outcome {
     let mut report = Report::default();
     let source_hello = checks::reachable("source.reachable", &clusters.source, source).await;
@@ -179,19 +174,8 @@ pub async fn run_checks(
         if stored.is_some() {
             return None;
         }
-        let sizes = async {
-            let sizes = checks::collection_sizes(source, &included).await;
-            if let Some(sized) = sized {
-                let collections = included
-                    .iter()
-                    .filter_map(|spec| Some((spec.clone(), sizes.get(&spec.ns())?.1)))
-                    .collect();
-                let _ = sized.send(collections);
-            }
-            sizes
-        };
         Some(tokio::join!(
-            sizes,
+            checks::collection_sizes(source, &included),
             checks::read_oplog(source, &included, &source_hello)
         ))
     };
@@ -326,14 +310,12 @@ fn show(value: Option<&Bson>) -> String {
 /// The checks `ferry migrate` runs before anything else. On the first attempt every check runs
 /// and a failed one refuses the start (exit 2); with `--drop`, the included namespaces and any
 /// earlier state are then cleared. A retry after a transient fault only needs both ends to
-/// answer and the stored state (its size estimates are then left empty). A new migration's
-/// sizes also go to `sized` as soon as they are measured.
+/// answer and the stored state (its size estimates are then left empty).
 pub async fn validate(
     plan: &Plan,
     source: &Client,
     destination: &Client,
     first_attempt: bool,
-    sized: Sized,
 ) -> Result<Outcome> {
     let clusters = plan.clusters();
     if !first_attempt {
@@ -355,7 +337,7 @@ pub async fn validate(
             sizes: HashMap::new(),
         });
     }
-    let outcome = run_checks(&clusters, plan.drop, source, destination, Some(sized)).await;
+    let outcome = run_checks(&clusters, plan.drop, source, destination).await;
     for check in outcome
         .report
         .checks
