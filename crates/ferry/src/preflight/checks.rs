@@ -347,64 +347,85 @@ pub struct OplogReading {
     pub read_rate: Option<f64>,
     /// The oplog could not be read at all.
     pub unreadable: bool,
+    /// The server did not answer within [`OPLOG_READING_BUDGET`].
+    pub slow: bool,
 }
 
-/// How long the pre-flight waits for the oplog's statistics. They only inform a forecast, and
-/// some servers (or a loaded primary) take long to answer them; the migration measures the
-/// window as it runs (`oplogWindowSeconds`).
+/// How long the pre-flight waits for each of the oplog's statistics. They only inform a
+/// forecast, and some servers (or a loaded primary) take long to answer them; the migration
+/// measures the window as it runs (`oplogWindowSeconds`).
 const OPLOG_READING_BUDGET: Duration = Duration::from_secs(3);
+
+/// The server code for an operation stopped by its `maxTimeMS`.
+const MAX_TIME_EXPIRED: i32 = 50;
 
 /// Reads the oplog's size and the read speed at once, and the oldest entry only when the size
 /// is known: without it no window can be forecast, and on servers that keep the oplog as an
-/// ordinary collection finding the oldest entry scans all of it. What does not answer within
-/// [`OPLOG_READING_BUDGET`] counts as not reported.
+/// ordinary collection finding the oldest entry scans all of it. A read that does not answer
+/// within [`OPLOG_READING_BUDGET`] makes the reading `slow`.
 pub async fn read_oplog(
     source: &Client,
     included: &[CollectionSpec],
     hello: &Document,
 ) -> OplogReading {
     let (reading, read_rate) = tokio::join!(
-        tokio::time::timeout(OPLOG_READING_BUDGET, oplog_size_and_span(source, hello)),
+        oplog_size_and_span(source, hello),
         read_rate(source, included)
     );
     OplogReading {
         read_rate,
-        ..reading.unwrap_or_default()
+        ..reading
     }
 }
 
 /// The oplog's size and maximum, and its span when the size is known.
 async fn oplog_size_and_span(source: &Client, hello: &Document) -> OplogReading {
+    let slow = OplogReading {
+        slow: true,
+        ..Default::default()
+    };
+    let local = source.database("local");
     let budget = OPLOG_READING_BUDGET.as_millis() as i64;
-    let stats = source
-        .database("local")
-        .run_command(doc! { "collStats": "oplog.rs", "maxTimeMS": budget })
-        .await;
-    let Ok(stats) = stats else {
-        return OplogReading {
-            unreadable: true,
-            ..Default::default()
-        };
+    let stats = tokio::time::timeout(
+        OPLOG_READING_BUDGET,
+        local.run_command(doc! { "collStats": "oplog.rs", "maxTimeMS": budget }),
+    )
+    .await;
+    let stats = match stats {
+        Err(_) => return slow,
+        Ok(Err(e)) if code(&e) == Some(MAX_TIME_EXPIRED) => return slow,
+        Ok(Err(_)) => {
+            return OplogReading {
+                unreadable: true,
+                ..Default::default()
+            }
+        }
+        Ok(Ok(stats)) => stats,
     };
     let size = match (number(&stats, "size"), number(&stats, "maxSize")) {
         (Some(size), Some(max)) if size > 0.0 && max > 0.0 => Some((size, max)),
         _ => None,
     };
-    let newest = hello
-        .get_document("lastWrite")
-        .and_then(|w| w.get_document("opTime"))
-        .and_then(|o| o.get_timestamp("ts"));
     let mut reading = OplogReading {
         size,
         ..Default::default()
     };
-    if size.is_some() {
-        match (crate::oplog::oldest_entry(source).await, newest) {
-            (Ok(Some(oldest)), Ok(newest)) => {
-                reading.span = Some(f64::from(newest.time.saturating_sub(oldest.time)));
-            }
-            _ => reading.unreadable = true,
+    if size.is_none() {
+        return reading;
+    }
+    let newest = hello
+        .get_document("lastWrite")
+        .and_then(|w| w.get_document("opTime"))
+        .and_then(|o| o.get_timestamp("ts"));
+    match (
+        tokio::time::timeout(OPLOG_READING_BUDGET, crate::oplog::oldest_entry(source)).await,
+        newest,
+    ) {
+        (Err(_), _) => reading.slow = true,
+        (Ok(Ok(Some(oldest))), Ok(newest)) => {
+            reading.span = Some(f64::from(newest.time.saturating_sub(oldest.time)));
         }
+        _ => reading.unreadable = true,
     }
     reading
 }
@@ -421,9 +442,17 @@ pub fn oplog_window(reading: &OplogReading, data: f64) -> Check {
         format!(", the copy will take about {}", hours(e))
     });
     let (Some((size, max)), Some(span)) = (reading.size, reading.span) else {
+        let missing = if reading.slow {
+            format!(
+                "the source did not report its oplog within {} s",
+                OPLOG_READING_BUDGET.as_secs()
+            )
+        } else {
+            "the source does not report its oplog's size".to_string()
+        };
         return Check::warn(
             ID,
-            format!("the source does not report its oplog's size, so its window cannot be forecast{copy_time}"),
+            format!("{missing}, so its window cannot be forecast{copy_time}"),
             "make sure the source's oplog holds more than the copy time; Ferry shows the history left as oplogWindowSeconds while it runs",
         );
     };
@@ -609,7 +638,7 @@ mod tests {
             span,
             // 10 MB/s: copying 36 GB then takes about 2 h (twice the read time).
             read_rate: Some(10e6),
-            unreadable: false,
+            ..Default::default()
         }
     }
 
@@ -657,5 +686,17 @@ mod tests {
         let check = oplog_window(&unreadable, GB);
         assert_eq!(check.status, Status::Warn, "{check:?}");
         assert!(check.found.contains("could not read"), "{check:?}");
+        // A late answer is named as late, not as missing.
+        let slow = OplogReading {
+            size: Some((GB, GB)),
+            slow: true,
+            ..Default::default()
+        };
+        let check = oplog_window(&slow, GB);
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(
+            check.found.contains("did not report its oplog within 3 s"),
+            "{check:?}"
+        );
     }
 }

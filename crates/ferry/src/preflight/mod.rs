@@ -169,9 +169,12 @@ pub async fn run_checks(
         .flatten()
         .filter(|_| !drop);
     // A new migration measures the data and reads the oplog alongside the checks in between: on
-    // some servers they scan the collections and the oplog. A resumed one needs neither.
+    // some servers they scan the collections and the oplog. One that resumes needs neither.
+    let resuming = stored
+        .as_ref()
+        .is_some_and(|s| other_identity(s, &identity).is_none());
     let sizing = async {
-        if stored.is_some() {
+        if resuming {
             return None;
         }
         Some(tokio::join!(
@@ -221,6 +224,16 @@ pub async fn run_checks(
     }
 }
 
+/// The first identity field in which a stored migration differs from this one, with its name.
+fn other_identity(
+    stored: &Stored,
+    identity: &Document,
+) -> Option<&'static (&'static str, &'static str)> {
+    IDENTITY_FIELDS
+        .iter()
+        .find(|(f, _)| stored.plan.get(f) != identity.get(f))
+}
+
 /// The destination must hold none of the included namespaces, unless it holds a migration to
 /// resume with the same arguments, or `--drop` was given.
 async fn destination_empty(
@@ -232,10 +245,7 @@ async fn destination_empty(
 ) -> (Check, Option<Stored>) {
     const ID: &str = "destination.empty";
     if let Some(stored) = stored {
-        if let Some((field, name)) = IDENTITY_FIELDS
-            .iter()
-            .find(|(f, _)| stored.plan.get(f) != identity.get(f))
-        {
+        if let Some((field, name)) = other_identity(&stored, identity) {
             return (
                 Check::fail(
                     ID,

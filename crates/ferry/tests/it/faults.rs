@@ -276,6 +276,27 @@ async fn a_resume_with_other_arguments_is_refused() {
         "{}",
         other.output()
     );
+    // The report of such a refusal still holds every check, the measured ones too.
+    let (code, report) = tokio::task::block_in_place(|| {
+        crate::harness::run_ferry(&[
+            "check",
+            "--source",
+            &pair.source.uri(),
+            "--destination",
+            &pair.destination.uri(),
+            "--include",
+            "a",
+            "--json",
+        ])
+    });
+    assert_eq!(code, 2, "{report}");
+    for id in [
+        "destination.empty",
+        "source.oplog-window",
+        "destination.disk",
+    ] {
+        assert!(report.contains(&format!("\"{id}\"")), "{id}: {report}");
+    }
     let mut fresh = pair.migrate(&["--include", "a", "--drop"]);
     tokio::task::block_in_place(|| fresh.commit_and_finish());
     pair.assert_equal("after starting over").await;
