@@ -16,6 +16,7 @@ use crate::progress::Progress;
 use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
 use crate::state::{Partition, StateStore};
 use crate::write_limit::WriteLimit;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 /// Documents per insert batch, and the byte size at which a batch is sent early.
@@ -24,8 +25,24 @@ const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Batches buffered between the reader and the writer of one collection.
 const BATCHES_IN_FLIGHT: usize = 2;
 
+/// The source's size estimates of the collections among `specs`, measured at once, by
+/// namespace: (documents, bytes).
+pub async fn estimate_sizes<'a>(
+    source: &Client,
+    specs: impl IntoIterator<Item = &'a CollectionSpec>,
+) -> HashMap<String, (u64, u64)> {
+    let collections: Vec<&CollectionSpec> = specs
+        .into_iter()
+        .filter(|s| s.kind == Kind::Collection)
+        .collect();
+    let sizes =
+        futures_util::future::join_all(collections.iter().map(|spec| estimate_size(source, spec)))
+            .await;
+    collections.iter().map(|s| s.ns()).zip(sizes).collect()
+}
+
 /// The source's size estimate of a collection: (documents, bytes).
-pub async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64) {
+async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64) {
     let stats = source
         .database(&spec.db)
         .run_command(doc! { "collStats": &spec.name })

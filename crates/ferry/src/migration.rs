@@ -313,13 +313,7 @@ impl Migration<'_> {
             .copied()
             .filter(|s| !sizes.contains_key(&s.ns()))
             .collect();
-        let measured = futures_util::future::join_all(
-            unmeasured
-                .iter()
-                .map(|spec| copy::estimate_size(&self.source, spec)),
-        )
-        .await;
-        sizes.extend(unmeasured.iter().map(|s| s.ns()).zip(measured));
+        sizes.extend(copy::estimate_sizes(&self.source, unmeasured).await);
         for spec in &collections {
             let ns = spec.ns();
             let (documents, bytes) = sizes.get(&ns).copied().unwrap_or_default();

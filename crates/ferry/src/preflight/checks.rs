@@ -2,7 +2,6 @@
 //! operations the migration will run) and returns a [`Check`] with a stable id, what it found,
 //! and the fix when something is wrong.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
@@ -294,24 +293,6 @@ pub fn number(doc: &Document, field: &str) -> Option<f64> {
         Bson::Double(n) => Some(*n),
         _ => None,
     }
-}
-
-/// The source's size estimate of each included collection, by namespace: (documents, bytes).
-pub async fn collection_sizes(
-    source: &Client,
-    included: &[CollectionSpec],
-) -> HashMap<String, (u64, u64)> {
-    let collections: Vec<&CollectionSpec> = included
-        .iter()
-        .filter(|s| s.kind == Kind::Collection)
-        .collect();
-    let sizes = futures_util::future::join_all(
-        collections
-            .iter()
-            .map(|spec| crate::copy::estimate_size(source, spec)),
-    )
-    .await;
-    collections.iter().map(|s| s.ns()).zip(sizes).collect()
 }
 
 /// Bytes per second read from the largest included collection, over a short sample.

@@ -178,7 +178,7 @@ pub async fn run_checks(
             return None;
         }
         Some(tokio::join!(
-            checks::collection_sizes(source, &included),
+            crate::copy::estimate_sizes(source, &included),
             checks::read_oplog(source, &included, &source_hello)
         ))
     };
