@@ -30,10 +30,10 @@ async fn collect_all(tasks: Vec<tokio::task::JoinHandle<Result<()>>>) -> Result<
 }
 
 const SMALL_COLLECTIONS: usize = 5;
+const SMALL_DOCUMENTS: u32 = 2_000;
 /// The source's oplog holds at most this many entries: more than the change-application
 /// measurement writes (about 300,000), less than the largest seed.
 const SOURCE_OPLOG_ENTRIES: u64 = 1_000_000;
-const SMALL_DOCUMENTS: u32 = 2_000;
 
 /// A ~1 KB document.
 fn document(id: i64) -> RawDocumentBuf {
@@ -319,6 +319,13 @@ struct SizeResult {
     data_bytes: f64,
 }
 
+impl SizeResult {
+    /// The documents Ferry copies: the large collection and the small ones.
+    fn copied_documents(&self) -> f64 {
+        self.documents as f64 + SMALL_COLLECTIONS as f64 * f64::from(SMALL_DOCUMENTS)
+    }
+}
+
 struct ApplyResult {
     source_rate: f64,
     apply_rate: f64,
@@ -513,8 +520,7 @@ fn render(
     );
     let megabytes = |m: Option<u64>| m.map_or("?".into(), |m| format!("{:.0} MB", m as f64 / 1e6));
     for r in results {
-        let total = r.documents as f64 + (SMALL_COLLECTIONS as f64 * f64::from(SMALL_DOCUMENTS));
-        let rate = total / r.ferry_seconds;
+        let rate = r.copied_documents() / r.ferry_seconds;
         let _ = writeln!(
             out,
             "| {} | {:.0} MB | {:.1} s | {:.0} | {:.1} | {:.0}% | {:.1} s | {:.2}× | {} | {} |",
@@ -537,8 +543,7 @@ fn render(
     let _ = writeln!(out, "| documents | launch → copy (pre-flight) | copy (planning + documents) | index build | copy phase docs/s | copy phase / ceiling |");
     let _ = writeln!(out, "| --- | --- | --- | --- | --- | --- |");
     for r in results {
-        let total = r.documents as f64 + (SMALL_COLLECTIONS as f64 * f64::from(SMALL_DOCUMENTS));
-        let rate = total / r.copy_seconds;
+        let rate = r.copied_documents() / r.copy_seconds;
         let _ = writeln!(
             out,
             "| {} | {:.1} s | {:.1} s | {:.1} s | {:.0} | {:.0}% |",
