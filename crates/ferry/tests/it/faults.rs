@@ -75,19 +75,6 @@ async fn kill_during_copy_resumes_without_copying_again() {
 
     let mut first = pair.migrate(&[]);
     tokio::task::block_in_place(|| {
-        // Split into ranges once the collection's `_id`s are sampled.
-        let deadline = std::time::Instant::now() + Duration::from_secs(120);
-        while !first
-            .output()
-            .contains("copying in parallel _id ranges namespace=big.items")
-        {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "big.items was not split into ranges:\n{}",
-                first.output()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
         first.wait_for("the big copy half done", Duration::from_secs(120), |p| {
             p["collections"].as_array().is_some_and(|cs| {
                 cs.iter().any(|c| {
@@ -101,6 +88,13 @@ async fn kill_during_copy_resumes_without_copying_again() {
     assert!(
         copied_in_log(&first.output(), "big.items").is_none(),
         "the copy had finished already"
+    );
+    assert!(
+        first
+            .output()
+            .contains("copying in parallel _id ranges namespace=big.items"),
+        "{}",
+        first.output()
     );
     let small_done: Vec<String> = ["wl_main.capped", "wl_main.validated"]
         .iter()
