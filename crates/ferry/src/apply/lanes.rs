@@ -1,5 +1,5 @@
 //! Parallel lanes for document changes: each event goes to a lane chosen by its namespace and
-//! document key, so one document's events stay in source order while different documents are
+//! document `_id`, so one document's events stay in source order while different documents are
 //! written at the same time, and a hot document holds up only its own lane. Within a lane,
 //! consecutive statements for one collection and command travel as one ordered command.
 //!

@@ -7,8 +7,9 @@
 //!
 //! Each entry carries a version that every queueing increments, and an entry is forgotten only
 //! if its version is unchanged since it was read, so a write that lands during a re-check is
-//! never lost (a time would not do: a transaction's writes share one, and a resume replays them). An entry's key is one binary value (namespace, then the `_id`'s BSON), so
-//! that every queue write is a point lookup in the `_id` index.
+//! never lost (a time would not do: a transaction's writes share one, and a resume replays
+//! them). An entry's key is one binary value (namespace, then the `_id`'s BSON), so that every
+//! queue write is a point lookup in the `_id` index.
 
 use std::collections::{BTreeMap, HashMap};
 
