@@ -2,6 +2,7 @@
 //! Shared by the integration tests, `cargo xtask demo` and the benchmark.
 
 pub mod compare;
+pub mod proxy;
 pub mod server;
 pub mod tls;
 pub mod workload;
