@@ -258,13 +258,13 @@ async fn commit(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Re
     }
     let refused = app.controller.progress().update(|s| {
         if s.commit_requested || matches!(s.state, State::Committing | State::Committed) {
-            return None;
+            return Ok(s.writes_open_at_commit.clone());
         }
         if s.can_commit {
             s.commit_requested = true;
-            return None;
+            return Ok(s.writes_open_at_commit.clone());
         }
-        Some(match s.state {
+        Err(match s.state {
             State::Failed => format!(
                 "the migration FAILED and cannot be committed: {}",
                 s.error.as_deref().unwrap_or("see the log")
@@ -278,8 +278,17 @@ async fn commit(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Re
         })
     });
     match refused {
-        None => success(),
-        Some(description) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", description),
+        Ok(None) => Json(json!({
+            "success": true,
+            "sourceWrites": "to be blocked: Ferry blocks every user write to the source (setUserWriteBlockMode) before it takes the commit point; sourceWritesBlocked in the progress reply says whether the source could",
+        }))
+        .into_response(),
+        Ok(Some(reason)) => Json(json!({
+            "success": true,
+            "sourceWrites": format!("open ({reason}): stop every application writing to the source; writes after the commit point are not applied, and are reported in strayWrites"),
+        }))
+        .into_response(),
+        Err(description) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", description),
     }
 }
 

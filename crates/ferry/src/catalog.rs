@@ -6,8 +6,9 @@
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document};
-use mongodb::Client;
+use mongodb::bson::spec::BinarySubtype;
+use mongodb::bson::{doc, Binary, Bson, Document};
+use mongodb::{Client, ClientSession};
 
 use crate::filter::NamespaceFilter;
 use crate::server_error::{is_code, NAMESPACE_NOT_FOUND};
@@ -41,6 +42,11 @@ impl CollectionSpec {
 
     pub fn is_capped(&self) -> bool {
         self.options.get_bool("capped").unwrap_or(false)
+    }
+
+    /// Whether the namespace compares strings by a collation other than the simple one.
+    pub fn is_collated(&self) -> bool {
+        has_collation(&self.options)
     }
 
     /// The `create` command that makes this namespace, relaxed for syncing or exact for commit.
@@ -147,6 +153,29 @@ async fn describe(client: &Client, db: &str, entry: Document) -> Result<Option<C
     }))
 }
 
+/// The current name of the collection whose UUID is `uuid` in database `db` (a rename within a
+/// database keeps the UUID), or `None` when it no longer exists there. Asked in `session`, so
+/// that the reads that follow in it see at least this catalog (see `source::reads`).
+pub async fn name_of(
+    client: &Client,
+    session: &mut ClientSession,
+    db: &str,
+    uuid: &[u8],
+) -> Result<Option<String>> {
+    let uuid = Binary {
+        subtype: BinarySubtype::Uuid,
+        bytes: uuid.to_vec(),
+    };
+    let mut cursor = client
+        .database(db)
+        .run_cursor_command(doc! { "listCollections": 1, "filter": { "info.uuid": uuid } })
+        .session(&mut *session)
+        .await
+        .with_context(|| format!("finding a collection of database {db:?} by its UUID"))?;
+    let entry = cursor.next(&mut *session).await.transpose()?;
+    Ok(entry.and_then(|e| e.get_str("name").ok().map(str::to_string)))
+}
+
 /// `listIndexes` of one collection, each spec exactly as the server reports it.
 pub async fn list_indexes(client: &Client, db: &str, coll: &str) -> Result<Vec<Document>> {
     let cursor = client
@@ -155,6 +184,13 @@ pub async fn list_indexes(client: &Client, db: &str, coll: &str) -> Result<Vec<D
         .await
         .map_err(anyhow::Error::from)?;
     Ok(cursor.try_collect().await?)
+}
+
+/// Whether collection (or view) options name a collation other than the simple one.
+pub fn has_collation(options: &Document) -> bool {
+    options
+        .get_document("collation")
+        .is_ok_and(|c| c.get_str("locale") != Ok("simple"))
 }
 
 /// Whether an index is built by the server itself (`_id` and clustered indexes).

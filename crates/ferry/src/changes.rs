@@ -5,9 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use mongodb::bson::{Bson, RawDocument, RawDocumentBuf, Timestamp};
+use mongodb::bson::{doc, Bson, RawDocument, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::change_stream::ChangeStream;
+use mongodb::options::{ReadPreference, SelectionCriteria};
 use mongodb::Client;
 
 /// The kind of a change event.
@@ -97,6 +98,18 @@ impl ChangeEvent {
         })
     }
 
+    /// The event's resume token (its `_id`): resuming after it continues with the next event.
+    pub fn resume_token(&self) -> Result<Bson> {
+        let id = self.raw.get("_id")?.with_context(|| {
+            format!(
+                "{:?} event on {} without a resume token",
+                self.op,
+                self.ns()
+            )
+        })?;
+        Ok(Bson::try_from(id.to_raw_bson())?)
+    }
+
     /// The transaction the event belongs to, as (session id bytes, transaction number).
     pub fn transaction(&self) -> Option<(Vec<u8>, i64)> {
         let session = self.raw.get_document("lsid").ok()?;
@@ -131,34 +144,102 @@ impl ChangeEvent {
 /// How long one `getMore` waits for new events before answering with an empty batch.
 const MAX_AWAIT: Duration = Duration::from_millis(500);
 
-/// Opens the cluster-wide change stream and returns its starting point, T0, without reading any
-/// event: every change after the returned token will be applied.
-pub async fn start_point(source: &Client) -> Result<Bson> {
-    let stream = open(source, None).await?;
-    let token = stream
-        .resume_token()
-        .context("the source's change stream returned no starting resume token")?;
-    Ok(mongodb::bson::to_bson(&token)?)
+/// Where a change stream starts.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StreamFrom {
+    /// At this source time, events at it included (T0).
+    Time(Timestamp),
+    /// After the event, or the end of the batch, that this resume token names.
+    Token(Bson),
 }
 
-/// Opens the cluster-wide change stream with expanded (DDL) events, after `resume_after` when
-/// given. Events come as raw BSON.
+/// T0: the source's majority-committed time on its primary. Every change after it is applied,
+/// and every copy read sees at least it (`source::reads`), so nothing falls between the two.
+pub async fn start_time(source: &Client) -> Result<Timestamp> {
+    Ok(crate::source::clock::read(source).await?.majority)
+}
+
+/// Opens the cluster-wide change stream with expanded (DDL) events on the source's primary, from
+/// `from`. With `split`, events over 16 MiB arrive in fragments (`$changeStreamSplitLargeEvent`)
+/// for [`Fragments`] to join. Events come as raw BSON.
 pub async fn open(
     source: &Client,
-    resume_after: Option<&Bson>,
+    from: &StreamFrom,
+    split: bool,
 ) -> Result<ChangeStream<RawDocumentBuf>> {
-    let token: Option<ResumeToken> = resume_after
-        .map(|t| mongodb::bson::from_bson(t.clone()))
-        .transpose()
-        .context("the stored resume token is malformed")?;
-    let stream = source
+    let pipeline = if split {
+        vec![doc! { "$changeStreamSplitLargeEvent": {} }]
+    } else {
+        Vec::new()
+    };
+    let watch = source
         .watch()
+        .pipeline(pipeline)
         .show_expanded_events(true)
         .max_await_time(MAX_AWAIT)
-        .resume_after(token)
-        .await
-        .context("opening the source's change stream (needs a replica set and the changeStream privilege)")?;
+        .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    let watch = match from {
+        StreamFrom::Time(time) => watch.start_at_operation_time(*time),
+        StreamFrom::Token(token) => watch.resume_after(Some(
+            mongodb::bson::from_bson::<ResumeToken>(token.clone())
+                .context("the stored resume token is malformed")?,
+        )),
+    };
+    let stream = watch.await.context(
+        "opening the source's change stream (needs a replica set and the changeStream privilege)",
+    )?;
     Ok(stream.with_type::<RawDocumentBuf>())
+}
+
+/// The message for an event too large to read whole.
+pub fn too_large_message(split: bool) -> &'static str {
+    if split {
+        "a change event on the source is too large even in fragments (one of its fields alone exceeds 16 MiB); shrink that document on the source, then run the same command again"
+    } else {
+        "a change event on the source exceeds 16 MiB (a document near the size limit), and this source version cannot split events: upgrade the source to MongoDB 6.0.9+ or 7.0+ (Ferry then reads such events in fragments), or shrink that document on the source, then run the same command again"
+    }
+}
+
+/// Joins the fragments of a split event (`splitEvent: {fragment: n, of: m}`): each holds some
+/// of the event's top-level fields, and the last one's `_id` is the whole event's resume token.
+#[derive(Default)]
+pub struct Fragments {
+    joined: Option<RawDocumentBuf>,
+}
+
+impl Fragments {
+    /// Takes the next raw event or fragment; returns the whole event once it is complete.
+    pub fn push(&mut self, raw: RawDocumentBuf) -> Result<Option<RawDocumentBuf>> {
+        let Ok(split) = raw.get_document("splitEvent") else {
+            if self.joined.is_some() {
+                bail!("a change event arrived in the middle of a split event's fragments");
+            }
+            return Ok(Some(raw));
+        };
+        let (fragment, of) = (split.get_i32("fragment")?, split.get_i32("of")?);
+        let mut joined = match self.joined.take() {
+            Some(joined) => joined,
+            None if fragment == 1 => RawDocumentBuf::new(),
+            None => bail!("a split change event began at fragment {fragment} of {of}"),
+        };
+        for field in &raw {
+            let (key, value) = field?;
+            if key != "_id" && key != "splitEvent" {
+                joined.append_ref(key, value);
+            }
+        }
+        if fragment < of {
+            self.joined = Some(joined);
+            return Ok(None);
+        }
+        let mut whole = RawDocumentBuf::new();
+        whole.append_ref("_id", raw.get("_id")?.context("a fragment without _id")?);
+        for field in &joined {
+            let (key, value) = field?;
+            whole.append_ref(key, value);
+        }
+        Ok(Some(whole))
+    }
 }
 
 #[cfg(test)]
@@ -189,6 +270,54 @@ mod tests {
         assert_eq!(event.collection_uuid, Some(vec![1; 16]));
         assert_eq!(event.rename_target().unwrap(), ("shop".into(), "b".into()));
         assert_eq!(event.raw, raw);
+    }
+
+    #[test]
+    fn split_events_are_joined_from_their_fragments() {
+        let time = Timestamp {
+            time: 3,
+            increment: 1,
+        };
+        // As a 7.0 server splits an insert: small fields first, `clusterTime` in one fragment
+        // only, each fragment with its own resume token.
+        let first = rawdoc! {
+            "_id": { "_data": "t1" },
+            "operationType": "insert",
+            "clusterTime": time,
+            "ns": { "db": "d", "coll": "c" },
+            "documentKey": { "_id": 1 },
+            "splitEvent": { "fragment": 1, "of": 2 },
+        };
+        let second = rawdoc! {
+            "_id": { "_data": "t2" },
+            "fullDocument": { "_id": 1, "pad": "x" },
+            "splitEvent": { "fragment": 2, "of": 2 },
+        };
+        let mut fragments = Fragments::default();
+        assert_eq!(fragments.push(first).unwrap(), None);
+        let whole = fragments.push(second).unwrap().unwrap();
+        let event = ChangeEvent::decode(whole.clone()).unwrap();
+        assert_eq!(event.op, Op::Insert);
+        assert_eq!(event.cluster_time, time);
+        assert_eq!(
+            event
+                .document("fullDocument")
+                .unwrap()
+                .get_str("pad")
+                .unwrap(),
+            "x"
+        );
+        assert_eq!(
+            whole.get_document("_id").unwrap().get_str("_data").unwrap(),
+            "t2",
+            "the whole event resumes after its last fragment"
+        );
+        assert!(whole.get("splitEvent").unwrap().is_none());
+        // Unsplit events pass through; a stream that starts mid-event is refused.
+        let plain = rawdoc! { "_id": { "_data": "t3" }, "operationType": "drop" };
+        assert_eq!(fragments.push(plain.clone()).unwrap(), Some(plain));
+        let orphan = rawdoc! { "_id": { "_data": "t4" }, "splitEvent": { "fragment": 2, "of": 2 } };
+        assert!(fragments.push(orphan).is_err());
     }
 
     #[test]

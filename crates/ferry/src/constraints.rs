@@ -1,85 +1,166 @@
 //! Restoring at commit what was relaxed while syncing (DESIGN rule 4): unique and TTL indexes,
 //! capped collections, clustered-collection expiry. The source is quiescent at commit, so its
 //! current catalog is the exact target: every relaxed part is rebuilt from it.
+//!
+//! Every step is idempotent (DESIGN rule 12): a part already restored is left alone, an index is
+//! dropped only while it is still relaxed, and a capped collection is swapped in by one rename, so
+//! a crash or fault anywhere in the restore leaves a state the same command finishes.
 
 use anyhow::{Context, Result};
-use mongodb::bson::{doc, Document};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::copy;
 use crate::filter::NamespaceFilter;
+use crate::majority;
 use crate::progress::Progress;
+use crate::server_error::{is_code, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND};
 
 /// Suffix of the scratch collection a capped collection is rebuilt in.
 const CAPPED_REBUILD_SUFFIX: &str = ".__ferry_capped";
 
-/// Restores every relaxed constraint on the destination to the source's exact spec.
+/// Restores every relaxed constraint on the destination to the source's exact spec, reading the
+/// source at or after `at` (the commit point).
 pub async fn restore(
     source: &Client,
     destination: &Client,
     filter: &NamespaceFilter,
     progress: &Progress,
+    at: Timestamp,
 ) -> Result<()> {
     for spec in catalog::list_namespaces(source, filter).await? {
         if spec.kind != Kind::Collection {
             continue;
         }
         if spec.is_capped() {
-            rebuild_capped(source, destination, &spec, progress).await?;
+            rebuild_capped(source, destination, &spec, progress, at).await?;
             continue;
         }
         let database = destination.database(&spec.db);
         if let Some(expiry) = spec.options.get("expireAfterSeconds") {
-            database
-                .run_command(doc! { "collMod": &spec.name, "expireAfterSeconds": expiry.clone() })
-                .await
-                .with_context(|| format!("restoring the expiry of {}", spec.ns()))?;
+            majority::command(
+                &database,
+                doc! { "collMod": &spec.name, "expireAfterSeconds": expiry.clone() },
+            )
+            .await
+            .with_context(|| format!("restoring the expiry of {}", spec.ns()))?;
         }
-        for index in &spec.indexes {
-            if catalog::is_implicit_index(index) || catalog::relax_index(index).is_none() {
-                continue;
-            }
+        let relaxed: Vec<&Document> = spec
+            .indexes
+            .iter()
+            .filter(|i| !catalog::is_implicit_index(i) && catalog::relax_index(i).is_some())
+            .collect();
+        if relaxed.is_empty() {
+            continue;
+        }
+        let present = match catalog::list_indexes(destination, &spec.db, &spec.name).await {
+            Ok(present) => present,
+            Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        for index in relaxed {
             let name = index.get_str("name").unwrap_or_default();
-            database
-                .run_command(doc! { "dropIndexes": &spec.name, "index": name })
-                .await
-                .with_context(|| format!("replacing relaxed index {name} of {}", spec.ns()))?;
-            database
-                .run_command(doc! { "createIndexes": &spec.name, "indexes": [index.clone()] })
-                .await
-                .with_context(|| format!("restoring index {name} of {}: {index}", spec.ns()))?;
+            match present.iter().find(|p| p.get_str("name") == Ok(name)) {
+                Some(there) if same_constraints(there, index) => continue,
+                Some(_) => {
+                    match majority::command(
+                        &database,
+                        doc! { "dropIndexes": &spec.name, "index": name },
+                    )
+                    .await
+                    {
+                        Err(e) if !is_code(&e, &[INDEX_NOT_FOUND]) => {
+                            return Err(e).with_context(|| {
+                                format!("replacing relaxed index {name} of {}", spec.ns())
+                            })
+                        }
+                        _ => {}
+                    }
+                }
+                None => {}
+            }
+            majority::command(
+                &database,
+                doc! { "createIndexes": &spec.name, "indexes": [index.clone()] },
+            )
+            .await
+            .with_context(|| format!("restoring index {name} of {}: {index}", spec.ns()))?;
         }
     }
     Ok(())
 }
 
+/// Whether an index on the destination already has the constraints of the source's spec:
+/// the same key, uniqueness and expiry.
+fn same_constraints(there: &Document, source: &Document) -> bool {
+    let unique = |d: &Document| d.get_bool("unique").unwrap_or(false);
+    let expiry = |d: &Document| d.get("expireAfterSeconds").and_then(as_f64);
+    there.get_document("key").ok() == source.get_document("key").ok()
+        && unique(there) == unique(source)
+        && expiry(there) == expiry(source)
+}
+
+fn as_f64(value: &Bson) -> Option<f64> {
+    match value {
+        Bson::Int32(n) => Some(f64::from(*n)),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    }
+}
+
 /// Rebuilds a capped collection with its exact options: a fresh copy of the source's documents
 /// in natural order into a scratch collection, its indexes, then a rename over the synced one.
+/// A collection that is capped with the source's limits already was put in place by an earlier
+/// attempt.
 async fn rebuild_capped(
     source: &Client,
     destination: &Client,
     spec: &CollectionSpec,
     progress: &Progress,
+    at: Timestamp,
 ) -> Result<()> {
-    let scratch = format!("{}{CAPPED_REBUILD_SUFFIX}", spec.name);
     let database = destination.database(&spec.db);
-    database.collection::<Document>(&scratch).drop().await?;
+    let current: Vec<Document> = database
+        .run_cursor_command(doc! { "listCollections": 1, "filter": { "name": &spec.name } })
+        .await?
+        .try_collect()
+        .await?;
+    let limits = |options: &Document| {
+        (
+            options.get_bool("capped").unwrap_or(false),
+            options.get("size").and_then(as_f64),
+            options.get("max").and_then(as_f64),
+        )
+    };
+    if current
+        .first()
+        .and_then(|c| c.get_document("options").ok())
+        .is_some_and(|options| limits(options) == limits(&spec.options))
+    {
+        return Ok(());
+    }
+    let scratch = format!("{}{CAPPED_REBUILD_SUFFIX}", spec.name);
+    majority::drop(&database, &scratch).await?;
     let mut exact = spec.clone();
     exact.name = scratch.clone();
-    database
-        .run_command(exact.create_command(false))
+    majority::command(&database, exact.create_command(false))
         .await
         .with_context(|| format!("creating capped {} with its exact options", spec.ns()))?;
     copy::copy_documents(
         source,
         destination,
-        spec,
-        &scratch,
-        &Default::default(),
         progress,
-        None,
-        None,
+        copy::RangeCopy {
+            spec,
+            target: &scratch,
+            range: &Default::default(),
+            at,
+            resume: None,
+            limit: None,
+        },
     )
     .await?;
     let indexes: Vec<Document> = spec
@@ -89,19 +170,43 @@ async fn rebuild_capped(
         .cloned()
         .collect();
     if !indexes.is_empty() {
-        database
-            .run_command(doc! { "createIndexes": &scratch, "indexes": indexes })
-            .await
-            .with_context(|| format!("building the indexes of capped {}", spec.ns()))?;
+        majority::command(
+            &database,
+            doc! { "createIndexes": &scratch, "indexes": indexes },
+        )
+        .await
+        .with_context(|| format!("building the indexes of capped {}", spec.ns()))?;
     }
-    destination
-        .database("admin")
-        .run_command(doc! {
+    majority::command(
+        &destination.database("admin"),
+        doc! {
             "renameCollection": format!("{}.{scratch}", spec.db),
             "to": spec.ns(),
             "dropTarget": true,
-        })
-        .await
-        .with_context(|| format!("putting rebuilt capped {} in place", spec.ns()))?;
+        },
+    )
+    .await
+    .with_context(|| format!("putting rebuilt capped {} in place", spec.ns()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_index_counts_as_restored_only_with_the_sources_constraints() {
+        let exact = doc! { "v": 2, "key": { "email": 1 }, "name": "email_1", "unique": true };
+        let relaxed = catalog::relax_index(&exact).unwrap();
+        assert!(same_constraints(&exact, &exact));
+        assert!(!same_constraints(&relaxed, &exact));
+        let ttl = doc! { "v": 2, "key": { "at": 1 }, "name": "at_1", "expireAfterSeconds": 60 };
+        let other_ttl =
+            doc! { "v": 2, "key": { "at": 1 }, "name": "at_1", "expireAfterSeconds": 60.0 };
+        assert!(same_constraints(&other_ttl, &ttl));
+        assert!(!same_constraints(
+            &catalog::relax_index(&ttl).unwrap(),
+            &ttl
+        ));
+    }
 }

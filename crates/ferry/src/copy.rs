@@ -4,16 +4,21 @@
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::options::ReadConcern;
-use mongodb::Client;
+use mongodb::{Client, ClientSession};
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::id_order;
+use crate::majority;
 use crate::preflight::checks::number;
 use crate::progress::Progress;
-use crate::server_error::{is_code, only_duplicates, NAMESPACE_EXISTS};
+use crate::server_error::{
+    is_code, only_duplicates, CAPPED_POSITION_LOST, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
+    QUERY_PLAN_KILLED,
+};
+use crate::source::reads;
 use crate::state::{Partition, StateStore};
 use crate::write_limit::WriteLimit;
 use std::collections::HashMap;
@@ -60,12 +65,7 @@ async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64) {
 /// An existing namespace is left as it is.
 pub async fn create_namespace(destination: &Client, spec: &CollectionSpec) -> Result<()> {
     let command = spec.create_command(spec.kind == Kind::Collection);
-    match destination
-        .database(&spec.db)
-        .run_command(command)
-        .await
-        .map_err(anyhow::Error::from)
-    {
+    match majority::command(&destination.database(&spec.db), command).await {
         Err(e) if is_code(&e, &[NAMESPACE_EXISTS]) => Ok(()),
         other => other
             .map(drop)
@@ -160,9 +160,9 @@ fn compare_bson(a: &Bson, b: &Bson) -> std::cmp::Ordering {
     }
 }
 
-/// The filter selecting what is left to copy of a partition.
-fn remaining(range: &Partition) -> Document {
-    match (range.last_id.as_ref().or(range.lo.as_ref()), &range.hi) {
+/// The filter selecting what is left of a range after `after` (or after its start).
+fn remaining(range: &Partition, after: Option<&Bson>) -> Document {
+    match (after.or(range.lo.as_ref()), &range.hi) {
         (Some(after), Some(hi)) => id_order::between(after, hi),
         (Some(after), None) => id_order::after(after),
         (None, Some(hi)) => id_order::up_to(hi),
@@ -170,31 +170,48 @@ fn remaining(range: &Partition) -> Document {
     }
 }
 
+/// One `_id` range of a collection to copy.
+pub struct RangeCopy<'a> {
+    pub spec: &'a CollectionSpec,
+    /// The destination collection, in the same database, the documents go to.
+    pub target: &'a str,
+    pub range: &'a Partition,
+    /// Every read sees at least this source time: T0, or the event that asked for the copy.
+    pub at: Timestamp,
+    /// Where each acknowledged batch is checkpointed.
+    pub resume: Option<Resume<'a>>,
+    /// The shared adaptive limit each insert waits its turn under.
+    pub limit: Option<Arc<WriteLimit>>,
+}
+
+/// How often a capped collection's natural-order read starts over after the collection
+/// overwrote its position; after that the copy goes on without it, since the commit rebuilds
+/// every capped collection from the (then quiescent) source anyway.
+const CAPPED_RESTARTS: usize = 3;
+
 /// Copies the documents of one `_id` range of a collection into the destination collection
 /// `target` of the same database, in `_id` order (natural order for capped ones, whose insertion
-/// order is part of their content), continuing after the range's last copied `_id`. With
-/// `resume`, each acknowledged batch is checkpointed; with `limit`, each insert waits its turn
-/// under the shared adaptive limit. Returns the number of documents copied.
-#[allow(clippy::too_many_arguments)]
+/// order is part of their content), continuing after the range's last copied `_id`. Returns the
+/// number of documents copied.
+///
+/// The collection is read as the incarnation the spec names (its UUID), wherever a rename has
+/// moved it, and reading stops when that incarnation is gone (its drop or rename is in the
+/// change stream): a name alone could lead to another collection (DESIGN rule 11).
 pub async fn copy_documents(
     source: &Client,
     destination: &Client,
-    spec: &CollectionSpec,
-    target: &str,
-    range: &Partition,
     progress: &Progress,
-    resume: Option<Resume<'_>>,
-    limit: Option<Arc<WriteLimit>>,
+    job: RangeCopy<'_>,
 ) -> Result<u64> {
+    let RangeCopy {
+        spec,
+        target,
+        range,
+        at,
+        resume,
+        limit,
+    } = job;
     let ns = spec.ns();
-    let reader = source
-        .database(&spec.db)
-        .collection_with_options::<RawDocumentBuf>(
-            &spec.name,
-            mongodb::options::CollectionOptions::builder()
-                .read_concern(ReadConcern::majority())
-                .build(),
-        );
     let writer = destination
         .database(&spec.db)
         .collection::<RawDocumentBuf>(target);
@@ -202,11 +219,6 @@ pub async fn copy_documents(
     // Capped collections are read in natural order, so they restart from the beginning; the
     // documents already there are refused as duplicates and skipped.
     let ordered = !spec.is_capped();
-    let filter = if ordered {
-        remaining(range)
-    } else {
-        doc! {}
-    };
 
     let (batches, mut incoming) = mpsc::channel::<Vec<RawDocumentBuf>>(BATCHES_IN_FLIGHT);
     let write_progress = progress.clone();
@@ -254,33 +266,49 @@ pub async fn copy_documents(
         Ok::<u64, anyhow::Error>(written)
     });
 
-    let mut find = reader.find(filter).batch_size(BATCH_DOCUMENTS as u32);
-    if ordered {
-        find = find.sort(doc! { "_id": 1 });
-    }
     let read = async {
-        let mut cursor = find
-            .await
-            .with_context(|| format!("reading documents of {ns}"))?;
-        let mut batch = Vec::with_capacity(BATCH_DOCUMENTS);
-        let mut batch_bytes = 0usize;
-        while let Some(document) = cursor
-            .try_next()
-            .await
-            .with_context(|| format!("reading documents of {ns}"))?
-        {
-            batch_bytes += document.as_bytes().len();
-            batch.push(document);
-            if batch.len() >= BATCH_DOCUMENTS || batch_bytes >= BATCH_BYTES {
-                batch_bytes = 0;
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_DOCUMENTS));
-                if batches.send(full).await.is_err() {
-                    break; // the writer failed; its error is reported below
+        let mut session = reads::session_at(source, at).await?;
+        let mut after = range.last_id.clone();
+        let mut capped_restarts = 0;
+        let mut name = incarnation_name(source, &mut session, spec).await?;
+        while let Some(reading) = name.clone() {
+            let filter = if ordered {
+                remaining(range, after.as_ref())
+            } else {
+                doc! {}
+            };
+            let read = read_collection(
+                &mut session,
+                source,
+                spec,
+                &reading,
+                filter,
+                &batches,
+                &mut after,
+            )
+            .await;
+            match read {
+                Ok(()) => {}
+                // The collection was dropped or renamed under the read, or overwrote the
+                // position of a natural-order read: see where the incarnation is now.
+                Err(e) if is_code(&e, &[QUERY_PLAN_KILLED, NAMESPACE_NOT_FOUND]) => {}
+                Err(e) if is_code(&e, &[CAPPED_POSITION_LOST]) && !ordered => {
+                    capped_restarts += 1;
+                    if capped_restarts > CAPPED_RESTARTS {
+                        tracing::warn!(namespace = %ns, "the capped collection kept overwriting the copy's position; it is rebuilt exactly at commit");
+                        break;
+                    }
+                    continue;
                 }
+                Err(e) => return Err(e),
             }
-        }
-        if !batch.is_empty() {
-            let _ = batches.send(batch).await;
+            name = incarnation_name(source, &mut session, spec).await?;
+            if name.as_ref() == Some(&reading) {
+                break;
+            }
+            if let Some(moved) = &name {
+                tracing::info!(namespace = %ns, now = %moved, "the collection was renamed during its copy; reading on under its new name");
+            }
         }
         drop(batches);
         Ok::<(), anyhow::Error>(())
@@ -291,6 +319,91 @@ pub async fn copy_documents(
         .context("the copy writer task panicked")??;
     read_result?;
     Ok(written)
+}
+
+/// The name the spec's collection incarnation has now in its database, `None` once it is gone.
+async fn incarnation_name(
+    source: &Client,
+    session: &mut ClientSession,
+    spec: &CollectionSpec,
+) -> Result<Option<String>> {
+    match &spec.uuid {
+        Some(Bson::Binary(uuid)) => catalog::name_of(source, session, &spec.db, &uuid.bytes).await,
+        _ => Ok(Some(spec.name.clone())),
+    }
+}
+
+/// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
+/// `batches`, recording the last `_id` read in `after`.
+async fn read_collection(
+    session: &mut ClientSession,
+    source: &Client,
+    spec: &CollectionSpec,
+    name: &str,
+    filter: Document,
+    batches: &mpsc::Sender<Vec<RawDocumentBuf>>,
+    after: &mut Option<Bson>,
+) -> Result<()> {
+    let ns = spec.ns();
+    let ordered = !spec.is_capped();
+    let collection = source
+        .database(&spec.db)
+        .collection_with_options::<RawDocumentBuf>(
+            name,
+            mongodb::options::CollectionOptions::builder()
+                .read_concern(ReadConcern::majority())
+                .build(),
+        );
+    let mut find = collection.find(filter).batch_size(BATCH_DOCUMENTS as u32);
+    if ordered {
+        find = find.sort(doc! { "_id": 1 });
+    }
+    let mut cursor = find
+        .session(&mut *session)
+        .await
+        .with_context(|| format!("reading documents of {ns}"))?;
+    let mut batch = Vec::with_capacity(BATCH_DOCUMENTS);
+    let mut batch_bytes = 0usize;
+    while let Some(document) = cursor
+        .next(&mut *session)
+        .await
+        .transpose()
+        .with_context(|| format!("reading documents of {ns}"))?
+    {
+        batch_bytes += document.as_bytes().len();
+        batch.push(document);
+        if batch.len() >= BATCH_DOCUMENTS || batch_bytes >= BATCH_BYTES {
+            batch_bytes = 0;
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_DOCUMENTS));
+            if !send(batches, full, after, ordered).await {
+                return Ok(()); // the writer failed; its error is reported by the caller
+            }
+        }
+    }
+    if !batch.is_empty() {
+        send(batches, batch, after, ordered).await;
+    }
+    Ok(())
+}
+
+/// Hands a batch to the writer and records its last `_id`; false when the writer is gone.
+async fn send(
+    batches: &mpsc::Sender<Vec<RawDocumentBuf>>,
+    batch: Vec<RawDocumentBuf>,
+    after: &mut Option<Bson>,
+    ordered: bool,
+) -> bool {
+    let last = batch
+        .last()
+        .and_then(|d| d.get("_id").ok().flatten())
+        .and_then(|id| Bson::try_from(id.to_raw_bson()).ok());
+    if batches.send(batch).await.is_err() {
+        return false;
+    }
+    if ordered {
+        *after = last.or(after.take());
+    }
+    true
 }
 
 /// Builds a collection's indexes on the destination, relaxed (no unique, no TTL) while syncing.
@@ -304,11 +417,12 @@ pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Resul
     if indexes.is_empty() {
         return Ok(());
     }
-    destination
-        .database(&spec.db)
-        .run_command(doc! { "createIndexes": &spec.name, "indexes": indexes })
-        .await
-        .with_context(|| format!("building the indexes of {} on the destination", spec.ns()))?;
+    majority::command(
+        &destination.database(&spec.db),
+        doc! { "createIndexes": &spec.name, "indexes": indexes },
+    )
+    .await
+    .with_context(|| format!("building the indexes of {} on the destination", spec.ns()))?;
     Ok(())
 }
 
@@ -319,12 +433,12 @@ mod tests {
     #[test]
     fn a_partition_continues_after_its_last_copied_id_up_to_its_end() {
         let whole = Partition::default();
-        assert_eq!(remaining(&whole), doc! {});
+        assert_eq!(remaining(&whole, None), doc! {});
         let first = Partition {
             hi: Some(Bson::Int32(10)),
             ..Default::default()
         };
-        assert_eq!(remaining(&first), id_order::up_to(&Bson::Int32(10)));
+        assert_eq!(remaining(&first, None), id_order::up_to(&Bson::Int32(10)));
         let resumed = Partition {
             lo: Some(Bson::Int32(10)),
             hi: Some(Bson::Int32(20)),
@@ -332,7 +446,7 @@ mod tests {
             done: false,
         };
         assert_eq!(
-            remaining(&resumed),
+            remaining(&resumed, resumed.last_id.as_ref()),
             doc! { "_id": { "$gt": 15, "$lte": 20 } }
         );
     }

@@ -1,8 +1,10 @@
 //! MongoDB's order of `_id` values across BSON types, for merging two `_id`-sorted streams and
 //! for filters that select an `_id` range: `$gt`/`$lte` only compare within one type bracket, so
-//! the other brackets are added by `$type`.
+//! the other brackets are added by `$type`. And its equality, for routing by `_id` (DESIGN rule
+//! 10): values the server compares as equal are one document, whatever their bytes.
 
 use std::cmp::Ordering;
+use std::hash::{Hash, Hasher};
 
 use mongodb::bson::spec::ElementType;
 use mongodb::bson::{doc, Bson, Document, RawBsonRef};
@@ -100,6 +102,53 @@ pub fn compare(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
     }
 }
 
+/// How strings compare in a collection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strings {
+    /// By their bytes (the simple collation).
+    Simple,
+    /// By a collation Ferry does not evaluate: any two strings may be equal.
+    Collated,
+}
+
+/// Feeds `value` to `hasher` so that values the server compares as equal hash alike: numbers of
+/// every type by their value (`5`, `5L`, `5.0` and `NumberDecimal("5")` are one `_id`), -0 as 0,
+/// documents and arrays element by element, and under a collation every string alike. Unequal
+/// values may hash alike too; that only costs parallelism.
+pub fn hash_as_compared(value: RawBsonRef<'_>, strings: Strings, hasher: &mut impl Hasher) {
+    bracket(value.element_type()).hash(hasher);
+    if let Some(n) = number(value) {
+        let canonical = if n.is_nan() {
+            f64::NAN.to_bits()
+        } else if n == 0.0 {
+            0.0_f64.to_bits()
+        } else {
+            n.to_bits()
+        };
+        return canonical.hash(hasher);
+    }
+    match value {
+        RawBsonRef::String(s) | RawBsonRef::Symbol(s) => {
+            if strings == Strings::Simple {
+                s.hash(hasher);
+            }
+        }
+        RawBsonRef::Document(document) => {
+            for (key, value) in document.into_iter().flatten() {
+                key.hash(hasher);
+                hash_as_compared(value, strings, hasher);
+            }
+        }
+        RawBsonRef::Array(array) => {
+            for value in array.into_iter().flatten() {
+                hash_as_compared(value, strings, hasher);
+            }
+        }
+        RawBsonRef::Null | RawBsonRef::Undefined | RawBsonRef::MinKey | RawBsonRef::MaxKey => {}
+        other => format!("{other:?}").hash(hasher),
+    }
+}
+
 fn number(value: RawBsonRef<'_>) -> Option<f64> {
     match value {
         RawBsonRef::Int32(n) => Some(f64::from(n)),
@@ -139,6 +188,45 @@ mod tests {
         assert_eq!(
             between(&Bson::Int32(5), &Bson::String("a".into())),
             doc! { "$and": [after(&Bson::Int32(5)), up_to(&Bson::String("a".into()))] }
+        );
+    }
+
+    fn hashed(value: RawBsonRef<'_>, strings: Strings) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        hash_as_compared(value, strings, &mut hasher);
+        hasher.finish()
+    }
+
+    #[test]
+    fn values_the_server_finds_equal_hash_alike() {
+        let five = hashed(RawBsonRef::Int32(5), Strings::Simple);
+        let decimal: mongodb::bson::Decimal128 = "5.0".parse().unwrap();
+        for same in [
+            RawBsonRef::Int64(5),
+            RawBsonRef::Double(5.0),
+            RawBsonRef::Decimal128(decimal),
+        ] {
+            assert_eq!(hashed(same, Strings::Simple), five, "{same:?}");
+        }
+        assert_eq!(
+            hashed(RawBsonRef::Double(-0.0), Strings::Simple),
+            hashed(RawBsonRef::Int32(0), Strings::Simple)
+        );
+        assert_ne!(hashed(RawBsonRef::Int32(6), Strings::Simple), five);
+        let nested = mongodb::bson::rawdoc! { "a": 5, "b": [1_i64, "x"] };
+        let nested_long = mongodb::bson::rawdoc! { "a": 5.0, "b": [1.0, "x"] };
+        assert_eq!(
+            hashed(RawBsonRef::Document(&nested), Strings::Simple),
+            hashed(RawBsonRef::Document(&nested_long), Strings::Simple)
+        );
+        // Strings are equal by bytes, unless a collation may make "A" and "a" one key.
+        assert_ne!(
+            hashed(RawBsonRef::String("A"), Strings::Simple),
+            hashed(RawBsonRef::String("a"), Strings::Simple)
+        );
+        assert_eq!(
+            hashed(RawBsonRef::String("A"), Strings::Collated),
+            hashed(RawBsonRef::String("a"), Strings::Collated)
         );
     }
 

@@ -93,7 +93,10 @@ pub fn render(s: &Snapshot) -> String {
         "ferry_retries_total",
         "counter",
         "Transient faults ridden out.",
-        vec![(String::new(), s.retries as f64)],
+        vec![(
+            String::new(),
+            (s.retries + crate::majority::resent()) as f64,
+        )],
     );
     metric(
         "ferry_errors_total",

@@ -12,30 +12,30 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use futures_util::{FutureExt, StreamExt};
-use mongodb::bson::{Bson, RawDocumentBuf, Timestamp};
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::change_stream::ChangeStream;
+use mongodb::bson::{doc, Bson, Timestamp};
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::apply::incarnations::Incarnations;
-use crate::apply::Applier;
+use crate::apply::{Applier, Paths};
+use crate::background::Background;
 use crate::catalog::{self, CollectionSpec, Kind};
-use crate::changes::{self, ChangeEvent};
+use crate::changes::{self, StreamFrom};
 use crate::plan::{InputError, Plan};
 use crate::progress::{CollectionProgress, Phase, Progress, State};
 use crate::redact::redact_uri;
-use crate::server_error::{self, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST};
-use crate::source_clock::{self, seconds_between};
-use crate::state::{Checkpoint, CollectionState, CopyStatus, Partition, StateStore, Stored};
-use crate::{constraints, copy, oplog, preflight, verify, write_limit};
+use crate::server_error::{self, COMMAND_NOT_FOUND, UNAUTHORIZED};
+use crate::source::clock::{self, seconds_between};
+use crate::source::info::{self, Version};
+use crate::source::oplog;
+use crate::state::{
+    Checkpoint, CollectionState, CommitPoint, CopyStatus, Partition, StateStore, Stored,
+};
+use crate::{constraints, copy, majority, preflight, strays, stream, verify, write_limit};
 
 /// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
 /// adapted to the destination (`write_limit`). More ranges than that only add source reads.
 const COPY_CONCURRENCY: usize = write_limit::MAX;
-/// A round of change application reads at most this many events, or for at most this long.
-const ROUND_EVENTS: usize = 5000;
-const ROUND_TIME: Duration = Duration::from_millis(300);
 /// Checkpoints are written at most this often while applying changes.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the source's oplog window is measured at most, and the share of the source's time
@@ -73,6 +73,8 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
     let store = StateStore::new(&destination, &plan.filter.state_db);
     let mut backoff = FIRST_BACKOFF;
     let mut first_attempt = true;
+    // When the last failure happened, by the last durable progress before it.
+    let mut failed_after = None;
     loop {
         let attempt = Migration {
             plan: &plan,
@@ -97,6 +99,11 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
         let started = !first_attempt || snapshot.phase > Phase::Validating;
         first_attempt = false;
         let stalled = snapshot.last_progress.elapsed();
+        // Progress since the previous failure: the faults are passing, start the backoff over.
+        if failed_after.is_some_and(|before| snapshot.last_progress > before) {
+            backoff = FIRST_BACKOFF;
+        }
+        failed_after = Some(snapshot.last_progress);
         if started
             && server_error::is_transient(&error)
             && stalled < plan.retry_window
@@ -157,11 +164,15 @@ type Jobs<'a> = tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, P
 
 /// Where change application starts.
 struct StreamStart {
-    token: Bson,
-    applied: Timestamp,
+    from: StreamFrom,
+    /// Every change up to this source time is applied.
+    settled: Timestamp,
     incarnations: Incarnations,
-    commit_point: Option<Timestamp>,
+    commit: Option<CommitPoint>,
 }
+
+/// The version to assume of a source that does not report one: the oldest the pre-flight admits.
+const OLDEST_SOURCE: Version = Version::new(6, 0, 0);
 
 impl Migration<'_> {
     async fn run(&self) -> Result<Outcome> {
@@ -182,21 +193,26 @@ impl Migration<'_> {
                 stored
             }
             None => {
-                // T0: the change stream's starting point, taken before the first document is read.
-                let start_token = changes::start_point(&self.source).await?;
-                self.store
-                    .start(validated.identity, start_token.clone())
-                    .await?;
+                // T0, taken before the first document is read: the change stream starts there
+                // and every copy read sees at least it.
+                let start_time = changes::start_time(&self.source).await?;
+                self.store.start(validated.identity, start_time).await?;
                 Stored {
                     state: State::Running,
                     phase: Phase::Validating,
                     plan: Default::default(),
-                    start_token,
+                    start_time,
                     checkpoint: None,
-                    commit_point: None,
+                    commit: None,
                 }
             }
         };
+        let version = info::source_version(&self.source)
+            .await
+            .unwrap_or(OLDEST_SOURCE);
+        let writes_open = preflight::checks::writes_open_at_commit(self.plan.block_writes, version);
+        self.progress
+            .update(|s| s.writes_open_at_commit = writes_open.clone());
         if stored.state == State::Committed {
             self.progress.update(|s| {
                 s.state = State::Committed;
@@ -221,7 +237,7 @@ impl Migration<'_> {
         }
         if stored.phase <= Phase::CollectionCopy {
             self.enter(Phase::CollectionCopy).await?;
-            let copying = self.copy_all(&specs, validated.sizes);
+            let copying = self.copy_all(&specs, validated.sizes, stored.start_time);
             if self.until_stopped(copying).await?.is_none() {
                 return Ok(Outcome::Stopped);
             }
@@ -236,29 +252,26 @@ impl Migration<'_> {
                 return Ok(Outcome::Stopped);
             }
         }
-        if stored.phase == Phase::RestoringConstraints {
-            self.finish_commit().await?;
+        if let (Phase::RestoringConstraints, Some(commit)) = (stored.phase, &stored.commit) {
+            self.finish_commit(commit, version).await?;
             return Ok(Outcome::Committed);
         }
         self.enter(Phase::ChangeEventApplication).await?;
         let start = match stored.checkpoint {
             Some(checkpoint) => StreamStart {
-                token: checkpoint.resume_token,
-                applied: checkpoint.applied_time,
+                from: StreamFrom::Token(checkpoint.resume_token),
+                settled: checkpoint.applied_time,
                 incarnations: checkpoint.incarnations,
-                commit_point: stored.commit_point,
+                commit: stored.commit,
             },
             None => StreamStart {
-                token: stored.start_token,
-                applied: Timestamp {
-                    time: 0,
-                    increment: 0,
-                },
+                from: StreamFrom::Time(stored.start_time),
+                settled: stream::just_before(stored.start_time),
                 incarnations: self.copied_incarnations().await?,
-                commit_point: stored.commit_point,
+                commit: stored.commit,
             },
         };
-        self.follow_changes(start).await
+        self.follow_changes(start, &specs, version).await
     }
 
     /// Records durable progress: the retry window counts from here.
@@ -296,6 +309,7 @@ impl Migration<'_> {
         &self,
         specs: &[CollectionSpec],
         mut sizes: HashMap<String, (u64, u64)>,
+        at: Timestamp,
     ) -> Result<()> {
         let stored: HashMap<String, CollectionState> = self
             .store
@@ -366,7 +380,7 @@ impl Migration<'_> {
                     job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
                         match job {
                             Some((spec, index, range)) => {
-                                running.push(self.copy_range(spec, index, range, &left, limit.clone()));
+                                running.push(self.copy_range(spec, index, range, at, &left, limit.clone()));
                             }
                             None => planning = false,
                         }
@@ -431,24 +445,27 @@ impl Migration<'_> {
         spec: &'a CollectionSpec,
         index: usize,
         range: Partition,
+        at: Timestamp,
         left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
         limit: std::sync::Arc<write_limit::WriteLimit>,
     ) -> futures_util::future::BoxFuture<'a, Result<()>> {
         async move {
             let ns = spec.ns();
-            let resume = copy::Resume {
-                store: &self.store,
-                partition: index,
-            };
             let copied = copy::copy_documents(
                 &self.source,
                 &self.destination,
-                spec,
-                &spec.name,
-                &range,
                 &self.progress,
-                Some(resume),
-                Some(limit),
+                copy::RangeCopy {
+                    spec,
+                    target: &spec.name,
+                    range: &range,
+                    at,
+                    resume: Some(copy::Resume {
+                        store: &self.store,
+                        partition: index,
+                    }),
+                    limit: Some(limit),
+                },
             )
             .await?;
             self.store.partition_done(&ns, index).await?;
@@ -522,11 +539,7 @@ impl Migration<'_> {
             }
             Some(_) => {
                 // The source holds a new incarnation: start this collection over.
-                self.destination
-                    .database(&spec.db)
-                    .collection::<mongodb::bson::Document>(&spec.name)
-                    .drop()
-                    .await?;
+                majority::drop(&self.destination.database(&spec.db), &spec.name).await?;
             }
             None => {}
         }
@@ -591,12 +604,15 @@ impl Migration<'_> {
     }
 
     /// Applies changes from `start` on, until a commit completes or the operator stops.
-    async fn follow_changes(&self, start: StreamStart) -> Result<Outcome> {
-        let stream = changes::open(&self.source, Some(&start.token))
-            .await
-            .map_err(history_lost)?;
+    async fn follow_changes(
+        &self,
+        start: StreamStart,
+        specs: &[CollectionSpec],
+        version: Version,
+    ) -> Result<Outcome> {
+        let split = version.splits_large_events();
         // The next round is read from the source while this one is written to the destination.
-        let (_reader, mut rounds) = read_ahead(self.source.clone(), stream);
+        let (_reader, mut rounds) = stream::read_ahead(self.source.clone(), start.from, split);
         let mut token = None;
         let mut applier = Applier::new(
             self.source.clone(),
@@ -605,7 +621,19 @@ impl Migration<'_> {
             start.incarnations,
             self.progress.clone(),
         )
-        .with_lanes(self.plan.apply_lanes);
+        .with_lanes(self.plan.apply_lanes)
+        .with_paths(if version.disambiguates_paths() {
+            Paths::Disambiguated
+        } else {
+            Paths::Ambiguous
+        })
+        .with_collated(
+            specs
+                .iter()
+                .filter(|s| s.is_collated())
+                .map(CollectionSpec::ns)
+                .collect(),
+        );
         let mut verification = None;
         if self.plan.verify {
             applier = applier.with_verification(verify::ChangeTracker::new(
@@ -619,15 +647,15 @@ impl Migration<'_> {
                 self.progress.clone(),
             )));
         }
-        let mut applied = start.applied;
-        let mut commit_point = start.commit_point;
+        let mut settled = start.settled;
+        let mut commit = start.commit;
         let mut last_checkpoint = Instant::now();
-        let fcv = preflight::checks::fcv(&self.source).await;
+        let fcv = info::fcv(&self.source).await;
         let mut last_fcv_check = Instant::now();
         loop {
             if last_fcv_check.elapsed() >= FCV_CHECK_INTERVAL {
                 last_fcv_check = Instant::now();
-                let now = preflight::checks::fcv(&self.source).await;
+                let now = info::fcv(&self.source).await;
                 if now.is_some() && now != fcv {
                     anyhow::bail!(
                         "the source's featureCompatibilityVersion changed from {} to {} during the migration; an upgrade or downgrade changes what the destination must accept, so Ferry stops: finish the change on the source, match it on the destination, then start over with --drop",
@@ -637,31 +665,35 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(token.clone(), applied, &applier).await?;
+                self.checkpoint(token.clone(), settled, &applier).await?;
                 return Ok(Outcome::Stopped);
             }
-            let Round {
-                clock,
-                events,
-                caught_up,
-                token: read_up_to,
-            } = rounds
+            let mut round = rounds
                 .recv()
                 .await
                 .context("the change stream reader stopped")??;
-            if let Some(last) = events.last() {
-                applied = applied.max(last.cluster_time);
+            settled = stream::settled_after(settled, &round);
+            // Nothing after the commit point is applied: such writes are stray, and reported.
+            let past = commit
+                .as_ref()
+                .and_then(|c| round.events.iter().position(|e| e.cluster_time > c.time));
+            match past {
+                Some(first_stray) => {
+                    round.events.truncate(first_stray);
+                    if let Some(last) = round.events.last() {
+                        token = Some(last.resume_token()?);
+                    }
+                    applier.apply(round.events).await?;
+                }
+                None => {
+                    applier.apply(round.events).await?;
+                    token = round.token.or(token);
+                }
             }
-            applier.apply(events).await?;
-            token = read_up_to.or(token);
-            if caught_up {
-                // Every change the source had majority-committed before this round is applied.
-                applied = applied.max(clock.majority);
-            }
-            let lag = seconds_between(applied, clock.last_write);
+            let lag = seconds_between(settled, round.clock.last_write);
             let (commit_requested, window_closed) = self.progress.update(|s| {
                 s.lag_time_seconds = Some(lag);
-                s.resume_time = Some(applied);
+                s.resume_time = Some(settled);
                 s.can_commit = s.state == State::Running && lag <= COMMITTABLE_LAG_SECONDS;
                 if s.can_commit && s.cutover_deadline.is_none() {
                     s.cutover_deadline = Some(Instant::now() + s.cutover_window);
@@ -670,23 +702,22 @@ impl Migration<'_> {
                 (s.commit_requested, closed && !s.commit_requested)
             });
             if window_closed {
-                self.checkpoint(token.clone(), applied, &applier).await?;
+                self.checkpoint(token.clone(), settled, &applier).await?;
                 return Ok(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
                 ));
             }
-            if commit_requested && commit_point.is_none() {
-                commit_point = Some(self.begin_commit().await?);
+            if commit_requested && commit.is_none() {
+                commit = Some(self.begin_commit(version).await?);
             }
-            if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit_point.is_some() {
-                self.checkpoint(token.clone(), applied, &applier).await?;
+            if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit.is_some() {
+                self.checkpoint(token.clone(), settled, &applier).await?;
                 last_checkpoint = Instant::now();
             }
-            if commit_point.is_some_and(|point| applied >= point) {
-                self.checkpoint(token.clone(), applied, &applier).await?;
+            if let Some(point) = commit.as_ref().filter(|c| settled >= c.time) {
                 // The final pass takes over from the verification that ran alongside.
                 drop(verification);
-                self.finish_commit().await?;
+                self.finish_commit(point, version).await?;
                 return Ok(Outcome::Committed);
             }
         }
@@ -694,17 +725,17 @@ impl Migration<'_> {
 
     async fn checkpoint(
         &self,
-        token: Option<ResumeToken>,
-        applied: Timestamp,
+        token: Option<Bson>,
+        settled: Timestamp,
         applier: &Applier,
     ) -> Result<()> {
-        let Some(token) = token else {
+        let Some(resume_token) = token else {
             return Ok(());
         };
         self.store
             .checkpoint(&Checkpoint {
-                resume_token: mongodb::bson::to_bson(&token)?,
-                applied_time: applied,
+                resume_token,
+                applied_time: settled,
                 incarnations: applier.incarnations().clone(),
             })
             .await?;
@@ -712,41 +743,113 @@ impl Migration<'_> {
         Ok(())
     }
 
-    /// Enters COMMITTING and returns the commit point: the source's latest write right after the
-    /// operator's request. Everything up to it must be applied before COMMITTED.
-    async fn begin_commit(&self) -> Result<Timestamp> {
-        let point = source_clock::read(&self.source).await?.last_write;
-        self.store.set_commit_point(point).await?;
+    /// Enters COMMITTING and returns the commit point: the time of the source primary's latest
+    /// write once its writes are blocked (or, where they cannot be, right after the operator's
+    /// request). Everything up to it is applied before COMMITTED, nothing after it.
+    async fn begin_commit(&self, version: Version) -> Result<CommitPoint> {
+        let writes_open =
+            match preflight::checks::writes_open_at_commit(self.plan.block_writes, version) {
+                None => self.block_source_writes().await?,
+                open => open,
+            };
+        let time = clock::read(&self.source).await?.last_write;
+        let point = CommitPoint { time, writes_open };
+        self.store.set_commit_point(&point).await?;
         self.progress.update(|s| {
             s.state = State::Committing;
             s.can_commit = false;
+            s.source_writes_blocked = Some(point.writes_open.is_none());
         });
-        tracing::info!(commit_point = %point, "COMMITTING: applying the last changes");
+        match &point.writes_open {
+            None => {
+                tracing::info!(commit_point = %time, "COMMITTING: the source's writes are blocked; applying the last changes")
+            }
+            Some(reason) => {
+                tracing::warn!(commit_point = %time, reason = %reason, "COMMITTING without blocking the source's writes ({reason}): every application must have stopped writing to it; a write after the commit point is reported, not applied")
+            }
+        }
         Ok(point)
     }
 
-    async fn finish_commit(&self) -> Result<()> {
-        self.progress.update(|s| s.state = State::Committing);
+    /// Blocks every user write on the source (`setUserWriteBlockMode`, 6.0+), so that a
+    /// forgotten writer fails loudly instead of writing past the commit point. Returns why it
+    /// could not, if it could not; transient faults are errors (the commit is retried).
+    async fn block_source_writes(&self) -> Result<Option<String>> {
+        let blocked = majority::command(
+            &self.source.database("admin"),
+            doc! { "setUserWriteBlockMode": 1, "global": true },
+        )
+        .await;
+        Ok(match blocked {
+            Ok(_) => None,
+            Err(e) if server_error::is_code(&e, &[COMMAND_NOT_FOUND]) => {
+                Some("the source does not support setUserWriteBlockMode".to_string())
+            }
+            Err(e) if server_error::is_code(&e, &[UNAUTHORIZED]) => Some(
+                "the source user may not run setUserWriteBlockMode (grant it the restore role)"
+                    .to_string(),
+            ),
+            Err(e) if server_error::is_transient(&e) => return Err(e),
+            Err(e) => Some(format!(
+                "setUserWriteBlockMode failed: {}",
+                redact_uri(&format!("{e:#}"))
+            )),
+        })
+    }
+
+    /// Restores the relaxed constraints, verifies (`--verify`), names the writes after the commit
+    /// point, and records COMMITTED. Every step can run again after a crash.
+    async fn finish_commit(&self, commit: &CommitPoint, version: Version) -> Result<()> {
+        self.progress.update(|s| {
+            s.state = State::Committing;
+            s.source_writes_blocked = Some(commit.writes_open.is_none());
+        });
         self.enter(Phase::RestoringConstraints).await?;
         constraints::restore(
             &self.source,
             &self.destination,
             &self.plan.filter,
             &self.progress,
+            commit.time,
         )
         .await
         .context("restoring relaxed constraints at commit")?;
         if self.plan.verify {
             self.verify_before_committed().await?;
         }
-        self.store
-            .set_state(State::Committed, Phase::Done, None)
-            .await?;
+        let stored = self
+            .store
+            .load()
+            .await?
+            .context("Ferry's state vanished during the commit")?;
+        let from = match stored.checkpoint {
+            Some(checkpoint) => StreamFrom::Token(checkpoint.resume_token),
+            None => StreamFrom::Time(stored.start_time),
+        };
+        let stray = strays::after(
+            &self.source,
+            from,
+            version.splits_large_events(),
+            commit.time,
+            &self.plan.filter,
+        )
+        .await
+        .context("reading the source's writes after the commit point")?;
+        for writes in &stray {
+            tracing::warn!(
+                namespace = %writes.namespace,
+                count = writes.count,
+                first_time = writes.first_time,
+                "stray writes: the source took writes after the commit point, which are not on the destination"
+            );
+        }
+        self.store.set_committed(&stray).await?;
         self.progress.update(|s| {
             s.state = State::Committed;
             s.phase = Phase::Done;
             s.lag_time_seconds = Some(0);
             s.can_write = true;
+            s.stray_writes = stray;
         });
         tracing::info!(
             state = "COMMITTED",
@@ -788,36 +891,12 @@ impl Migration<'_> {
     }
 }
 
-/// Turns a lost change-stream history into a FAILED migration that explains cause and remedy.
-fn history_lost(error: anyhow::Error) -> anyhow::Error {
-    if server_error::is_code(&error, &[CHANGE_STREAM_HISTORY_LOST, CHANGE_STREAM_FATAL]) {
-        error.context(oplog::history_lost_message())
-    } else {
-        error
-    }
-}
-
-/// Work that runs beside a migration attempt and stops when the attempt drops it.
-struct Background(tokio::task::JoinHandle<()>);
-
-impl Background {
-    fn spawn(work: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
-        Self(tokio::spawn(work))
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// Measures the source's oplog window in the background while a migration attempt runs: first
 /// after one interval (an attempt's start is busy: planning the copy, or a resumed catch-up),
 /// then as often as the interval and the measurement's own cost allow.
 fn watch_oplog(source: Client, progress: Progress) -> Background {
     Background::spawn(async move {
-        let start = source_clock::read(&source).await.ok().map(|c| c.last_write);
+        let start = clock::read(&source).await.ok().map(|c| c.last_write);
         let mut pause = OPLOG_WINDOW_INTERVAL;
         loop {
             tokio::time::sleep(pause).await;
@@ -833,64 +912,4 @@ fn watch_oplog(source: Client, progress: Progress) -> Background {
             }
         }
     })
-}
-
-/// One round of change events, with the source's clock read just before it and the stream's
-/// resume token just after it.
-struct Round {
-    clock: source_clock::SourceClock,
-    events: Vec<ChangeEvent>,
-    caught_up: bool,
-    token: Option<ResumeToken>,
-}
-
-/// Reads rounds from the stream in the background, one round ahead of the caller; the first
-/// error ends it.
-fn read_ahead(
-    source: Client,
-    mut stream: ChangeStream<RawDocumentBuf>,
-) -> (Background, tokio::sync::mpsc::Receiver<Result<Round>>) {
-    let (rounds, received) = tokio::sync::mpsc::channel(1);
-    let reader = Background::spawn(async move {
-        loop {
-            let round = async {
-                let clock = source_clock::read(&source).await?;
-                let (events, caught_up) = read_round(&mut stream).await.map_err(history_lost)?;
-                Ok(Round {
-                    clock,
-                    events,
-                    caught_up,
-                    token: stream.resume_token(),
-                })
-            }
-            .await;
-            let failed = round.is_err();
-            if rounds.send(round).await.is_err() || failed {
-                return;
-            }
-        }
-    });
-    (reader, received)
-}
-
-/// Reads one round of events: up to [`ROUND_EVENTS`], for about [`ROUND_TIME`], or until the
-/// stream has nothing more (`caught_up`).
-async fn read_round(stream: &mut ChangeStream<RawDocumentBuf>) -> Result<(Vec<ChangeEvent>, bool)> {
-    let started = Instant::now();
-    let mut events = Vec::new();
-    loop {
-        match stream
-            .next_if_any()
-            .await
-            .context("reading the source's change stream")?
-        {
-            Some(raw) => {
-                events.push(ChangeEvent::decode(raw)?);
-                if events.len() >= ROUND_EVENTS || started.elapsed() >= ROUND_TIME {
-                    return Ok((events, false));
-                }
-            }
-            None => return Ok((events, true)),
-        }
-    }
 }

@@ -168,6 +168,8 @@ pub struct Plan {
     pub retry_window: Duration,
     /// How long the cutover window stays open once `canCommit` turns true.
     pub cutover_window: Duration,
+    /// Block the source's user writes at commit, before the commit point is taken.
+    pub block_writes: bool,
 }
 
 impl Plan {
@@ -190,6 +192,7 @@ impl Plan {
             apply_lanes: usize::from(run.apply_lanes),
             retry_window: duration(&run.retry_window, "retry-window", "90s, 30m or 2h")?,
             cutover_window: duration(&run.cutover_window, "cutover-window", "72h or 90m")?,
+            block_writes: !run.no_block_writes,
         })
     }
 

@@ -157,6 +157,16 @@ pub struct VerificationProgress {
     pub rechecked: u64,
 }
 
+/// Writes the source took after the commit point in one namespace: not on the destination.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StrayWrites {
+    pub namespace: String,
+    pub count: u64,
+    /// The source time of the first one (seconds since the epoch).
+    pub first_time: u32,
+}
+
 /// Everything the migration reports at one moment.
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -188,6 +198,13 @@ pub struct Snapshot {
     pub oplog_window_seconds: Option<u64>,
     /// The verification, when one runs (`--verify`).
     pub verification: Option<VerificationProgress>,
+    /// Why the source's writes will stay open at commit, when they will (see `ferry migrate
+    /// --no-block-writes`).
+    pub writes_open_at_commit: Option<String>,
+    /// Whether the source's user writes were blocked at the commit point (once committing).
+    pub source_writes_blocked: Option<bool>,
+    /// Writes the source took after the commit point, by namespace.
+    pub stray_writes: Vec<StrayWrites>,
     /// The source time change application has reached.
     #[serde(skip)]
     pub resume_time: Option<mongodb::bson::Timestamp>,
@@ -236,8 +253,15 @@ impl Snapshot {
             "rates": self.rates,
             "eta": { "copySeconds": self.rates.copy_eta_seconds, "catchUpSeconds": self.rates.catch_up_eta_seconds },
             "cutoverWindowSecondsLeft": self.cutover_deadline.map(|d| d.saturating_duration_since(Instant::now()).as_secs()),
-            "retries": self.retries,
+            "retries": self.retries + crate::majority::resent(),
+            "writesResent": crate::majority::resent(),
         });
+        if let Some(blocked) = self.source_writes_blocked {
+            progress["sourceWritesBlocked"] = serde_json::Value::Bool(blocked);
+        }
+        if !self.stray_writes.is_empty() {
+            progress["strayWrites"] = serde_json::json!(self.stray_writes);
+        }
         if let Some(reason) = &self.paused_reason {
             progress["pausedReason"] = serde_json::Value::String(reason.clone());
         }
@@ -276,6 +300,9 @@ impl Default for Progress {
             rates: Rates::default(),
             oplog_window_seconds: None,
             verification: None,
+            writes_open_at_commit: None,
+            source_writes_blocked: None,
+            stray_writes: Vec::new(),
             resume_time: None,
             started: Instant::now(),
             last_progress: Instant::now(),

@@ -1,5 +1,7 @@
 //! Server error codes Ferry reacts to, and how to read them out of a driver error.
 
+use std::fmt;
+
 use mongodb::error::{ErrorKind, WriteFailure};
 
 pub const NAMESPACE_NOT_FOUND: i32 = 26;
@@ -9,16 +11,63 @@ pub const INDEX_ALREADY_EXISTS: i32 = 68;
 pub const INDEX_OPTIONS_CONFLICT: i32 = 85;
 pub const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 pub const DUPLICATE_KEY: i32 = 11000;
+pub const COMMAND_NOT_FOUND: i32 = 59;
+pub const UNAUTHORIZED: i32 = 13;
+pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
+/// A cursor killed under the read: its collection was dropped or renamed.
+pub const QUERY_PLAN_KILLED: i32 = 175;
+/// A capped collection overwrote the position a natural-order read had reached.
+pub const CAPPED_POSITION_LOST: i32 = 136;
+
+/// A write the server applied but could not confirm to the write concern (a `writeConcernError`
+/// in an `ok: 1` reply): during an election it may still be rolled back, so it counts as not
+/// acknowledged.
+#[derive(Debug)]
+pub struct WriteConcernFailed {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for WriteConcernFailed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the write was not confirmed by a majority (writeConcernError {}: {})",
+            self.code, self.message
+        )
+    }
+}
+
+impl std::error::Error for WriteConcernFailed {}
 
 /// The server's error code carried by an error, if any.
 pub fn code_of(error: &anyhow::Error) -> Option<i32> {
+    if let Some(concern) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<WriteConcernFailed>())
+    {
+        return Some(concern.code);
+    }
     let driver = error
         .chain()
         .find_map(|e| e.downcast_ref::<mongodb::error::Error>())?;
+    driver_code(driver)
+}
+
+/// The server's error code in a driver error: a command's, a write's, or a write concern's.
+pub fn driver_code(driver: &mongodb::error::Error) -> Option<i32> {
     match driver.kind.as_ref() {
         ErrorKind::Command(command) => Some(command.code),
         ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
         ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+        // Duplicates are expected in a resumed copy: the write concern's code is the news.
+        ErrorKind::InsertMany(failure) => {
+            match (&failure.write_concern_error, &failure.write_errors) {
+                (Some(concern), _) => Some(concern.code),
+                (None, Some(errors)) => errors.first().map(|e| e.code),
+                (None, None) => None,
+            }
+        }
         _ => None,
     }
 }
@@ -46,8 +95,9 @@ pub fn only_duplicates(error: &mongodb::error::Error) -> bool {
 pub const CHANGE_STREAM_HISTORY_LOST: i32 = 286;
 pub const CHANGE_STREAM_FATAL: i32 = 280;
 
-/// Server codes of faults that pass: elections, restarts, shutdowns, network trouble.
-const TRANSIENT_CODES: [i32; 14] = [
+/// Server codes of faults that pass: elections, restarts, shutdowns, network trouble, and a
+/// write concern that could not be confirmed in time.
+const TRANSIENT_CODES: [i32; 15] = [
     6,     // HostUnreachable
     7,     // HostNotFound
     43,    // CursorNotFound (the server restarted under an open cursor)
@@ -62,11 +112,18 @@ const TRANSIENT_CODES: [i32; 14] = [
     13435, // NotPrimaryNoSecondaryOk
     13436, // NotPrimaryOrSecondary
     112,   // WriteConflict
+    64,    // WriteConcernFailed (wtimeout: the majority did not confirm in time)
 ];
 
 /// Whether an error is a fault worth riding out (retry with backoff) rather than a reason to
 /// fail: lost connections, unreachable servers, elections and restarts.
 pub fn is_transient(error: &anyhow::Error) -> bool {
+    if let Some(concern) = error
+        .chain()
+        .find_map(|e| e.downcast_ref::<WriteConcernFailed>())
+    {
+        return TRANSIENT_CODES.contains(&concern.code);
+    }
     let Some(driver) = error
         .chain()
         .find_map(|e| e.downcast_ref::<mongodb::error::Error>())

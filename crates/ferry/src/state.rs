@@ -14,7 +14,7 @@ use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection};
 
 use crate::apply::incarnations::Incarnations;
-use crate::progress::{Phase, State};
+use crate::progress::{Phase, State, StrayWrites};
 
 const STATE_ID: &str = "migration";
 
@@ -40,9 +40,18 @@ pub struct Stored {
     pub state: State,
     pub phase: Phase,
     pub plan: Document,
-    pub start_token: Bson,
+    /// T0: the change stream starts here and every copy read sees at least it.
+    pub start_time: Timestamp,
     pub checkpoint: Option<Checkpoint>,
-    pub commit_point: Option<Timestamp>,
+    pub commit: Option<CommitPoint>,
+}
+
+/// Where the commit stops applying changes, and whether the source's writes were blocked there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommitPoint {
+    pub time: Timestamp,
+    /// `None` when writes were blocked on the source; otherwise why not.
+    pub writes_open: Option<String>,
 }
 
 /// How far one collection's copy got.
@@ -131,12 +140,17 @@ impl StateStore {
             state: State::parse(document.get_str("state").unwrap_or_default()),
             phase: Phase::parse(document.get_str("phase").unwrap_or_default()),
             plan: document.get_document("plan").cloned().unwrap_or_default(),
-            start_token: document
-                .get("startToken")
-                .cloned()
-                .context("Ferry's state on the destination has no start token")?,
+            start_time: document.get_timestamp("startTime").context(
+                "Ferry's state on the destination has no start time (an older Ferry wrote it): start over with --drop",
+            )?,
             checkpoint,
-            commit_point: document.get_timestamp("commitPoint").ok(),
+            commit: document
+                .get_timestamp("commitPoint")
+                .ok()
+                .map(|time| CommitPoint {
+                    time,
+                    writes_open: document.get_str("writesOpen").ok().map(str::to_string),
+                }),
         }))
     }
 
@@ -150,15 +164,15 @@ impl StateStore {
             .context("dropping Ferry's state database on the destination")
     }
 
-    /// Records the migration's start: the plan it runs and the change stream's starting point.
-    pub async fn start(&self, plan: Document, start_token: Bson) -> Result<()> {
+    /// Records the migration's start: the plan it runs and T0.
+    pub async fn start(&self, plan: Document, start_time: Timestamp) -> Result<()> {
         self.migration
             .insert_one(doc! {
                 "_id": STATE_ID,
                 "state": State::Running.as_str(),
                 "phase": Phase::Validating.as_str(),
                 "plan": plan,
-                "startToken": start_token,
+                "startTime": start_time,
                 "startedAt": DateTime::now(),
             })
             .await
@@ -177,9 +191,28 @@ impl StateStore {
     }
 
     /// Records the commit point the migration must reach before COMMITTED.
-    pub async fn set_commit_point(&self, point: Timestamp) -> Result<()> {
-        self.set(doc! { "state": State::Committing.as_str(), "commitPoint": point })
-            .await
+    pub async fn set_commit_point(&self, point: &CommitPoint) -> Result<()> {
+        self.set(doc! {
+            "state": State::Committing.as_str(),
+            "commitPoint": point.time,
+            "writesOpen": point.writes_open.as_deref(),
+        })
+        .await
+    }
+
+    /// Records COMMITTED, with the writes the source took after the commit point.
+    pub async fn set_committed(&self, stray: &[StrayWrites]) -> Result<()> {
+        let stray: Vec<Document> = stray
+            .iter()
+            .map(|w| doc! { "namespace": &w.namespace, "count": w.count as i64, "firstTime": i64::from(w.first_time) })
+            .collect();
+        self.set(doc! {
+            "state": State::Committed.as_str(),
+            "phase": Phase::Done.as_str(),
+            "error": Bson::Null,
+            "strayWrites": stray,
+        })
+        .await
     }
 
     /// Records how far change application has got.

@@ -4,12 +4,14 @@
 //! replayed (the copy saw the collections in between) re-copies the target from the source.
 
 use anyhow::{bail, Context, Result};
-use mongodb::bson::{doc, Bson, Document};
+use futures_util::TryStreamExt;
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 
 use super::Applier;
 use crate::catalog::{self, Kind};
 use crate::changes::{ChangeEvent, Op};
 use crate::copy;
+use crate::majority;
 use crate::server_error::{
     is_code, INDEX_ALREADY_EXISTS, INDEX_KEY_SPECS_CONFLICT, INDEX_NOT_FOUND,
     INDEX_OPTIONS_CONFLICT, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
@@ -19,7 +21,10 @@ impl Applier {
     pub(super) async fn apply_catalog_change(&mut self, event: &ChangeEvent) -> Result<()> {
         let Some(coll) = event.coll.as_deref() else {
             // dropDatabase: the server reports a drop for each collection first, and those
-            // carry the UUIDs that tell which incarnation to drop.
+            // carry the UUIDs that tell which incarnation to drop; views go with it silently.
+            if event.op == Op::DropDatabase {
+                return self.drop_views(&event.db).await;
+            }
             return Ok(());
         };
         if event.op == Op::Rename {
@@ -33,21 +38,18 @@ impl Applier {
         if event.op == Op::Create {
             return self.create(event, coll).await;
         }
+        if event.op == Op::Modify && is_view_change(event) {
+            return self.modify_view(event, coll).await;
+        }
         if !self.incarnations.applies(&ns, uuid) {
             return Ok(());
         }
         let database = self.destination.database(&event.db);
         match &event.op {
             Op::Drop => {
-                ignore(
-                    database
-                        .collection::<Document>(coll)
-                        .drop()
-                        .await
-                        .map_err(Into::into),
-                    &[NAMESPACE_NOT_FOUND],
-                )
-                .with_context(|| format!("dropping {ns} on the destination"))?;
+                majority::drop(&database, coll)
+                    .await
+                    .with_context(|| format!("dropping {ns} on the destination"))?;
                 self.incarnations.release(&ns);
             }
             Op::CreateIndexes => {
@@ -56,10 +58,11 @@ impl Applier {
                     .map(|spec| catalog::relax_index(spec).unwrap_or_else(|| spec.clone()))
                     .collect();
                 ignore(
-                    database
-                        .run_command(doc! { "createIndexes": coll, "indexes": indexes })
-                        .await
-                        .map_err(Into::into),
+                    majority::command(
+                        &database,
+                        doc! { "createIndexes": coll, "indexes": indexes },
+                    )
+                    .await,
                     &[
                         INDEX_ALREADY_EXISTS,
                         INDEX_OPTIONS_CONFLICT,
@@ -72,10 +75,8 @@ impl Applier {
                 for spec in description_indexes(event)? {
                     let name = spec.get_str("name").unwrap_or_default();
                     ignore(
-                        database
-                            .run_command(doc! { "dropIndexes": coll, "index": name })
-                            .await
-                            .map_err(Into::into),
+                        majority::command(&database, doc! { "dropIndexes": coll, "index": name })
+                            .await,
                         &[INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND],
                     )
                     .with_context(|| format!("dropping index {name} of {ns} on the destination"))?;
@@ -83,12 +84,12 @@ impl Applier {
             }
             Op::Modify => {
                 let description: Document = event.document("operationDescription")?.try_into()?;
-                let relaxed = catalog::relax_coll_mod(&description);
-                if !relaxed.is_empty() {
+                let change = catalog::relax_coll_mod(&description);
+                if !change.is_empty() {
                     let mut command = doc! { "collMod": coll };
-                    command.extend(relaxed);
+                    command.extend(change);
                     ignore(
-                        database.run_command(command).await.map_err(Into::into),
+                        majority::command(&database, command).await,
                         &[NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND],
                     )
                     .with_context(|| format!("modifying {ns} on the destination"))?;
@@ -122,6 +123,9 @@ impl Applier {
             self.incarnations.hold(&ns, uuid.clone());
         }
         let description: Document = event.document("operationDescription")?.try_into()?;
+        if catalog::has_collation(&description) {
+            self.collated.insert(ns.clone());
+        }
         let mut command = doc! { "create": coll };
         if ns_type == "view" {
             command.extend(description);
@@ -129,11 +133,7 @@ impl Applier {
             command.extend(catalog::relax_collection_options(&description));
         }
         ignore(
-            self.destination
-                .database(&event.db)
-                .run_command(command)
-                .await
-                .map_err(Into::into),
+            majority::command(&self.destination.database(&event.db), command).await,
             &[NAMESPACE_EXISTS],
         )
         .with_context(|| format!("creating {ns} on the destination"))
@@ -143,6 +143,9 @@ impl Applier {
         let (to_db, to_coll) = event.rename_target()?;
         let from_ns = event.ns();
         let to_ns = format!("{to_db}.{to_coll}");
+        if self.collated.contains(&from_ns) {
+            self.collated.insert(to_ns.clone());
+        }
         let from_wanted = self.filter.wants(&event.db, coll);
         let to_wanted = self.filter.wants(&to_db, &to_coll);
         let Some(uuid) = event.collection_uuid.clone() else {
@@ -150,21 +153,18 @@ impl Applier {
         };
         if from_wanted && self.incarnations.applies(&from_ns, Some(&uuid)) {
             if to_wanted && to_db == event.db {
-                let renamed = self
-                    .destination
-                    .database("admin")
-                    .run_command(doc! {
-                        "renameCollection": &from_ns, "to": &to_ns, "dropTarget": true,
-                    })
-                    .await
-                    .map_err(anyhow::Error::from);
+                let renamed = majority::command(
+                    &self.destination.database("admin"),
+                    doc! { "renameCollection": &from_ns, "to": &to_ns, "dropTarget": true },
+                )
+                .await;
                 self.incarnations.release(&from_ns);
                 match renamed {
                     Ok(_) => self.incarnations.hold(&to_ns, uuid),
                     // Replayed after a restart, the rename may already be done: the
                     // destination no longer has the source of it. Copy the target again.
                     Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => {
-                        self.recopy(&to_db, &to_coll).await?
+                        self.recopy(&to_db, &to_coll, event.cluster_time).await?
                     }
                     Err(e) => {
                         return Err(e).with_context(|| {
@@ -174,56 +174,118 @@ impl Applier {
                 }
                 return Ok(());
             }
-            ignore(
-                self.destination
-                    .database(&event.db)
-                    .collection::<Document>(coll)
-                    .drop()
-                    .await
-                    .map_err(Into::into),
-                &[NAMESPACE_NOT_FOUND],
-            )?;
+            majority::drop(&self.destination.database(&event.db), coll)
+                .await
+                .with_context(|| format!("dropping {from_ns} on the destination"))?;
             self.incarnations.release(&from_ns);
         }
         if to_wanted && self.incarnations.held(&to_ns) != Some(&uuid) {
-            self.recopy(&to_db, &to_coll).await?;
+            self.recopy(&to_db, &to_coll, event.cluster_time).await?;
         }
         Ok(())
     }
 
-    /// Replaces the destination's `db.coll` with a fresh copy of the source's current one.
-    async fn recopy(&mut self, db: &str, coll: &str) -> Result<()> {
+    /// Replaces the destination's `db.coll` with a fresh copy of the source's current one, read
+    /// at or after `at` (the rename that asked for it).
+    async fn recopy(&mut self, db: &str, coll: &str, at: Timestamp) -> Result<()> {
         let ns = format!("{db}.{coll}");
         tracing::info!(namespace = %ns, "copying a renamed collection again from the source");
-        ignore(
-            self.destination
-                .database(db)
-                .collection::<Document>(coll)
-                .drop()
-                .await
-                .map_err(Into::into),
-            &[NAMESPACE_NOT_FOUND],
-        )?;
+        majority::drop(&self.destination.database(db), coll)
+            .await
+            .with_context(|| format!("dropping {ns} on the destination"))?;
         self.incarnations.release(&ns);
         let Some(spec) = catalog::describe_one(&self.source, db, coll).await? else {
             return Ok(());
         };
+        if spec.is_collated() {
+            self.collated.insert(ns.clone());
+        }
         copy::create_namespace(&self.destination, &spec).await?;
         if spec.kind == Kind::Collection {
             copy::copy_documents(
                 &self.source,
                 &self.destination,
-                &spec,
-                coll,
-                &Default::default(),
                 &self.progress,
-                None,
-                None,
+                copy::RangeCopy {
+                    spec: &spec,
+                    target: coll,
+                    range: &Default::default(),
+                    at,
+                    resume: None,
+                    limit: None,
+                },
             )
             .await?;
             copy::build_indexes(&self.destination, &spec).await?;
             if let Some(Bson::Binary(uuid)) = &spec.uuid {
                 self.incarnations.hold(&ns, uuid.bytes.clone());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a `modify` event changed a view: its description is the view's definition, or (on
+/// servers that describe the change by the state before it) that state was a view.
+fn is_view_change(event: &ChangeEvent) -> bool {
+    let described = event
+        .document("operationDescription")
+        .is_ok_and(|d| d.get("viewOn").ok().flatten().is_some());
+    let was_view = event
+        .raw
+        .get_document("stateBeforeChange")
+        .and_then(|state| state.get_document("collectionOptions"))
+        .is_ok_and(|options| options.get("viewOn").ok().flatten().is_some());
+    described || was_view
+}
+
+impl Applier {
+    /// Replays a view's new definition. The event holds the whole definition, collation
+    /// included, but `collMod` takes only `viewOn` and `pipeline` (a view's collation cannot
+    /// change); where the event does not hold it, the source's current definition is read (a
+    /// later change of the view comes with its own event, so the two converge).
+    async fn modify_view(&self, event: &ChangeEvent, coll: &str) -> Result<()> {
+        let described: Document = event.document("operationDescription")?.try_into()?;
+        let definition = if described.contains_key("viewOn") {
+            described
+        } else {
+            match catalog::describe_one(&self.source, &event.db, coll).await? {
+                Some(spec) if spec.kind == Kind::View => spec.options,
+                // Gone or no longer a view: its drop is still to come in the stream.
+                _ => return Ok(()),
+            }
+        };
+        let mut command = doc! { "collMod": coll };
+        for key in ["viewOn", "pipeline"] {
+            if let Some(value) = definition.get(key) {
+                command.insert(key, value.clone());
+            }
+        }
+        ignore(
+            majority::command(&self.destination.database(&event.db), command).await,
+            &[NAMESPACE_NOT_FOUND],
+        )
+        .with_context(|| format!("modifying view {} on the destination", event.ns()))
+    }
+
+    /// Drops the destination's views of database `db` that the migration includes: a
+    /// `dropDatabase` removes `system.views` without an event per view. A view the source
+    /// created again after the drop comes back with its own `create` event.
+    async fn drop_views(&self, db: &str) -> Result<()> {
+        let database = self.destination.database(db);
+        let views: Vec<Document> = database
+            .run_cursor_command(
+                doc! { "listCollections": 1, "filter": { "type": "view" }, "nameOnly": true },
+            )
+            .await
+            .with_context(|| format!("listing the views of {db} on the destination"))?
+            .try_collect()
+            .await?;
+        for name in views.iter().filter_map(|v| v.get_str("name").ok()) {
+            if self.filter.wants(db, name) {
+                majority::drop(&database, name)
+                    .await
+                    .with_context(|| format!("dropping view {db}.{name} on the destination"))?;
             }
         }
         Ok(())

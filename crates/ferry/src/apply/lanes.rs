@@ -13,6 +13,7 @@ use mongodb::Client;
 
 use super::crud::{self, Batch, Writes};
 use crate::changes::ChangeEvent;
+use crate::id_order::{self, Strings};
 
 /// Events waiting in their lanes, each with its writes.
 pub struct Lanes {
@@ -26,16 +27,19 @@ impl Lanes {
         }
     }
 
-    /// Puts an event in its document's lane.
-    pub fn push(&mut self, event: ChangeEvent, writes: Writes) -> Result<()> {
+    /// Puts an event in its document's lane: by namespace and `_id` value as the server
+    /// compares it (`strings` says how that collection compares strings), so that a delete of
+    /// `5` and a re-insert of `5L` stay in order.
+    pub fn push(&mut self, event: ChangeEvent, writes: Writes, strings: Strings) -> Result<()> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         event.db.hash(&mut hasher);
         event.coll.hash(&mut hasher);
         // By `_id` alone: a sharded source's key also holds the shard key, which an update can
         // change (a delete and an insert of one document under two keys).
-        match event.document("documentKey")?.get("_id")? {
-            Some(id) => format!("{id:?}").hash(&mut hasher),
-            None => event.document("documentKey")?.as_bytes().hash(&mut hasher),
+        let key = event.document("documentKey")?;
+        match key.get("_id")? {
+            Some(id) => id_order::hash_as_compared(id, strings, &mut hasher),
+            None => key.as_bytes().hash(&mut hasher),
         }
         let lane = (hasher.finish() % self.lanes.len() as u64) as usize;
         self.lanes[lane].push((event, writes));
@@ -77,7 +81,7 @@ async fn apply_lane(
             Writes::Statements(command, statements) => {
                 if !batch
                     .as_ref()
-                    .is_some_and(|b| b.accepts(&event.db, &coll, command))
+                    .is_some_and(|b| b.accepts(&event.db, &coll, command, &statements))
                 {
                     if let Some(full) = batch.replace(Batch::new(&event.db, &coll, command)) {
                         refetched += full.execute(source, destination).await?;
@@ -112,13 +116,91 @@ mod tests {
         .unwrap()
     }
 
+    fn push(lanes: &mut Lanes, event: ChangeEvent, strings: Strings) {
+        let writes = crud::writes_for(&event, crud::Paths::Disambiguated).unwrap();
+        lanes.push(event, writes, strings).unwrap();
+    }
+
+    /// The lane holding each event, in push order.
+    fn lane_of_each(lanes: &Lanes) -> Vec<usize> {
+        let mut placed: Vec<(u32, usize)> = lanes
+            .lanes
+            .iter()
+            .enumerate()
+            .flat_map(|(i, lane)| lane.iter().map(move |(e, _)| (e.cluster_time.increment, i)))
+            .collect();
+        placed.sort();
+        placed.into_iter().map(|(_, lane)| lane).collect()
+    }
+
+    #[test]
+    fn one_ids_value_shares_a_lane_whatever_its_numeric_type() {
+        for n in 0..64 {
+            let mut lanes = Lanes::new(4);
+            let event = |id: mongodb::bson::Bson, increment: u32, op: &str| {
+                let mut raw = rawdoc! {
+                    "operationType": op,
+                    "clusterTime": Timestamp { time: 1, increment },
+                    "ns": { "db": "d", "coll": "c" },
+                };
+                let id = mongodb::bson::RawBson::try_from(id).unwrap();
+                raw.append("documentKey", rawdoc! { "_id": id.clone() });
+                if op == "insert" {
+                    raw.append("fullDocument", rawdoc! { "_id": id });
+                }
+                ChangeEvent::decode(raw).unwrap()
+            };
+            push(
+                &mut lanes,
+                event(mongodb::bson::Bson::Int32(n), 1, "delete"),
+                Strings::Simple,
+            );
+            push(
+                &mut lanes,
+                event(mongodb::bson::Bson::Int64(n.into()), 2, "insert"),
+                Strings::Simple,
+            );
+            push(
+                &mut lanes,
+                event(mongodb::bson::Bson::Double(n.into()), 3, "delete"),
+                Strings::Simple,
+            );
+            let placed = lane_of_each(&lanes);
+            assert!(
+                placed.iter().all(|l| *l == placed[0]),
+                "_id {n}: lanes {placed:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn under_a_collation_strings_that_may_be_equal_share_a_lane() {
+        let event = |id: &str, increment: u32| {
+            ChangeEvent::decode(rawdoc! {
+                "operationType": "delete",
+                "clusterTime": Timestamp { time: 1, increment },
+                "ns": { "db": "d", "coll": "c" },
+                "documentKey": { "_id": id },
+            })
+            .unwrap()
+        };
+        let mut lanes = Lanes::new(4);
+        for (i, id) in ["a", "A", "b", "B", "à"].iter().enumerate() {
+            push(&mut lanes, event(id, i as u32), Strings::Collated);
+        }
+        let placed = lane_of_each(&lanes);
+        assert!(placed.iter().all(|l| *l == placed[0]), "{placed:?}");
+    }
+
     #[test]
     fn one_documents_events_share_a_lane_in_order_and_documents_spread() {
         let mut lanes = Lanes::new(4);
         for n in 0..200 {
-            let event = update(if n % 2 == 0 { "a" } else { "b" }, n % 50, n);
-            let writes = crud::writes_for(&event).unwrap();
-            lanes.push(event, writes).unwrap();
+            push(
+                &mut lanes,
+                update(if n % 2 == 0 { "a" } else { "b" }, n % 50, n),
+                Strings::Simple,
+            );
         }
         assert!(lanes.lanes.iter().filter(|l| !l.is_empty()).count() > 1);
         for lane in &lanes.lanes {

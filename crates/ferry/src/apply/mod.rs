@@ -8,16 +8,19 @@ mod ddl;
 pub mod incarnations;
 mod lanes;
 
+use std::collections::HashSet;
+
 use anyhow::Result;
 use mongodb::Client;
 
 use crate::changes::{ChangeEvent, Op};
 use crate::filter::NamespaceFilter;
+use crate::id_order::Strings;
 use crate::progress::{EventCounts, Progress};
 use crate::verify::ChangeTracker;
 use incarnations::Incarnations;
 
-pub use crud::{writes_for, Command, Writes};
+pub use crud::{writes_for, Command, Paths, Writes};
 
 /// Applies change events to the destination.
 pub struct Applier {
@@ -30,6 +33,10 @@ pub struct Applier {
     verification: Option<ChangeTracker>,
     /// Parallel lanes for document changes.
     lanes: usize,
+    /// How the source reports update paths.
+    paths: Paths,
+    /// Namespaces whose default collation is not the simple one.
+    collated: HashSet<String>,
 }
 
 impl Applier {
@@ -48,7 +55,22 @@ impl Applier {
             progress,
             verification: None,
             lanes: 1,
+            paths: Paths::Disambiguated,
+            collated: HashSet::new(),
         }
+    }
+
+    /// Reads update paths as a source of this kind reports them.
+    pub fn with_paths(mut self, paths: Paths) -> Self {
+        self.paths = paths;
+        self
+    }
+
+    /// The namespaces whose default collation is not the simple one: strings that may be equal
+    /// under it are routed alike.
+    pub fn with_collated(mut self, namespaces: HashSet<String>) -> Self {
+        self.collated = namespaces;
+        self
     }
 
     /// Writes document changes in `count` parallel lanes.
@@ -98,7 +120,7 @@ impl Applier {
             if let Some(tracker) = &mut self.verification {
                 tracker.document_changed(&event)?;
             }
-            let writes = crud::writes_for(&event)?;
+            let writes = crud::writes_for(&event, self.paths)?;
             if writes == Writes::Nothing {
                 continue;
             }
@@ -107,7 +129,12 @@ impl Applier {
                 counts.refetched += lanes.flush(&self.source, &self.destination).await?;
                 transaction = this_transaction;
             }
-            lanes.push(event, writes)?;
+            let strings = if self.collated.contains(&event.ns()) {
+                Strings::Collated
+            } else {
+                Strings::Simple
+            };
+            lanes.push(event, writes, strings)?;
         }
         counts.refetched += lanes.flush(&self.source, &self.destination).await?;
         if let Some(tracker) = &mut self.verification {

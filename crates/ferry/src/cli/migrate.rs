@@ -12,6 +12,10 @@ use crate::plan::{self, Clusters, Endpoint, InputError, Plan};
 use crate::progress::Progress;
 use crate::{rates, report};
 
+/// The exit code of a migration that COMMITTED while the source took writes after the commit
+/// point: the destination lacks them.
+const EXIT_STRAY_WRITES: i32 = 4;
+
 /// How long the API keeps answering after COMMITTED before the process exits.
 const FINAL_STATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -51,7 +55,16 @@ pub async fn migrate(args: MigrateArgs) -> i32 {
                 s.events.total(),
                 s.started.elapsed().as_secs()
             );
-            0
+            if s.stray_writes.is_empty() {
+                return 0;
+            }
+            for writes in &s.stray_writes {
+                eprintln!(
+                    "stray writes: {} took {} write(s) after the commit point (the first at {} s since the epoch); they are not on the destination",
+                    writes.namespace, writes.count, writes.first_time
+                );
+            }
+            EXIT_STRAY_WRITES
         }
         Finish::Stopped => {
             eprintln!("stopped before commit; run the same command again to continue");

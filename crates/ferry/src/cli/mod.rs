@@ -1,5 +1,6 @@
 //! The command line: one module per kind of subcommand. Each subcommand returns the process
-//! exit code (0 done, 1 failed, 2 bad input or a failed check, 130/143 stopped by a signal).
+//! exit code (0 done, 1 failed, 2 bad input or a failed check, 3 verified different, 4
+//! committed while the source took writes after the commit point, 130/143 stopped by a signal).
 
 mod client;
 mod migrate;
@@ -54,6 +55,9 @@ pub struct CheckArgs {
     /// Check as `ferry migrate --drop` would (occupied namespaces will be dropped).
     #[arg(long)]
     pub drop: bool,
+    /// Check as `ferry migrate --no-block-writes` would (the source stays writable at commit).
+    #[arg(long)]
+    pub no_block_writes: bool,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -111,6 +115,12 @@ pub struct RunArgs {
     /// How long to keep syncing, once it is safe to cut over, before stopping unattended.
     #[arg(long, value_name = "DURATION", default_value = "72h")]
     pub cutover_window: String,
+    /// Leave the source's writes open at commit. By default Ferry blocks every user write on the
+    /// source (setUserWriteBlockMode, MongoDB 6.0+) before it takes the commit point, so that a
+    /// forgotten writer fails instead of writing where nobody reads; the block stays after
+    /// COMMITTED (lift it with `db.adminCommand({setUserWriteBlockMode: 1, global: false})`).
+    #[arg(long)]
+    pub no_block_writes: bool,
 }
 
 /// The API token: required when the API listens beyond this machine.

@@ -20,7 +20,11 @@ pub async fn check(args: CheckArgs) -> i32 {
             return 2;
         }
     };
-    let outcome = crate::preflight::run_checks(&clusters, args.drop, &source, &destination).await;
+    let options = crate::preflight::Options {
+        drop: args.drop,
+        block_writes: !args.no_block_writes,
+    };
+    let outcome = crate::preflight::run_checks(&clusters, options, &source, &destination).await;
     close([source, destination]).await;
     if args.json {
         println!(

@@ -14,9 +14,8 @@ use crate::catalog::{CollectionSpec, Kind};
 use crate::filter::NamespaceFilter;
 use crate::plan::Endpoint;
 use crate::redact::redact_uri;
-
-/// The server code for a missing privilege.
-const UNAUTHORIZED: i32 = 13;
+use crate::server_error::{self, UNAUTHORIZED};
+use crate::source::info::{self, build_version, fcv, Version};
 
 /// Why a connection failed, and what to do, from the driver's error.
 pub fn connection_failure(endpoint: &Endpoint, error: &mongodb::error::Error) -> (String, String) {
@@ -72,26 +71,130 @@ pub async fn reachable(
     }
 }
 
-/// Runs one probe; a missing privilege names the action and the role that grants it.
-async fn probe<T>(
-    what: &str,
-    action: &str,
-    roles: &str,
-    operation: impl std::future::IntoFuture<Output = mongodb::error::Result<T>>,
-) -> Result<(), String> {
-    match operation.await {
-        Ok(_) => Ok(()),
-        Err(e) if code(&e) == Some(UNAUTHORIZED) => Err(format!(
-            "not allowed to {what} (missing action {action}); grant the user {roles}"
-        )),
-        Err(e) => Err(format!("could not {what}: {}", redact_uri(&e.to_string()))),
+/// The source must be a replica set member reached through its primary: Ferry follows the
+/// change stream and takes the commit point there, where the writes happen. A connection held to
+/// a secondary (`directConnection=true`) would measure a lagging node's time.
+pub fn source_replica_set(hello: &Document, at: &str) -> Check {
+    const ID: &str = "source.replica-set";
+    let Ok(set) = hello.get_str("setName") else {
+        return Check::fail(
+            ID,
+            format!("the source at {at} is a standalone server, not a replica set member"),
+            "Ferry follows the source's change stream, which needs a replica set: restart the server as a single-node replica set (--replSet) and run rs.initiate()",
+        );
+    };
+    if !hello.get_bool("isWritablePrimary").unwrap_or(false) {
+        return Check::fail(
+            ID,
+            format!(
+                "the source connection {at} reaches {}, a member of replica set {set} that is not its primary",
+                hello.get_str("me").unwrap_or("a node")
+            ),
+            format!("Ferry reads the change stream and the commit point from the primary: connect with replicaSet={set} and the members' hosts, without directConnection=true to a secondary"),
+        );
+    }
+    Check::pass(ID, format!("replica set {set}, through its primary"))
+}
+
+/// Why the source's writes will stay open at commit, if they will: `--no-block-writes`, or a
+/// source version that cannot block them.
+pub fn writes_open_at_commit(block_writes: bool, version: Version) -> Option<String> {
+    if !block_writes {
+        Some("--no-block-writes was given".into())
+    } else if !version.blocks_user_writes() {
+        Some(format!(
+            "the source ({version}) cannot block writes: setUserWriteBlockMode needs MongoDB 6.0+"
+        ))
+    } else {
+        None
     }
 }
 
-fn code(error: &mongodb::error::Error) -> Option<i32> {
-    match error.kind.as_ref() {
-        ErrorKind::Command(c) => Some(c.code),
-        _ => None,
+/// Whether Ferry can block the source's writes at commit (DESIGN: a forgotten writer fails
+/// loudly instead of writing where nobody reads), and what it means when it cannot.
+pub async fn write_blocking(source: &Client, block_writes: bool) -> Check {
+    const ID: &str = "source.write-blocking";
+    const STOP_WRITERS: &str = "stop every application writing to the source before committing: a write after the commit point is not applied, and is reported (strayWrites, exit code 4)";
+    let version = info::source_version(source).await;
+    if let Some(reason) = version.and_then(|v| writes_open_at_commit(block_writes, v)) {
+        return Check::warn(
+            ID,
+            format!("the source's writes stay open at commit: {reason}"),
+            STOP_WRITERS,
+        );
+    }
+    // Without its required `global` field the command is refused before it runs: this asks
+    // whether the server knows it, and changes nothing.
+    let known = source
+        .database("admin")
+        .run_command(doc! { "setUserWriteBlockMode": 1 })
+        .await
+        .map_err(anyhow::Error::from);
+    if let Err(e) = &known {
+        if server_error::code_of(e) == Some(server_error::COMMAND_NOT_FOUND) {
+            return Check::warn(
+                ID,
+                "the source does not support setUserWriteBlockMode, so its writes stay open at commit",
+                STOP_WRITERS,
+            );
+        }
+    }
+    if may_block_writes(source).await == Some(false) {
+        return Check::warn(
+            ID,
+            "the source user may not run setUserWriteBlockMode, so the source's writes stay open at commit",
+            format!("grant the source user the restore role (or the setUserWriteBlockMode action on the cluster), or {STOP_WRITERS}"),
+        );
+    }
+    Check::pass(
+        ID,
+        "Ferry blocks the source's writes before it takes the commit point (setUserWriteBlockMode); they stay blocked after COMMITTED",
+    )
+}
+
+/// Whether the source user holds the `setUserWriteBlockMode` action on the cluster; `None`
+/// when the server does not say (authentication off, or no answer).
+async fn may_block_writes(source: &Client) -> Option<bool> {
+    let status = source
+        .database("admin")
+        .run_command(doc! { "connectionStatus": 1, "showPrivileges": true })
+        .await
+        .ok()?;
+    let info = status.get_document("authInfo").ok()?;
+    if info
+        .get_array("authenticatedUsers")
+        .map_or(true, |u| u.is_empty())
+    {
+        return None;
+    }
+    let privileges = info.get_array("authenticatedUserPrivileges").ok()?;
+    Some(privileges.iter().filter_map(Bson::as_document).any(|p| {
+        p.get_document("resource")
+            .is_ok_and(|r| r.get_bool("cluster") == Ok(true))
+            && p.get_array("actions").is_ok_and(|actions| {
+                actions
+                    .iter()
+                    .any(|a| a.as_str() == Some("setUserWriteBlockMode"))
+            })
+    }))
+}
+
+/// Runs one probe; a missing privilege names the action and the role that grants it.
+async fn probe<T, E: Into<anyhow::Error>>(
+    what: &str,
+    action: &str,
+    roles: &str,
+    operation: impl std::future::IntoFuture<Output = Result<T, E>>,
+) -> Result<(), String> {
+    match operation.await.map_err(Into::into) {
+        Ok(_) => Ok(()),
+        Err(e) if server_error::code_of(&e) == Some(UNAUTHORIZED) => Err(format!(
+            "not allowed to {what} (missing action {action}); grant the user {roles}"
+        )),
+        Err(e) => Err(format!(
+            "could not {what}: {}",
+            redact_uri(&format!("{e:#}"))
+        )),
     }
 }
 
@@ -176,7 +279,10 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
             "create indexes",
             "createIndex",
             DESTINATION_ROLES,
-            db.run_command(doc! { "createIndexes": "preflight_probe", "indexes": [{ "key": { "probe": 1 }, "name": "probe_1" }] }),
+            crate::majority::command(
+                &db,
+                doc! { "createIndexes": "preflight_probe", "indexes": [{ "key": { "probe": 1 }, "name": "probe_1" }] },
+            ),
         )
         .await?;
         probe(
@@ -184,6 +290,17 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
             "insert",
             DESTINATION_ROLES,
             probe_coll.insert_one(doc! { "probe": 1 }),
+        )
+        .await?;
+        // Every copy and change write bypasses validation (a replay passes through states a
+        // validator may refuse), which `readWrite` alone does not allow.
+        probe(
+            "write documents past validation",
+            "bypassDocumentValidation",
+            DESTINATION_ROLES,
+            probe_coll
+                .insert_one(doc! { "probe": 2 })
+                .bypass_document_validation(true),
         )
         .await?;
         probe(
@@ -197,7 +314,10 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
     let result = steps.await;
     let _ = probe_coll.drop().await;
     match result {
-        Ok(()) => Check::pass(ID, "can create collections and indexes, write and drop"),
+        Ok(()) => Check::pass(
+            ID,
+            "can create collections and indexes, write (past validation) and drop",
+        ),
         Err(problem) => Check::fail(
             ID,
             problem,
@@ -206,42 +326,12 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
     }
 }
 
-/// `major.minor` of a version string.
-fn major_minor(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-async fn build_version(client: &Client) -> Option<String> {
-    let info = client
-        .database("admin")
-        .run_command(doc! { "buildInfo": 1 })
-        .await
-        .ok()?;
-    info.get_str("version").ok().map(str::to_string)
-}
-
-/// The featureCompatibilityVersion of a cluster.
-pub async fn fcv(client: &Client) -> Option<String> {
-    let reply = client
-        .database("admin")
-        .run_command(doc! { "getParameter": 1, "featureCompatibilityVersion": 1 })
-        .await
-        .ok()?;
-    reply
-        .get_document("featureCompatibilityVersion")
-        .ok()?
-        .get_str("version")
-        .ok()
-        .map(str::to_string)
-}
-
 /// The supported version matrix: source 6.0 or newer (expanded change events), destination
 /// not older than the source, and a destination featureCompatibilityVersion not below the
-/// source's.
+/// source's. The source's version is the one Ferry treats it as (see `source::info`).
 pub async fn versions(source: &Client, destination: &Client) -> Check {
     const ID: &str = "versions";
-    let (Some(sv), Some(dv)) = (
+    let (Some(reported), Some(dv)) = (
         build_version(source).await,
         build_version(destination).await,
     ) else {
@@ -252,22 +342,33 @@ pub async fn versions(source: &Client, destination: &Client) -> Check {
         );
     };
     let (sfcv, dfcv) = (fcv(source).await, fcv(destination).await);
+    let treated = info::overridden();
+    let sv = match treated {
+        Some(version) => format!(
+            "{reported}, treated as {version} ({})",
+            info::VERSION_OVERRIDE
+        ),
+        None => reported.clone(),
+    };
     let found = format!(
         "source {sv} (FCV {}), destination {dv} (FCV {})",
         sfcv.as_deref().unwrap_or("?"),
         dfcv.as_deref().unwrap_or("?")
     );
-    let (Some(s), Some(d)) = (major_minor(&sv), major_minor(&dv)) else {
+    let (Some(s), Some(d)) = (
+        treated.or_else(|| Version::parse(&reported)),
+        Version::parse(&dv),
+    ) else {
         return Check::warn(
             ID,
             found,
             "check by hand that the destination is not older than the source",
         );
     };
-    if s < (6, 0) {
+    if s < Version::new(6, 0, 0) {
         return Check::fail(ID, found, "upgrade the source to MongoDB 6.0 or newer: Ferry needs its expanded change events to follow DDL");
     }
-    if d < s {
+    if (d.major, d.minor) < (s.major, s.minor) {
         return Check::fail(
             ID,
             found,
@@ -275,8 +376,8 @@ pub async fn versions(source: &Client, destination: &Client) -> Check {
         );
     }
     if let (Some(sf), Some(df)) = (
-        sfcv.as_deref().and_then(major_minor),
-        dfcv.as_deref().and_then(major_minor),
+        sfcv.as_deref().and_then(Version::parse),
+        dfcv.as_deref().and_then(Version::parse),
     ) {
         if df < sf {
             return Check::fail(ID, found, "raise the destination's featureCompatibilityVersion to at least the source's (setFeatureCompatibilityVersion)");
@@ -374,7 +475,7 @@ async fn oplog_size_and_span(source: &Client, hello: &Document) -> OplogReading 
     .await;
     let stats = match stats {
         Err(_) => return slow,
-        Ok(Err(e)) if code(&e) == Some(MAX_TIME_EXPIRED) => return slow,
+        Ok(Err(e)) if server_error::driver_code(&e) == Some(MAX_TIME_EXPIRED) => return slow,
         Ok(Err(_)) => {
             return OplogReading {
                 unreadable: true,
@@ -399,7 +500,11 @@ async fn oplog_size_and_span(source: &Client, hello: &Document) -> OplogReading 
         .and_then(|w| w.get_document("opTime"))
         .and_then(|o| o.get_timestamp("ts"));
     match (
-        tokio::time::timeout(OPLOG_READING_BUDGET, crate::oplog::oldest_entry(source)).await,
+        tokio::time::timeout(
+            OPLOG_READING_BUDGET,
+            crate::source::oplog::oldest_entry(source),
+        )
+        .await,
         newest,
     ) {
         (Err(_), _) => reading.slow = true,
@@ -608,8 +713,22 @@ pub async fn not_migrated(source: &Client, included: &[CollectionSpec]) -> Check
 
 #[cfg(test)]
 mod tests {
-    use super::{oplog_window, OplogReading};
+    use super::{doc, oplog_window, source_replica_set, OplogReading};
     use crate::preflight::Status;
+
+    #[test]
+    fn the_source_must_be_reached_through_its_primary() {
+        let primary = doc! { "setName": "rs0", "isWritablePrimary": true, "me": "a:1" };
+        assert_eq!(source_replica_set(&primary, "a:1").status, Status::Pass);
+        let secondary =
+            doc! { "setName": "rs0", "isWritablePrimary": false, "secondary": true, "me": "b:1" };
+        let check = source_replica_set(&secondary, "b:1");
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.found.contains("not its primary"), "{}", check.found);
+        assert!(check.fix.unwrap().contains("replicaSet=rs0"));
+        let standalone = doc! { "isWritablePrimary": true };
+        assert_eq!(source_replica_set(&standalone, "c:1").status, Status::Fail);
+    }
 
     const GB: f64 = 1e9;
 

@@ -5,7 +5,7 @@
 //! The checks, by id: `source.reachable`, `destination.reachable` (network, TLS, credentials),
 //! `source.replica-set`, `destination.primary`, `clusters.distinct`, `versions`,
 //! `source.privileges`, `destination.privileges`, `filters.match`, `destination.empty`,
-//! `source.oplog-window`, `destination.disk`, `source.not-migrated`.
+//! `source.oplog-window`, `destination.disk`, `source.write-blocking`, `source.not-migrated`.
 
 pub mod checks;
 pub mod report;
@@ -71,14 +71,23 @@ pub struct Outcome {
     pub sizes: HashMap<String, (u64, u64)>,
 }
 
-/// Runs every check. `drop` is `--drop`: occupied namespaces are then reported as what will be
-/// dropped, not as a failure.
+/// How the migration the checks are for will run.
+#[derive(Clone, Copy, Debug)]
+pub struct Options {
+    /// `--drop`: occupied namespaces are reported as what will be dropped, not as a failure.
+    pub drop: bool,
+    /// Writes to the source are blocked at commit (not `--no-block-writes`).
+    pub block_writes: bool,
+}
+
+/// Runs every check.
 pub async fn run_checks(
     clusters: &Clusters,
-    drop: bool,
+    options: Options,
     source: &Client,
     destination: &Client,
 ) -> Outcome {
+    let drop = options.drop;
     let mut report = Report::default();
     let source_hello = checks::reachable("source.reachable", &clusters.source, source).await;
     let destination_hello =
@@ -109,14 +118,10 @@ pub async fn run_checks(
     };
     let identity = identity(clusters, &source_hello);
 
-    report.push(match source_hello.get_str("setName") {
-        Ok(set) => Check::pass("source.replica-set", format!("replica set {set}")),
-        Err(_) => Check::fail(
-            "source.replica-set",
-            format!("the source at {} is a standalone server, not a replica set member", clusters.source.redacted),
-            "Ferry follows the source's change stream, which needs a replica set: restart the server as a single-node replica set (--replSet) and run rs.initiate()",
-        ),
-    });
+    report.push(checks::source_replica_set(
+        &source_hello,
+        &clusters.source.redacted,
+    ));
     report.push(
         if destination_hello
             .get_bool("isWritablePrimary")
@@ -215,6 +220,7 @@ pub async fn run_checks(
         sizes = measured;
     }
 
+    report.push(checks::write_blocking(source, options.block_writes).await);
     report.push(checks::not_migrated(source, &included).await);
     Outcome {
         report,
@@ -347,7 +353,11 @@ pub async fn validate(
             sizes: HashMap::new(),
         });
     }
-    let outcome = run_checks(&clusters, plan.drop, source, destination).await;
+    let options = Options {
+        drop: plan.drop,
+        block_writes: plan.block_writes,
+    };
+    let outcome = run_checks(&clusters, options, source, destination).await;
     for check in outcome
         .report
         .checks
