@@ -1,33 +1,13 @@
 //! Crashes, restarts, stops and lost history: each case ends with a full equality check, and
 //! resumed runs must not copy again what was already copied.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 
-use crate::harness::{seed, Pair};
-use testkit::workload::{self, Workload};
-
-/// Inserts `count` documents of about 1 KB into `db.coll`.
-async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
-    let collection = client.database(db).collection::<Document>(coll);
-    let mut batch = Vec::new();
-    for id in 0..count {
-        batch.push(doc! { "_id": id, "pad": "x".repeat(1000), "n": id });
-        if batch.len() == 2000 {
-            collection
-                .insert_many(std::mem::take(&mut batch))
-                .await
-                .unwrap();
-        }
-    }
-    if !batch.is_empty() {
-        collection.insert_many(batch).await.unwrap();
-    }
-}
+use crate::harness::{fill, seed, App, Pair};
+use testkit::workload;
 
 /// The number of documents a run's log says it copied into `ns` ("collection copied").
 fn copied_in_log(output: &str, ns: &str) -> Option<u64> {
@@ -42,27 +22,6 @@ fn copied_in_log(output: &str, ns: &str) -> Option<u64> {
                 .parse()
                 .ok()
         })
-}
-
-/// A writer that keeps running the seeded workload until stopped.
-struct App {
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<anyhow::Result<workload::Stats>>,
-}
-
-impl App {
-    fn start(client: &Client, seed: u64) -> App {
-        let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(
-            Workload::new(client.clone(), seed).run(stop.clone(), Duration::from_millis(1)),
-        );
-        App { stop, task }
-    }
-
-    async fn stop(self) -> workload::Stats {
-        self.stop.store(true, Ordering::Relaxed);
-        self.task.await.unwrap().unwrap()
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -3,11 +3,15 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use serde_json::Value;
+use testkit::proxy::Proxy;
+use testkit::workload::{self, Workload};
 use testkit::Server;
 
 /// A source and a destination server with a client on each.
@@ -34,6 +38,19 @@ impl Pair {
             src,
             dst,
         }
+    }
+
+    /// Fault proxies in front of the source and the destination (see `testkit::proxy`).
+    pub async fn proxies(&self) -> (Proxy, Proxy) {
+        let proxy = |server: &Server| {
+            let upstream = format!("127.0.0.1:{}", server.port);
+            async move {
+                Proxy::start(&upstream)
+                    .await
+                    .expect("starting a fault proxy")
+            }
+        };
+        (proxy(&self.source).await, proxy(&self.destination).await)
     }
 
     /// Starts `ferry migrate` from the source to the destination with extra arguments.
@@ -63,6 +80,16 @@ pub struct Ferry {
 
 impl Ferry {
     pub fn start(source: &str, destination: &str, extra: &[&str]) -> Ferry {
+        Self::start_with_env(source, destination, extra, &[])
+    }
+
+    /// [`Ferry::start`] with environment variables set for the process.
+    pub fn start_with_env(
+        source: &str,
+        destination: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Ferry {
         let port = testkit::server::free_port().unwrap();
         let api = format!("127.0.0.1:{port}");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -76,6 +103,7 @@ impl Ferry {
                 &api,
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -277,4 +305,43 @@ pub fn seed(test: &str) -> u64 {
         });
     eprintln!("{test}: seed {seed} (replay with FERRY_TEST_SEED={seed})");
     seed
+}
+
+/// Inserts `count` documents of about 1 KB into `db.coll`.
+pub async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
+    let collection = client.database(db).collection::<Document>(coll);
+    let mut batch = Vec::new();
+    for id in 0..count {
+        batch.push(doc! { "_id": id, "pad": "x".repeat(1000), "n": id });
+        if batch.len() == 2000 {
+            collection
+                .insert_many(std::mem::take(&mut batch))
+                .await
+                .unwrap();
+        }
+    }
+    if !batch.is_empty() {
+        collection.insert_many(batch).await.unwrap();
+    }
+}
+
+/// A writer that keeps running the seeded workload until stopped.
+pub struct App {
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<anyhow::Result<workload::Stats>>,
+}
+
+impl App {
+    pub fn start(client: &Client, seed: u64) -> App {
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = tokio::spawn(
+            Workload::new(client.clone(), seed).run(stop.clone(), Duration::from_millis(1)),
+        );
+        App { stop, task }
+    }
+
+    pub async fn stop(self) -> workload::Stats {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap().unwrap()
+    }
 }

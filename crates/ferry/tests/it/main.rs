@@ -8,4 +8,5 @@ mod harness;
 mod live;
 mod operator;
 mod preflight;
+mod replica;
 mod verify;

@@ -62,10 +62,42 @@ async fn a_ready_pair_passes_every_check() {
         "destination.empty",
         "source.oplog-window",
         "destination.disk",
+        "source.write-blocking",
         "source.not-migrated",
     ] {
         assert_ne!(check_named(&report, id)["status"], "fail", "{id}: {report}");
     }
+    // Whether the source's writes can be blocked at commit is said before the migration starts:
+    // the test server has no setUserWriteBlockMode, a real one does.
+    let blocking = check_named(&report, "source.write-blocking");
+    if std::env::var_os("FERRY_TEST_MONGOD").is_some() {
+        assert_eq!(blocking["status"], "pass", "{blocking}");
+    } else {
+        assert_eq!(blocking["status"], "warn", "{blocking}");
+        assert!(
+            blocking["found"]
+                .as_str()
+                .unwrap()
+                .contains("does not support setUserWriteBlockMode"),
+            "{blocking}"
+        );
+    }
+    let (_, open) = tokio::task::block_in_place(|| {
+        check(
+            &pair.source.uri(),
+            &pair.destination.uri(),
+            &["--no-block-writes"],
+        )
+    });
+    let blocking = check_named(&open, "source.write-blocking");
+    assert_eq!(blocking["status"], "warn", "{blocking}");
+    assert!(
+        blocking["found"]
+            .as_str()
+            .unwrap()
+            .contains("--no-block-writes"),
+        "{blocking}"
+    );
     let (text_code, text) = tokio::task::block_in_place(|| {
         run_ferry(&[
             "check",
@@ -245,6 +277,7 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
                 ],
             ),
             ("viewer", &[("readAnyDatabase", "admin")]),
+            ("loader", &[("readWriteAnyDatabase", "admin")]),
         ],
     )
     .await;
@@ -309,6 +342,26 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
             .as_str()
             .unwrap()
             .contains("missing action createCollection"),
+        "{destination_privileges}"
+    );
+
+    // Every write bypasses validation, which readWrite alone does not allow: the pre-flight
+    // says so, rather than the copy failing on its first batch.
+    let (code, report) = tokio::task::block_in_place(|| {
+        check(
+            &user_uri(&source, "reader"),
+            &user_uri(&destination, "loader"),
+            &[],
+        )
+    });
+    assert_eq!(code, 2, "{report}");
+    let destination_privileges = check_named(&report, "destination.privileges");
+    assert_eq!(destination_privileges["status"], "fail", "{report}");
+    assert!(
+        destination_privileges["found"]
+            .as_str()
+            .unwrap()
+            .contains("missing action bypassDocumentValidation"),
         "{destination_privileges}"
     );
 
