@@ -208,6 +208,11 @@ pub struct Fragments {
 }
 
 impl Fragments {
+    /// Whether a split event's later fragments are still to come.
+    pub fn pending(&self) -> bool {
+        self.joined.is_some()
+    }
+
     /// Takes the next raw event or fragment; returns the whole event once it is complete.
     pub fn push(&mut self, raw: RawDocumentBuf) -> Result<Option<RawDocumentBuf>> {
         let Ok(split) = raw.get_document("splitEvent") else {

@@ -123,23 +123,7 @@ async fn rebuild_capped(
     at: Timestamp,
 ) -> Result<()> {
     let database = destination.database(&spec.db);
-    let current: Vec<Document> = database
-        .run_cursor_command(doc! { "listCollections": 1, "filter": { "name": &spec.name } })
-        .await?
-        .try_collect()
-        .await?;
-    let limits = |options: &Document| {
-        (
-            options.get_bool("capped").unwrap_or(false),
-            options.get("size").and_then(as_f64),
-            options.get("max").and_then(as_f64),
-        )
-    };
-    if current
-        .first()
-        .and_then(|c| c.get_document("options").ok())
-        .is_some_and(|options| limits(options) == limits(&spec.options))
-    {
+    if capped_in_place(destination, spec).await? {
         return Ok(());
     }
     let scratch = format!("{}{CAPPED_REBUILD_SUFFIX}", spec.name);
@@ -177,7 +161,7 @@ async fn rebuild_capped(
         .await
         .with_context(|| format!("building the indexes of capped {}", spec.ns()))?;
     }
-    majority::command(
+    let swapped = majority::command(
         &destination.database("admin"),
         doc! {
             "renameCollection": format!("{}.{scratch}", spec.db),
@@ -185,9 +169,40 @@ async fn rebuild_capped(
             "dropTarget": true,
         },
     )
-    .await
-    .with_context(|| format!("putting rebuilt capped {} in place", spec.ns()))?;
-    Ok(())
+    .await;
+    match swapped {
+        // Sent again after an unconfirmed first attempt that did the swap.
+        Err(e)
+            if is_code(&e, &[NAMESPACE_NOT_FOUND])
+                && capped_in_place(destination, spec).await? =>
+        {
+            Ok(())
+        }
+        other => other
+            .map(drop)
+            .with_context(|| format!("putting rebuilt capped {} in place", spec.ns())),
+    }
+}
+
+/// Whether the destination's collection is capped with the source's limits: rebuilt already.
+async fn capped_in_place(destination: &Client, spec: &CollectionSpec) -> Result<bool> {
+    let current: Vec<Document> = destination
+        .database(&spec.db)
+        .run_cursor_command(doc! { "listCollections": 1, "filter": { "name": &spec.name } })
+        .await?
+        .try_collect()
+        .await?;
+    let limits = |options: &Document| {
+        (
+            options.get_bool("capped").unwrap_or(false),
+            options.get("size").and_then(as_f64),
+            options.get("max").and_then(as_f64),
+        )
+    };
+    Ok(current
+        .first()
+        .and_then(|c| c.get_document("options").ok())
+        .is_some_and(|options| limits(options) == limits(&spec.options)))
 }
 
 #[cfg(test)]

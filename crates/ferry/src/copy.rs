@@ -188,6 +188,9 @@ pub struct RangeCopy<'a> {
 /// overwrote its position; after that the copy goes on without it, since the commit rebuilds
 /// every capped collection from the (then quiescent) source anyway.
 const CAPPED_RESTARTS: usize = 3;
+/// How often a range's read is begun again after its cursor was killed (a drop or rename under
+/// it) before the error stops the attempt.
+const KILLED_READS: usize = 10;
 
 /// Copies the documents of one `_id` range of a collection into the destination collection
 /// `target` of the same database, in `_id` order (natural order for capped ones, whose insertion
@@ -269,7 +272,7 @@ pub async fn copy_documents(
     let read = async {
         let mut session = reads::session_at(source, at).await?;
         let mut after = range.last_id.clone();
-        let mut capped_restarts = 0;
+        let (mut capped_restarts, mut killed) = (0, 0);
         let mut name = incarnation_name(source, &mut session, spec).await?;
         while let Some(reading) = name.clone() {
             let filter = if ordered {
@@ -288,26 +291,36 @@ pub async fn copy_documents(
             )
             .await;
             match read {
-                Ok(()) => {}
-                // The collection was dropped or renamed under the read, or overwrote the
-                // position of a natural-order read: see where the incarnation is now.
-                Err(e) if is_code(&e, &[QUERY_PLAN_KILLED, NAMESPACE_NOT_FOUND]) => {}
+                Ok(Read::ToTheEnd) => {
+                    name = incarnation_name(source, &mut session, spec).await?;
+                    if name.as_ref() == Some(&reading) {
+                        break;
+                    }
+                    if let Some(moved) = &name {
+                        tracing::info!(namespace = %ns, now = %moved, "the collection was renamed during its copy; reading on under its new name");
+                    }
+                }
+                Ok(Read::Moved) => {
+                    name = incarnation_name(source, &mut session, spec).await?;
+                }
+                // The collection was dropped or renamed under the read: see where its
+                // incarnation is now, and read on from the last `_id` handed to the writer.
+                Err(e) if is_code(&e, &[QUERY_PLAN_KILLED, NAMESPACE_NOT_FOUND]) => {
+                    killed += 1;
+                    if killed > KILLED_READS {
+                        return Err(e);
+                    }
+                    name = incarnation_name(source, &mut session, spec).await?;
+                }
+                // A capped collection overwrote the position of the natural-order read.
                 Err(e) if is_code(&e, &[CAPPED_POSITION_LOST]) && !ordered => {
                     capped_restarts += 1;
                     if capped_restarts > CAPPED_RESTARTS {
                         tracing::warn!(namespace = %ns, "the capped collection kept overwriting the copy's position; it is rebuilt exactly at commit");
                         break;
                     }
-                    continue;
                 }
                 Err(e) => return Err(e),
-            }
-            name = incarnation_name(source, &mut session, spec).await?;
-            if name.as_ref() == Some(&reading) {
-                break;
-            }
-            if let Some(moved) = &name {
-                tracing::info!(namespace = %ns, now = %moved, "the collection was renamed during its copy; reading on under its new name");
             }
         }
         drop(batches);
@@ -333,8 +346,19 @@ async fn incarnation_name(
     }
 }
 
+/// How a read of a collection by name ended.
+enum Read {
+    /// Every document the filter selects was handed to the writer.
+    ToTheEnd,
+    /// The name no longer held the incarnation when the read began: nothing was handed on.
+    Moved,
+}
+
 /// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
-/// `batches`, recording the last `_id` read in `after`.
+/// `batches`, recording the last `_id` read in `after`. The name is checked again once the
+/// cursor is open, before its first document is handed on: a cursor stays on the collection it
+/// opened on (a rename or drop kills it), so this proves every document came from the spec's
+/// incarnation.
 async fn read_collection(
     session: &mut ClientSession,
     source: &Client,
@@ -343,7 +367,7 @@ async fn read_collection(
     filter: Document,
     batches: &mpsc::Sender<Vec<RawDocumentBuf>>,
     after: &mut Option<Bson>,
-) -> Result<()> {
+) -> Result<Read> {
     let ns = spec.ns();
     let ordered = !spec.is_capped();
     let collection = source
@@ -362,6 +386,9 @@ async fn read_collection(
         .session(&mut *session)
         .await
         .with_context(|| format!("reading documents of {ns}"))?;
+    if incarnation_name(source, session, spec).await?.as_deref() != Some(name) {
+        return Ok(Read::Moved);
+    }
     let mut batch = Vec::with_capacity(BATCH_DOCUMENTS);
     let mut batch_bytes = 0usize;
     while let Some(document) = cursor
@@ -376,14 +403,15 @@ async fn read_collection(
             batch_bytes = 0;
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_DOCUMENTS));
             if !send(batches, full, after, ordered).await {
-                return Ok(()); // the writer failed; its error is reported by the caller
+                // The writer failed; the caller reports its error.
+                return Ok(Read::ToTheEnd);
             }
         }
     }
     if !batch.is_empty() {
         send(batches, batch, after, ordered).await;
     }
-    Ok(())
+    Ok(Read::ToTheEnd)
 }
 
 /// Hands a batch to the writer and records its last `_id`; false when the writer is gone.

@@ -1,5 +1,5 @@
-//! Commands Ferry writes with: every one carries majority write concern, and an `ok: 1` reply
-//! with a `writeConcernError` is an error ([`WriteConcernFailed`]).
+//! Commands Ferry writes with: every one carries majority, journaled write concern, and an
+//! `ok: 1` reply with a `writeConcernError` is an error ([`WriteConcernFailed`]).
 //!
 //! The driver applies the client's write concern to its own helpers (`insert_many`,
 //! `replace_one`, ...) and reports their write concern errors, but a command run through
@@ -38,16 +38,33 @@ pub fn resent() -> u64 {
     RESENT.load(Ordering::Relaxed)
 }
 
+/// How long a write waits for a majority before the server answers with a write concern error
+/// (transient, so the write is sent again): a destination that lost its majority makes the
+/// migration retry, and fail when the retry window runs out, rather than wait forever.
+pub const MAJORITY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Runs a write command with majority write concern; fails on a write concern error.
 pub async fn command(database: &Database, mut command: Document) -> Result<Document> {
-    command.insert("writeConcern", doc! { "w": "majority" });
+    command.insert(
+        "writeConcern",
+        doc! { "w": "majority", "j": true, "wtimeout": MAJORITY_TIMEOUT.as_millis() as i64 },
+    );
     retried(|| async { Ok(database.run_command(command.clone()).await?) }).await
 }
 
 /// [`command`] for a command built as raw BSON (change application's batches).
 pub async fn raw_command(database: &Database, mut command: RawDocumentBuf) -> Result<Document> {
-    command.append("writeConcern", mongodb::bson::rawdoc! { "w": "majority" });
+    command.append(
+        "writeConcern",
+        mongodb::bson::rawdoc! { "w": "majority", "j": true, "wtimeout": MAJORITY_TIMEOUT.as_millis() as i64 },
+    );
     retried(|| async { Ok(database.run_raw_command(command.clone()).await?) }).await
+}
+
+/// Runs an administrative command that waits for a majority by itself and refuses a write
+/// concern (`setUserWriteBlockMode`), sent again in place on a transient failure.
+pub async fn self_confirming(database: &Database, command: Document) -> Result<Document> {
+    retried(|| async { Ok(database.run_command(command.clone()).await?) }).await
 }
 
 /// Drops collection `name`; one that is not there counts as dropped.

@@ -123,7 +123,10 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        let message = redact_uri(&format!("{error:#}"));
+        let mut message = redact_uri(&format!("{error:#}"));
+        if snapshot.source_writes_blocked == Some(true) {
+            message.push_str("; the source's user writes are still blocked: lift the block with db.adminCommand({setUserWriteBlockMode: 1, global: false}) before the application writes to the source again");
+        }
         let kind = if error.downcast_ref::<InputError>().is_some() {
             "refused"
         } else {
@@ -311,17 +314,30 @@ impl Migration<'_> {
         mut sizes: HashMap<String, (u64, u64)>,
         at: Timestamp,
     ) -> Result<()> {
-        let stored: HashMap<String, CollectionState> = self
-            .store
-            .collections()
-            .await?
-            .into_iter()
-            .map(|c| (c.ns.clone(), c))
-            .collect();
         let collections: Vec<&CollectionSpec> = specs
             .iter()
             .filter(|s| s.kind == Kind::Collection)
             .collect();
+        let mut stored: HashMap<String, CollectionState> = HashMap::new();
+        for state in self.store.collections().await? {
+            // A collection renamed during an earlier attempt's copy is listed under its new
+            // name now, while that copy lies under the old one: a replayed rename would put the
+            // partial copy over the whole one. Copy states are the source's incarnations, so
+            // such an orphan is dropped and the collection copied again under its new name.
+            let renamed = state.uuid.is_some()
+                && collections
+                    .iter()
+                    .any(|s| s.uuid == state.uuid && s.ns() != state.ns);
+            if renamed {
+                tracing::info!(namespace = %state.ns, "the collection was renamed during its copy; copying it again under its new name");
+                if let Some((db, coll)) = state.ns.split_once('.') {
+                    majority::drop(&self.destination.database(db), coll).await?;
+                }
+                self.store.forget_copy(&state.ns).await?;
+                continue;
+            }
+            stored.insert(state.ns.clone(), state);
+        }
         let unmeasured: Vec<&CollectionSpec> = collections
             .iter()
             .copied()
@@ -772,29 +788,32 @@ impl Migration<'_> {
     }
 
     /// Blocks every user write on the source (`setUserWriteBlockMode`, 6.0+), so that a
-    /// forgotten writer fails loudly instead of writing past the commit point. Returns why it
-    /// could not, if it could not; transient faults are errors (the commit is retried).
+    /// forgotten writer fails loudly instead of writing past the commit point. Returns why the
+    /// writes stay open when the server does not know the command (the pre-flight said so);
+    /// any other failure stops the commit, since the operator was told writes would be blocked.
     async fn block_source_writes(&self) -> Result<Option<String>> {
-        let blocked = majority::command(
+        let blocked = majority::self_confirming(
             &self.source.database("admin"),
             doc! { "setUserWriteBlockMode": 1, "global": true },
         )
         .await;
-        Ok(match blocked {
-            Ok(_) => None,
-            Err(e) if server_error::is_code(&e, &[COMMAND_NOT_FOUND]) => {
-                Some("the source does not support setUserWriteBlockMode".to_string())
-            }
-            Err(e) if server_error::is_code(&e, &[UNAUTHORIZED]) => Some(
-                "the source user may not run setUserWriteBlockMode (grant it the restore role)"
-                    .to_string(),
-            ),
-            Err(e) if server_error::is_transient(&e) => return Err(e),
-            Err(e) => Some(format!(
-                "setUserWriteBlockMode failed: {}",
-                redact_uri(&format!("{e:#}"))
+        match blocked {
+            Ok(_) => Ok(None),
+            Err(e) if server_error::is_code(&e, &[COMMAND_NOT_FOUND]) => Ok(Some(
+                "the source does not support setUserWriteBlockMode".into(),
             )),
-        })
+            Err(e) if server_error::is_transient(&e) => Err(e),
+            Err(e) => {
+                let remedy = if server_error::is_code(&e, &[UNAUTHORIZED]) {
+                    "grant the source user the restore role (it holds setUserWriteBlockMode)"
+                } else {
+                    "make the source accept setUserWriteBlockMode"
+                };
+                Err(e.context(format!(
+                    "could not block the source's writes before the commit point: {remedy} and run the same command again, or run it with --no-block-writes once every application has stopped writing to the source"
+                )))
+            }
+        }
     }
 
     /// Restores the relaxed constraints, verifies (`--verify`), names the writes after the commit

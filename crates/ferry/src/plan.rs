@@ -57,9 +57,13 @@ impl Endpoint {
         options
             .server_selection_timeout
             .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options
-            .write_concern
-            .get_or_insert(WriteConcern::majority());
+        options.write_concern.get_or_insert(
+            WriteConcern::builder()
+                .w(mongodb::options::Acknowledgment::Majority)
+                .journal(true)
+                .w_timeout(crate::majority::MAJORITY_TIMEOUT)
+                .build(),
+        );
         if let Some(mongodb::options::Tls::Enabled(tls)) = &options.tls {
             for (file, option) in [
                 (&tls.ca_file_path, "tlsCAFile"),

@@ -300,6 +300,15 @@ impl StateStore {
         Ok(())
     }
 
+    /// Forgets a collection's copy (its destination copy is gone).
+    pub async fn forget_copy(&self, ns: &str) -> Result<()> {
+        self.collections
+            .delete_one(doc! { "_id": ns })
+            .await
+            .with_context(|| format!("forgetting the copy of {ns}"))?;
+        Ok(())
+    }
+
     /// Records documents of partition `index` of `ns` acknowledged up to `last_id`.
     pub async fn copied_up_to(
         &self,

@@ -116,6 +116,9 @@ pub struct Reader {
     source: Client,
     stream: ChangeStream<RawDocumentBuf>,
     node: Node,
+    /// The clock read just before the stream was opened: the opening's first batch is already
+    /// in hand, so the first round after an opening may claim no later majority time.
+    opened: Option<SourceClock>,
     from: StreamFrom,
     split: bool,
     fragments: Fragments,
@@ -124,11 +127,12 @@ pub struct Reader {
 impl Reader {
     /// Opens the stream on the primary, from `from`.
     pub async fn open(source: Client, from: StreamFrom, split: bool) -> Result<Self> {
-        let (stream, node) = open_on_primary(&source, &from, split).await?;
+        let (stream, opened) = open_on_primary(&source, &from, split).await?;
         Ok(Self {
             source,
             stream,
-            node,
+            node: opened.node.clone(),
+            opened: Some(opened),
             from,
             split,
             fragments: Fragments::default(),
@@ -137,15 +141,19 @@ impl Reader {
 
     /// Reads the next round, opening the stream again first if the primary has changed.
     pub async fn next_round(&mut self) -> Result<Round> {
-        let mut clock = clock::read(&self.source).await?;
+        let mut clock = match self.opened.take() {
+            Some(opened) => opened,
+            None => clock::read(&self.source).await?,
+        };
         while clock.node != self.node {
             tracing::info!(primary = %clock.node.host, "the source elected a primary: following its change stream from where it stands");
             if let Some(token) = self.stream.resume_token() {
                 self.from = StreamFrom::Token(mongodb::bson::to_bson(&token)?);
             }
-            (self.stream, self.node) =
-                open_on_primary(&self.source, &self.from, self.split).await?;
-            clock = clock::read(&self.source).await?;
+            let (stream, opened) = open_on_primary(&self.source, &self.from, self.split).await?;
+            self.stream = stream;
+            self.node = opened.node.clone();
+            clock = opened;
         }
         let (events, caught_up) = self
             .read_round()
@@ -177,6 +185,9 @@ impl Reader {
                 .await
                 .context("reading the source's change stream")?;
             let Some(raw) = raw else {
+                if self.fragments.pending() {
+                    continue; // the rest of a split event is on its way
+                }
                 return Ok((events, true));
             };
             let Some(whole) = self.fragments.push(raw)? else {
@@ -190,19 +201,20 @@ impl Reader {
     }
 }
 
-/// Opens the stream where the driver finds the primary, and names that primary: the node and
-/// term that answered `hello` just before and just after the stream opened.
+/// Opens the stream where the driver finds the primary, and returns it with the clock read
+/// just before it opened, which names the primary (node and term) when `hello` just after the
+/// opening names the same one.
 async fn open_on_primary(
     source: &Client,
     from: &StreamFrom,
     split: bool,
-) -> Result<(ChangeStream<RawDocumentBuf>, Node)> {
+) -> Result<(ChangeStream<RawDocumentBuf>, SourceClock)> {
     for _ in 0..OPEN_ATTEMPTS {
-        let before = clock::read(source).await?.node;
+        let before = clock::read(source).await?;
         let stream = changes::open(source, from, split)
             .await
             .map_err(|e| explain(e, split))?;
-        if clock::read(source).await?.node == before {
+        if clock::read(source).await?.node == before.node {
             return Ok((stream, before));
         }
     }

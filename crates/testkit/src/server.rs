@@ -41,6 +41,10 @@ pub struct ServerOptions {
     pub tls: Option<(PathBuf, PathBuf)>,
     /// Answer as a standalone server, not a replica set member.
     pub standalone: bool,
+    /// Make every acknowledged write survive a `kill -9`, as a journaled `mongod`'s majority
+    /// writes do (the stand-in otherwise acknowledges before its log reaches the disk). Tests
+    /// that restart a server need it; it costs an fsync per commit.
+    pub durable: bool,
 }
 
 /// A running server; killed and its storage removed on drop.
@@ -66,7 +70,8 @@ impl Server {
     }
 
     /// Kills the server (SIGKILL), waits `down_for`, and starts it again on the same port and
-    /// storage, as a crashed and restarted server would be.
+    /// storage, as a crashed and restarted server would be. Start it `durable` so that it keeps
+    /// what it acknowledged.
     pub fn restart(&mut self, down_for: Duration) -> Result<()> {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -138,6 +143,7 @@ fn spawn_secantus(options: &ServerOptions, storage: &Path, port: u16) -> Result<
             &options.oplog_max_entries.unwrap_or(5_000_000).to_string(),
         ])
         .args(options.auth.then_some("--auth"))
+        .args(options.durable.then_some("--sync-on-commit"))
         .args(options.standalone.then_some("--standalone"));
     if let Some((cert, key)) = &options.tls {
         command

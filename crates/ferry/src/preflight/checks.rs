@@ -148,7 +148,7 @@ pub async fn write_blocking(source: &Client, block_writes: bool) -> Check {
     }
     Check::pass(
         ID,
-        "Ferry blocks the source's writes before it takes the commit point (setUserWriteBlockMode); they stay blocked after COMMITTED",
+        "Ferry blocks the source's writes before it takes the commit point (setUserWriteBlockMode); they stay blocked after COMMITTED. Users with bypassWriteBlockingMode (the restore and root roles) are not blocked, and index builds in progress on the source are aborted",
     )
 }
 

@@ -5,8 +5,9 @@
 //! replica set, and a secondary lags further): a write between the two would be in neither the
 //! copy nor the stream. A causally consistent session advanced to T0 makes every read in it
 //! carry `readConcern: {level: "majority", afterClusterTime: T0}`, so the server waits until its
-//! majority snapshot holds T0. Because every reply advances the session's operation time, a read
-//! that follows a catalog lookup in the same session also sees the catalog that lookup saw.
+//! majority snapshot holds T0. A catalog lookup (`listCollections`) carries no read concern and
+//! reads the primary's latest catalog, but its reply advances the session's operation time, so a
+//! read that follows it in the same session sees at least that catalog.
 
 use anyhow::{Context, Result};
 use mongodb::bson::Timestamp;

@@ -285,7 +285,13 @@ async fn lost_history_fails_loudly_with_the_remedy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn restarted_servers_are_ridden_out_mid_copy_and_mid_stream() {
     let seed = seed("restarts");
-    let mut pair = Pair::start().await;
+    // Servers that keep what they acknowledged through a kill -9, as mongod's journaled
+    // majority writes do.
+    let mut pair = Pair::start_with(&testkit::ServerOptions {
+        durable: true,
+        ..Default::default()
+    })
+    .await;
     workload::seed(&pair.src, seed, 500).await.unwrap();
     fill(&pair.src, "big", "items", 60_000).await;
     // A short server selection timeout lets the outages surface as errors Ferry must retry,

@@ -29,7 +29,11 @@ impl Pair {
 
     pub async fn start_with(options: &testkit::ServerOptions) -> Pair {
         let source = Server::start_with(options).expect("starting the source server");
-        let destination = Server::start().expect("starting the destination server");
+        let destination = Server::start_with(&testkit::ServerOptions {
+            durable: options.durable,
+            ..Default::default()
+        })
+        .expect("starting the destination server");
         let src = Client::with_uri_str(source.uri()).await.unwrap();
         let dst = Client::with_uri_str(destination.uri()).await.unwrap();
         Pair {

@@ -457,11 +457,14 @@ async fn writes_after_the_commit_point_are_named_not_applied() {
         "{committed}"
     );
     assert_eq!(committed["strayWrites"][0]["count"], 5, "{committed}");
-    // Ferry asked the source to block writes first (the test server cannot, and says so).
-    assert!(source
+    // Ferry asked the source to block writes first (the test server cannot, and says so),
+    // without a write concern, which that command refuses.
+    let block = source
         .commands()
-        .iter()
-        .any(|c| c.name == "setUserWriteBlockMode" && c.body.get_bool("global") == Ok(true)));
+        .into_iter()
+        .find(|c| c.name == "setUserWriteBlockMode" && c.body.get_bool("global") == Ok(true))
+        .expect("Ferry asks the source to block writes");
+    assert_eq!(block.write_concern, None, "{block:?}");
     assert_eq!(committed["sourceWritesBlocked"], false, "{committed}");
     let copied = pair
         .dst
@@ -476,6 +479,9 @@ async fn writes_after_the_commit_point_are_named_not_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cursors_killed_under_the_copy_are_read_again() {
     let pair = Pair::start().await;
+    // The pre-flight reads the first collection for a rate; this one keeps its cursor away
+    // from the collections whose copies are faulted.
+    fill(&pair.src, "aaa", "first", 100).await;
     fill(&pair.src, "big", "items", 20_000).await;
     let tail = pair.src.database("logs");
     tail.run_command(doc! { "create": "tail", "capped": true, "size": 4 * 1024 * 1024 })
@@ -513,16 +519,22 @@ async fn cursors_killed_under_the_copy_are_read_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_collection_renamed_during_its_copy_is_copied_whole() {
+async fn a_collection_renamed_during_its_copy_is_copied_whole_through_a_retry() {
     let pair = Pair::start().await;
-    fill(&pair.src, "big", "items", 20_000).await;
-    let (source, _) = pair.proxies().await;
-    // Hold the copy after its first batch, rename the collection, then let it go on.
-    let held = source
-        .add_rule(Rule::new(get_more("big.items"), Action::Delay(Duration::from_secs(3))).times(1));
-    let mut ferry = Ferry::start(&source.uri(), &pair.destination.uri(), &[]);
+    fill(&pair.src, "aaa", "first", 100).await;
+    // Two `_id` ranges: both reads are held while the collection is renamed.
+    fill(&pair.src, "big", "items", 40_000).await;
+    let (source, destination) = pair.proxies().await;
+    let copy_read = |c: &Recorded| {
+        c.name == "find"
+            && c.namespace().as_deref() == Some("big.items")
+            && c.body.get_document("sort").is_ok()
+    };
+    let held =
+        source.add_rule(Rule::new(copy_read, Action::Delay(Duration::from_secs(3))).times(2));
+    let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while held.fired() == 0 {
+    while held.fired() < 2 {
         assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -531,6 +543,20 @@ async fn a_collection_renamed_during_its_copy_is_copied_whole() {
         .run_command(doc! { "renameCollection": "big.items", "to": "big.moved" })
         .await
         .unwrap();
+    // Then a fault makes the migration start over from its checkpoints, with the copy state
+    // under the old name and the source's collection under the new one.
+    let stepdown = destination.add_rule(
+        Rule::new(
+            |c: &Recorded| c.name == "insert" && c.db == "big",
+            Action::Error {
+                code: 91,
+                labels: Vec::new(),
+            },
+        )
+        .times(2),
+    );
     tokio::task::block_in_place(|| ferry.commit_and_finish());
+    assert_eq!(stepdown.fired(), 2);
+    assert!(ferry.output().contains("retrying"), "{}", ferry.output());
     pair.assert_equal("renamed during its copy").await;
 }
