@@ -12,8 +12,8 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::control::Controller;
+use crate::lifecycle::State;
 use crate::plan::{Endpoint, Plan};
-use crate::progress::State;
 
 /// What `ferry serve` knows before `/api/v1/start`: the two clusters and the run settings.
 #[derive(Clone)]

@@ -9,9 +9,10 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::State;
 use crate::migration::{self, Outcome};
 use crate::plan::Plan;
-use crate::progress::{Progress, State};
+use crate::progress::Progress;
 
 /// How a migration ended, for the process that hosts it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::id_order;
 use crate::majority;
-use crate::preflight::checks::number;
 use crate::progress::Progress;
+use crate::reply::number;
 use crate::server_error::{
     is_code, only_duplicates, CAPPED_POSITION_LOST, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
     QUERY_PLAN_KILLED,

@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use crate::progress::{Phase, Snapshot, State};
+use crate::lifecycle::{Phase, State};
+use crate::progress::Snapshot;
 
 pub const MAX_NAMESPACE_LABELS: usize = 100;
 

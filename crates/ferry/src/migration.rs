@@ -16,13 +16,14 @@ use mongodb::bson::{doc, Bson, Timestamp};
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::apply::incarnations::Incarnations;
 use crate::apply::{Applier, Paths};
 use crate::background::Background;
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::changes::{self, StreamFrom};
+use crate::incarnations::Incarnations;
+use crate::lifecycle::{Phase, State};
 use crate::plan::{InputError, Plan};
-use crate::progress::{CollectionProgress, Phase, Progress, State};
+use crate::progress::{CollectionProgress, Progress};
 use crate::redact::redact_uri;
 use crate::server_error::{self, COMMAND_NOT_FOUND, UNAUTHORIZED};
 use crate::source::clock::{self, seconds_between};

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::State;
 use crate::migration::COMMITTABLE_LAG_SECONDS;
-use crate::progress::{Progress, Snapshot, State};
+use crate::progress::{Progress, Snapshot};
 
 /// Redraws the live view (terminal) or logs a progress line (otherwise) until `stop`.
 pub async fn run(progress: Progress, terminal: bool, stop: CancellationToken) {
@@ -162,7 +163,8 @@ pub fn human_bytes(bytes: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::progress::{CollectionProgress, Phase};
+    use crate::lifecycle::Phase;
+    use crate::progress::CollectionProgress;
 
     #[test]
     fn view_shows_phase_collections_lag_and_cutover_readiness() {

@@ -13,8 +13,9 @@ use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection};
 
-use crate::apply::incarnations::Incarnations;
-use crate::progress::{Phase, State, StrayWrites};
+use crate::incarnations::Incarnations;
+use crate::lifecycle::{Phase, State};
+use crate::progress::StrayWrites;
 
 const STATE_ID: &str = "migration";
 

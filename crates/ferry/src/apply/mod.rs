@@ -5,7 +5,6 @@
 
 mod crud;
 mod ddl;
-pub mod incarnations;
 mod lanes;
 
 use std::collections::HashSet;
@@ -16,9 +15,9 @@ use mongodb::Client;
 use crate::changes::{ChangeEvent, Op};
 use crate::filter::NamespaceFilter;
 use crate::id_order::Strings;
+use crate::incarnations::Incarnations;
 use crate::progress::{EventCounts, Progress};
 use crate::verify::ChangeTracker;
-use incarnations::Incarnations;
 
 pub use crud::{writes_for, Command, Paths, Writes};
 

@@ -14,6 +14,7 @@ use crate::catalog::{CollectionSpec, Kind};
 use crate::filter::NamespaceFilter;
 use crate::plan::Endpoint;
 use crate::redact::redact_uri;
+use crate::reply::number;
 use crate::server_error::{self, UNAUTHORIZED};
 use crate::source::info::{self, build_version, fcv, Version};
 
@@ -384,16 +385,6 @@ pub async fn versions(source: &Client, destination: &Client) -> Check {
         }
     }
     Check::pass(ID, found)
-}
-
-/// Numbers in server replies come as int32, int64 or double.
-pub fn number(doc: &Document, field: &str) -> Option<f64> {
-    match doc.get(field)? {
-        Bson::Int32(n) => Some(f64::from(*n)),
-        Bson::Int64(n) => Some(*n as f64),
-        Bson::Double(n) => Some(*n),
-        _ => None,
-    }
 }
 
 /// Bytes per second read from the largest included collection, over a short sample.

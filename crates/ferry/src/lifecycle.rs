@@ -1,0 +1,86 @@
+//! Where a migration is in its life: its state (named as mongosync names them, so runbooks
+//! carry over) and, while it runs, its phase. Shared by the state kept on the destination, the
+//! progress reply and the operator's controls.
+
+use serde::Serialize;
+
+/// The migration's state, named as mongosync names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum State {
+    Idle,
+    Running,
+    Paused,
+    Committing,
+    Committed,
+    Failed,
+}
+
+impl State {
+    /// Reads a stored state name (unknown names read as RUNNING).
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "IDLE" => State::Idle,
+            "PAUSED" => State::Paused,
+            "COMMITTING" => State::Committing,
+            "COMMITTED" => State::Committed,
+            "FAILED" => State::Failed,
+            _ => State::Running,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "IDLE",
+            State::Running => "RUNNING",
+            State::Paused => "PAUSED",
+            State::Committing => "COMMITTING",
+            State::Committed => "COMMITTED",
+            State::Failed => "FAILED",
+        }
+    }
+}
+
+/// What the migration is doing while RUNNING (mongosync's `info`), in the order it happens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
+pub enum Phase {
+    #[serde(rename = "validating")]
+    Validating,
+    #[serde(rename = "collection copy")]
+    CollectionCopy,
+    #[serde(rename = "index building")]
+    IndexBuilding,
+    #[serde(rename = "change event application")]
+    ChangeEventApplication,
+    #[serde(rename = "restoring constraints")]
+    RestoringConstraints,
+    #[serde(rename = "done")]
+    Done,
+}
+
+impl Phase {
+    /// Reads a stored phase name (unknown names read as the first phase).
+    pub fn parse(text: &str) -> Self {
+        [
+            Phase::CollectionCopy,
+            Phase::IndexBuilding,
+            Phase::ChangeEventApplication,
+            Phase::RestoringConstraints,
+            Phase::Done,
+        ]
+        .into_iter()
+        .find(|p| p.as_str() == text)
+        .unwrap_or(Phase::Validating)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Validating => "validating",
+            Phase::CollectionCopy => "collection copy",
+            Phase::IndexBuilding => "index building",
+            Phase::ChangeEventApplication => "change event application",
+            Phase::RestoringConstraints => "restoring constraints",
+            Phase::Done => "done",
+        }
+    }
+}
