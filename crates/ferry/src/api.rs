@@ -21,7 +21,7 @@ pub struct ServeSettings {
     pub cluster0: Endpoint,
     pub cluster1: Endpoint,
     pub state_db: String,
-    pub run: crate::cli::RunArgs,
+    pub run: crate::plan::RunSettings,
 }
 
 #[derive(Clone)]

@@ -117,13 +117,33 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    pub async fn new(args: &crate::cli::ClusterArgs) -> Result<Self, InputError> {
+    /// Validates the two connection strings and the namespace filter.
+    pub async fn new(
+        source: &str,
+        destination: &str,
+        include: &[String],
+        exclude: &[String],
+        state_db: &str,
+    ) -> Result<Self, InputError> {
         Ok(Self {
-            filter: namespace_filter(&args.include, &args.exclude, &args.state_db)?,
-            source: Endpoint::parse("source", &args.source).await?,
-            destination: Endpoint::parse("destination", &args.destination).await?,
+            filter: namespace_filter(include, exclude, state_db)?,
+            source: Endpoint::parse("source", source).await?,
+            destination: Endpoint::parse("destination", destination).await?,
         })
     }
+}
+
+/// How a migration runs, as asked for (from the command line or `ferry serve`'s settings),
+/// before validation.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    pub drop: bool,
+    pub verify: bool,
+    pub apply_lanes: u16,
+    /// `90s`, `30m`, `2h` or seconds.
+    pub retry_window: String,
+    pub cutover_window: String,
+    pub block_writes: bool,
 }
 
 /// The namespace filter from `--include`/`--exclude` patterns and the state database's name.
@@ -177,7 +197,7 @@ pub struct Plan {
 }
 
 impl Plan {
-    pub fn new(clusters: Clusters, run: &crate::cli::RunArgs) -> Result<Self, InputError> {
+    pub fn new(clusters: Clusters, run: &RunSettings) -> Result<Self, InputError> {
         let duration = |text: &str, flag: &str, example: &str| {
             parse_duration(text)
                 .filter(|d| !d.is_zero())
@@ -196,7 +216,7 @@ impl Plan {
             apply_lanes: usize::from(run.apply_lanes),
             retry_window: duration(&run.retry_window, "retry-window", "90s, 30m or 2h")?,
             cutover_window: duration(&run.cutover_window, "cutover-window", "72h or 90m")?,
-            block_writes: !run.no_block_writes,
+            block_writes: run.block_writes,
         })
     }
 

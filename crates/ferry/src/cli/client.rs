@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::ApiArgs;
+use super::args::ApiArgs;
 
 /// Sends one request to a running migration's API and returns its JSON reply.
 fn call_api(

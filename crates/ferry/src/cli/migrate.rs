@@ -5,7 +5,8 @@ use std::io::IsTerminal;
 
 use tokio_util::sync::CancellationToken;
 
-use super::{input_error, MigrateArgs, ServeArgs};
+use super::args::{MigrateArgs, ServeArgs};
+use super::input_error;
 use crate::api::{self, ServeSettings};
 use crate::control::{Controller, Finish};
 use crate::plan::{self, Clusters, Endpoint, InputError, Plan};
@@ -23,7 +24,7 @@ pub async fn migrate(args: MigrateArgs) -> i32 {
     let token = args.token.token();
     let ready = async {
         let addr = plan::api_address(&args.api_addr, token.as_deref())?;
-        let plan = Plan::new(Clusters::new(&args.clusters).await?, &args.run)?;
+        let plan = Plan::new(args.clusters.clusters().await?, &args.run.settings())?;
         Ok::<_, InputError>((bind(addr).await?, plan))
     };
     let (listener, plan) = match ready.await {
@@ -94,7 +95,7 @@ pub async fn serve(args: ServeArgs) -> i32 {
             cluster0: Endpoint::parse("cluster0", &args.cluster0).await?,
             cluster1: Endpoint::parse("cluster1", &args.cluster1).await?,
             state_db: args.state_db.clone(),
-            run: args.run.clone(),
+            run: args.run.settings(),
         };
         // The run settings are checked now, not at the first `/api/v1/start`.
         let clusters = Clusters {

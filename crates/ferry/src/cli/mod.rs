@@ -2,15 +2,15 @@
 //! exit code (0 done, 1 failed, 2 bad input or a failed check, 3 verified different, 4
 //! committed while the source took writes after the commit point, 130/143 stopped by a signal).
 
+mod args;
 mod client;
 mod migrate;
 mod tools;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 
 use crate::plan::InputError;
-
-pub const DEFAULT_API_ADDR: &str = "127.0.0.1:27182";
+use args::{ApiArgs, CheckArgs, MigrateArgs, ResetArgs, ServeArgs, VerifyArgs};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -48,161 +48,6 @@ pub enum Command {
     Reset(ResetArgs),
 }
 
-#[derive(Args, Debug)]
-pub struct CheckArgs {
-    #[command(flatten)]
-    pub clusters: ClusterArgs,
-    /// Check as `ferry migrate --drop` would (occupied namespaces will be dropped).
-    #[arg(long)]
-    pub drop: bool,
-    /// Check as `ferry migrate --no-block-writes` would (the source stays writable at commit).
-    #[arg(long)]
-    pub no_block_writes: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ResetArgs {
-    /// Connection string of the destination replica set.
-    #[arg(long, value_name = "URI")]
-    pub destination: String,
-    /// Database on the destination that holds Ferry's own state.
-    #[arg(long, value_name = "NAME", default_value = "__ferry")]
-    pub state_db: String,
-    /// Really drop (without it, only say what would be dropped).
-    #[arg(long)]
-    pub yes: bool,
-}
-
-/// The two clusters and the namespaces a command works on.
-#[derive(Args, Debug)]
-pub struct ClusterArgs {
-    /// Connection string of the source replica set.
-    #[arg(long, value_name = "URI")]
-    pub source: String,
-    /// Connection string of the destination replica set.
-    #[arg(long, value_name = "URI")]
-    pub destination: String,
-    /// Only this database (`db`) or collection (`db.coll`); repeatable.
-    #[arg(long, value_name = "NS")]
-    pub include: Vec<String>,
-    /// Leave out this database or collection; repeatable.
-    #[arg(long, value_name = "NS")]
-    pub exclude: Vec<String>,
-    /// Database on the destination that holds Ferry's own state.
-    #[arg(long, value_name = "NAME", default_value = "__ferry")]
-    pub state_db: String,
-}
-
-/// How a migration runs, whoever starts it.
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    /// Drop the included namespaces and any earlier Ferry state on the destination first.
-    #[arg(long)]
-    pub drop: bool,
-    /// Verify the destination while changes are applied and finish at commit, before COMMITTED;
-    /// a difference that re-checking does not clear refuses the commit.
-    #[arg(long)]
-    pub verify: bool,
-    /// Document changes are written in this many parallel lanes (by document).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
-    pub apply_lanes: u16,
-    /// How long to ride out network errors, restarts and elections without progress.
-    #[arg(long, value_name = "DURATION", default_value = "30m")]
-    pub retry_window: String,
-    /// How long to keep syncing, once it is safe to cut over, before stopping unattended.
-    #[arg(long, value_name = "DURATION", default_value = "72h")]
-    pub cutover_window: String,
-    /// Leave the source's writes open at commit. By default Ferry blocks every user write on the
-    /// source (setUserWriteBlockMode, MongoDB 6.0+) before it takes the commit point, so that a
-    /// forgotten writer fails instead of writing where nobody reads; the block stays after
-    /// COMMITTED (lift it with `db.adminCommand({setUserWriteBlockMode: 1, global: false})`).
-    #[arg(long)]
-    pub no_block_writes: bool,
-}
-
-/// The API token: required when the API listens beyond this machine.
-#[derive(Args, Debug, Clone)]
-pub struct TokenArgs {
-    /// Token every API request must carry as `Authorization: Bearer <token>`.
-    #[arg(
-        long,
-        value_name = "TOKEN",
-        env = "FERRY_API_TOKEN",
-        hide_env_values = true
-    )]
-    pub api_token: Option<String>,
-}
-
-impl TokenArgs {
-    pub fn token(&self) -> Option<String> {
-        self.api_token.clone().filter(|t| !t.is_empty())
-    }
-}
-
-#[derive(Args, Debug)]
-pub struct MigrateArgs {
-    #[command(flatten)]
-    pub clusters: ClusterArgs,
-    #[command(flatten)]
-    pub run: RunArgs,
-    /// Address of the HTTP API and dashboard.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
-    pub api_addr: String,
-    #[command(flatten)]
-    pub token: TokenArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct ServeArgs {
-    /// Connection string of the first cluster (`cluster0` in `/api/v1/start`).
-    #[arg(long, value_name = "URI")]
-    pub cluster0: String,
-    /// Connection string of the second cluster (`cluster1`).
-    #[arg(long, value_name = "URI")]
-    pub cluster1: String,
-    /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    /// Port to listen on.
-    #[arg(long, default_value_t = 27182)]
-    pub port: u16,
-    /// Database on the destination that holds Ferry's own state.
-    #[arg(long, value_name = "NAME", default_value = "__ferry")]
-    pub state_db: String,
-    #[command(flatten)]
-    pub run: RunArgs,
-    #[command(flatten)]
-    pub token: TokenArgs,
-}
-
-#[derive(Args, Debug)]
-pub struct VerifyArgs {
-    #[command(flatten)]
-    pub clusters: ClusterArgs,
-    /// Compare documents without regard to field order (MongoDB compares in order).
-    #[arg(long)]
-    pub ignore_field_order: bool,
-    /// Print the report as JSON.
-    #[arg(long)]
-    pub json: bool,
-}
-
-#[derive(Args, Debug)]
-pub struct ApiArgs {
-    /// Address of the running migration's HTTP API.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
-    pub api_addr: String,
-    #[command(flatten)]
-    pub token: TokenArgs,
-    /// Print the API's JSON reply instead of a summary.
-    #[arg(long)]
-    pub json: bool,
-}
-
-/// Runs a parsed command and returns the process exit code.
 /// Runs a parsed command and returns the process exit code.
 pub async fn run(cli: Cli) -> i32 {
     match cli.command {

@@ -1,11 +1,12 @@
 //! `ferry check`, `ferry verify` and `ferry reset`: one-shot commands against the clusters.
 
-use super::{input_error, CheckArgs, ResetArgs, VerifyArgs};
+use super::args::{CheckArgs, ResetArgs, VerifyArgs};
+use super::input_error;
 use crate::plan::InputError;
 use crate::redact::redact_uri;
 
 pub async fn check(args: CheckArgs) -> i32 {
-    let clusters = match crate::plan::Clusters::new(&args.clusters).await {
+    let clusters = match args.clusters.clusters().await {
         Ok(clusters) => clusters,
         Err(e) => return input_error(e),
     };
@@ -65,7 +66,7 @@ pub async fn reset(args: ResetArgs) -> i32 {
 }
 
 pub async fn verify(args: VerifyArgs) -> i32 {
-    let clusters = match crate::plan::Clusters::new(&args.clusters).await {
+    let clusters = match args.clusters.clusters().await {
         Ok(clusters) => clusters,
         Err(e) => return input_error(e),
     };
