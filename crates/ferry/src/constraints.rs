@@ -11,12 +11,13 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 
+use crate::catalog::indexes::{self, Build};
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::copy;
 use crate::filter::NamespaceFilter;
 use crate::majority;
 use crate::progress::Progress;
-use crate::server_error::{is_code, INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND};
+use crate::server_error::{already, is_code, Already, NAMESPACE_NOT_FOUND};
 
 /// Suffix of the scratch collection a capped collection is rebuilt in.
 const CAPPED_REBUILD_SUFFIX: &str = ".__ferry_capped";
@@ -71,7 +72,7 @@ pub async fn restore(
                     )
                     .await
                     {
-                        Err(e) if !is_code(&e, &[INDEX_NOT_FOUND]) => {
+                        Err(e) if !already(&e, Already::Dropped) => {
                             return Err(e).with_context(|| {
                                 format!("replacing relaxed index {name} of {}", spec.ns())
                             })
@@ -81,9 +82,12 @@ pub async fn restore(
                 }
                 None => {}
             }
-            majority::command(
-                &database,
-                doc! { "createIndexes": &spec.name, "indexes": [index.clone()] },
+            indexes::build(
+                destination,
+                &spec.db,
+                &spec.name,
+                std::slice::from_ref(index),
+                Build::Exact,
             )
             .await
             .with_context(|| format!("restoring index {name} of {}: {index}", spec.ns()))?;
@@ -147,20 +151,9 @@ async fn rebuild_capped(
         },
     )
     .await?;
-    let indexes: Vec<Document> = spec
-        .indexes
-        .iter()
-        .filter(|index| !catalog::is_implicit_index(index))
-        .cloned()
-        .collect();
-    if !indexes.is_empty() {
-        majority::command(
-            &database,
-            doc! { "createIndexes": &scratch, "indexes": indexes },
-        )
+    indexes::build(destination, &spec.db, &scratch, &spec.indexes, Build::Exact)
         .await
         .with_context(|| format!("building the indexes of capped {}", spec.ns()))?;
-    }
     let swapped = majority::command(
         &destination.database("admin"),
         doc! {

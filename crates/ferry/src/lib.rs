@@ -33,4 +33,3 @@ pub mod state;
 pub mod strays;
 pub mod stream;
 pub mod verify;
-pub mod write_limit;

@@ -70,7 +70,7 @@ pub async fn self_confirming(database: &Database, command: Document) -> Result<D
 /// Drops collection `name`; one that is not there counts as dropped.
 pub async fn drop(database: &Database, name: &str) -> Result<()> {
     match command(database, doc! { "drop": name }).await {
-        Err(e) if server_error::is_code(&e, &[server_error::NAMESPACE_NOT_FOUND]) => Ok(()),
+        Err(e) if server_error::already(&e, server_error::Already::Dropped) => Ok(()),
         other => other.map(|_| ()),
     }
 }

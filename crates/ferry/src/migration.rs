@@ -18,8 +18,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::apply::{Applier, Paths};
 use crate::background::Background;
+use crate::catalog::indexes::{self, Build};
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::changes::{self, StreamFrom};
+use crate::copy::write_limit;
 use crate::incarnations::Incarnations;
 use crate::lifecycle::{Phase, State};
 use crate::plan::{InputError, Plan};
@@ -32,7 +34,7 @@ use crate::source::oplog;
 use crate::state::{
     Checkpoint, CollectionState, CommitPoint, CopyStatus, Partition, StateStore, Stored,
 };
-use crate::{constraints, copy, majority, preflight, strays, stream, verify, write_limit};
+use crate::{constraints, copy, majority, preflight, strays, stream, verify};
 
 /// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
 /// adapted to the destination (`write_limit`). More ranges than that only add source reads.
@@ -344,7 +346,7 @@ impl Migration<'_> {
             .copied()
             .filter(|s| !sizes.contains_key(&s.ns()))
             .collect();
-        sizes.extend(copy::estimate_sizes(&self.source, unmeasured).await);
+        sizes.extend(catalog::sizes::estimate_sizes(&self.source, unmeasured).await);
         for spec in &collections {
             let ns = spec.ns();
             let (documents, bytes) = sizes.get(&ns).copied().unwrap_or_default();
@@ -560,9 +562,11 @@ impl Migration<'_> {
             }
             None => {}
         }
-        let ranges = match copy::range_count(spec, bytes) {
+        let ranges = match copy::ranges::range_count(spec, bytes) {
             1 => vec![Partition::default()],
-            count => copy::ranges_between(&copy::sample_bounds(&self.source, spec, count).await?),
+            count => copy::ranges::ranges_between(
+                &copy::ranges::sample_bounds(&self.source, spec, count).await?,
+            ),
         };
         if ranges.len() > 1 {
             tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
@@ -591,7 +595,14 @@ impl Migration<'_> {
             if state.is_some_and(|c| c.status == CopyStatus::Indexed) {
                 continue;
             }
-            copy::build_indexes(&self.destination, spec).await?;
+            indexes::build(
+                &self.destination,
+                &spec.db,
+                &spec.name,
+                &spec.indexes,
+                Build::Relaxed,
+            )
+            .await?;
             let built = spec
                 .indexes
                 .iter()
@@ -835,7 +846,7 @@ impl Migration<'_> {
         .await
         .context("restoring relaxed constraints at commit")?;
         if self.plan.verify {
-            self.verify_before_committed().await?;
+            self.verify_before_committed(commit.time).await?;
         }
         let stored = self
             .store
@@ -882,7 +893,7 @@ impl Migration<'_> {
 impl Migration<'_> {
     /// The final verification (`--verify`): the source is quiescent and every change applied,
     /// so any difference is real and the commit is refused with the report.
-    async fn verify_before_committed(&self) -> Result<()> {
+    async fn verify_before_committed(&self, commit_point: Timestamp) -> Result<()> {
         tracing::info!("verifying the destination before COMMITTED");
         let queue = verify::RecheckQueue::new(&self.destination, &self.plan.filter.state_db);
         let report = verify::verify(
@@ -890,7 +901,7 @@ impl Migration<'_> {
             &self.destination,
             &self.plan.filter,
             verify::Comparison::default(),
-            verify::Mode::Final(&queue),
+            verify::Mode::Final(&queue, commit_point),
             Some(&self.progress),
         )
         .await?;

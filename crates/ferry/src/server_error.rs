@@ -40,6 +40,32 @@ impl fmt::Display for WriteConcernFailed {
 
 impl std::error::Error for WriteConcernFailed {}
 
+/// The effect a write may find already there when it is sent again (a retry, a replay).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Already {
+    /// The namespace exists.
+    Created,
+    /// The namespace or index is gone.
+    Dropped,
+    /// An index of that name or key exists (while syncing, relaxed options do not matter).
+    Indexed,
+}
+
+/// Whether `error` says that the write's effect is already there: the one place that knows
+/// which refusals mean "done".
+pub fn already(error: &anyhow::Error, what: Already) -> bool {
+    let codes: &[i32] = match what {
+        Already::Created => &[NAMESPACE_EXISTS],
+        Already::Dropped => &[NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND],
+        Already::Indexed => &[
+            INDEX_ALREADY_EXISTS,
+            INDEX_OPTIONS_CONFLICT,
+            INDEX_KEY_SPECS_CONFLICT,
+        ],
+    };
+    is_code(error, codes)
+}
+
 /// The server's error code carried by an error, if any.
 pub fn code_of(error: &anyhow::Error) -> Option<i32> {
     if let Some(concern) = error

@@ -8,14 +8,12 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 
 use super::Applier;
+use crate::catalog::indexes::{self, Build};
 use crate::catalog::{self, Kind};
 use crate::changes::{ChangeEvent, Op};
 use crate::copy;
 use crate::majority;
-use crate::server_error::{
-    is_code, INDEX_ALREADY_EXISTS, INDEX_KEY_SPECS_CONFLICT, INDEX_NOT_FOUND,
-    INDEX_OPTIONS_CONFLICT, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
-};
+use crate::server_error::{already, is_code, Already, NAMESPACE_NOT_FOUND};
 
 impl Applier {
     pub(super) async fn apply_catalog_change(&mut self, event: &ChangeEvent) -> Result<()> {
@@ -53,22 +51,14 @@ impl Applier {
                 self.incarnations.release(&ns);
             }
             Op::CreateIndexes => {
-                let indexes: Vec<Document> = description_indexes(event)?
-                    .iter()
-                    .map(|spec| catalog::relax_index(spec).unwrap_or_else(|| spec.clone()))
-                    .collect();
-                ignore(
-                    majority::command(
-                        &database,
-                        doc! { "createIndexes": coll, "indexes": indexes },
-                    )
-                    .await,
-                    &[
-                        INDEX_ALREADY_EXISTS,
-                        INDEX_OPTIONS_CONFLICT,
-                        INDEX_KEY_SPECS_CONFLICT,
-                    ],
+                indexes::build(
+                    &self.destination,
+                    &event.db,
+                    coll,
+                    &description_indexes(event)?,
+                    Build::Relaxed,
                 )
+                .await
                 .with_context(|| format!("creating an index on {ns} on the destination"))?;
             }
             Op::DropIndexes => {
@@ -77,7 +67,7 @@ impl Applier {
                     ignore(
                         majority::command(&database, doc! { "dropIndexes": coll, "index": name })
                             .await,
-                        &[INDEX_NOT_FOUND, NAMESPACE_NOT_FOUND],
+                        Already::Dropped,
                     )
                     .with_context(|| format!("dropping index {name} of {ns} on the destination"))?;
                 }
@@ -90,7 +80,7 @@ impl Applier {
                     command.extend(change);
                     ignore(
                         majority::command(&database, command).await,
-                        &[NAMESPACE_NOT_FOUND, INDEX_NOT_FOUND],
+                        Already::Dropped,
                     )
                     .with_context(|| format!("modifying {ns} on the destination"))?;
                 }
@@ -134,7 +124,7 @@ impl Applier {
         }
         ignore(
             majority::command(&self.destination.database(&event.db), command).await,
-            &[NAMESPACE_EXISTS],
+            Already::Created,
         )
         .with_context(|| format!("creating {ns} on the destination"))
     }
@@ -216,7 +206,7 @@ impl Applier {
                 },
             )
             .await?;
-            copy::build_indexes(&self.destination, &spec).await?;
+            indexes::build(&self.destination, db, coll, &spec.indexes, Build::Relaxed).await?;
             if let Some(Bson::Binary(uuid)) = &spec.uuid {
                 self.incarnations.hold(&ns, uuid.bytes.clone());
             }
@@ -263,7 +253,7 @@ impl Applier {
         }
         ignore(
             majority::command(&self.destination.database(&event.db), command).await,
-            &[NAMESPACE_NOT_FOUND],
+            Already::Dropped,
         )
         .with_context(|| format!("modifying view {} on the destination", event.ns()))
     }
@@ -305,11 +295,11 @@ fn description_indexes(event: &ChangeEvent) -> Result<Vec<Document>> {
         .unwrap_or_default())
 }
 
-/// Treats the given server error codes as success (the effect is already there).
-fn ignore<T>(result: Result<T>, codes: &[i32]) -> Result<()> {
+/// Treats a refusal that says the effect is already there as success.
+fn ignore<T>(result: Result<T>, what: Already) -> Result<()> {
     match result {
         Ok(_) => Ok(()),
-        Err(e) if is_code(&e, codes) => Ok(()),
+        Err(e) if already(&e, what) => Ok(()),
         Err(e) => Err(e),
     }
 }

@@ -183,7 +183,7 @@ pub async fn run_checks(
             return None;
         }
         Some(tokio::join!(
-            crate::copy::estimate_sizes(source, &included),
+            crate::catalog::sizes::estimate_sizes(source, &included),
             checks::read_oplog(source, &included, &source_hello)
         ))
     };

@@ -15,11 +15,18 @@ use mongodb::{Client, ClientSession};
 
 /// A causally consistent session whose reads see at least the source time `at`.
 pub async fn session_at(source: &Client, at: Timestamp) -> Result<ClientSession> {
-    let mut session = source
+    session(source, Some(at)).await
+}
+
+/// A causally consistent session on `client`, whose reads see at least `at` when given.
+pub async fn session(client: &Client, at: Option<Timestamp>) -> Result<ClientSession> {
+    let mut session = client
         .start_session()
         .causal_consistency(true)
         .await
-        .context("starting a session on the source")?;
-    session.advance_operation_time(at);
+        .context("starting a session")?;
+    if let Some(at) = at {
+        session.advance_operation_time(at);
+    }
     Ok(session)
 }

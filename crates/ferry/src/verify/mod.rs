@@ -8,6 +8,7 @@
 //! pass at commit that covers what the first pass did not and re-checks the queue, so the
 //! downtime pays only for what changed.
 
+mod compare;
 mod documents;
 mod metadata;
 mod recheck;
@@ -19,13 +20,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::Result;
+use mongodb::bson::Timestamp;
 use mongodb::Client;
 
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::filter::NamespaceFilter;
 use crate::progress::Progress;
 use crate::redact::redact_uri;
-pub use documents::Comparison;
+pub use compare::Comparison;
+use compare::Sides;
 use documents::Differences;
 pub use recheck::RecheckQueue;
 pub use report::{NamespaceReport, Report};
@@ -43,9 +46,9 @@ pub enum Mode<'a> {
     /// still change), and differences are queued for re-check, not reported.
     FirstPass(&'a RecheckQueue),
     /// The migration's final pass, with the source quiescent and every change applied: metadata,
-    /// the documents the first pass did not cover, then the re-check queue. What stays different
-    /// is reported.
-    Final(&'a RecheckQueue),
+    /// the documents the first pass did not cover, then the re-check queue, reading the source
+    /// at or after the commit point. What stays different is reported.
+    Final(&'a RecheckQueue, Timestamp),
 }
 
 /// Verifies every included namespace of both clusters. With `progress`, the verification's
@@ -61,7 +64,16 @@ pub async fn verify(
     let (place, differences, running) = match mode {
         Mode::Standalone => (store::STANDALONE, Differences::Report, "running"),
         Mode::FirstPass(queue) => (store::MIGRATION, Differences::Queue(queue), "first pass"),
-        Mode::Final(queue) => (store::MIGRATION, Differences::Queue(queue), "final pass"),
+        Mode::Final(queue, _) => (store::MIGRATION, Differences::Queue(queue), "final pass"),
+    };
+    let sides = Sides {
+        source,
+        destination,
+        source_at: match mode {
+            Mode::Final(_, at) => Some(at),
+            _ => None,
+        },
+        comparison,
     };
     let store = store::VerifyStore::new(destination, &filter.state_db, place);
     let mut namespaces: BTreeMap<String, (Option<CollectionSpec>, Option<CollectionSpec>)> =
@@ -106,11 +118,9 @@ pub async fn verify(
                 .expect("one side has it");
             show(&report, &checked, running);
             documents::verify_documents(
-                source,
-                destination,
+                &sides,
                 &spec.db,
                 &spec.name,
-                comparison,
                 &store,
                 differences,
                 &mut checked,
@@ -119,26 +129,24 @@ pub async fn verify(
         }
         report.namespaces.push(checked);
     }
-    if let Mode::Final(queue) = mode {
+    if let Mode::Final(queue, _) = mode {
         show(&report, &NamespaceReport::default(), "re-checking");
         let namespaces = &mut report.namespaces;
         let counts = queue
-            .recheck(
-                source,
-                destination,
-                comparison,
-                &mut |ns, mismatch| match namespaces.iter_mut().find(|n| n.namespace == ns) {
-                    Some(known) => known.record(mismatch),
-                    None => {
-                        let mut gone = NamespaceReport {
-                            namespace: ns.to_string(),
-                            ..Default::default()
-                        };
-                        gone.record(mismatch);
-                        namespaces.push(gone);
-                    }
-                },
-            )
+            .recheck(&sides, &mut |ns, mismatch| match namespaces
+                .iter_mut()
+                .find(|n| n.namespace == ns)
+            {
+                Some(known) => known.record(mismatch),
+                None => {
+                    let mut gone = NamespaceReport {
+                        namespace: ns.to_string(),
+                        ..Default::default()
+                    };
+                    gone.record(mismatch);
+                    namespaces.push(gone);
+                }
+            })
             .await?;
         report.rechecked = counts.checked;
         if let Some(progress) = progress {
@@ -152,7 +160,7 @@ pub async fn verify(
     let report = report.finish();
     match mode {
         Mode::Standalone => store.clear().await?,
-        Mode::Final(queue) if report.equal => {
+        Mode::Final(queue, _) if report.equal => {
             store.clear().await?;
             queue.clear().await?;
         }
@@ -195,10 +203,14 @@ pub async fn alongside_changes(
         tokio::time::sleep(RECHECK_INTERVAL).await;
     }
     tracing::info!("first verification pass finished; re-checking changed documents");
+    let sides = Sides {
+        source: &source,
+        destination: &destination,
+        source_at: None,
+        comparison,
+    };
     loop {
-        let rechecked = queue
-            .recheck(&source, &destination, comparison, &mut |_, _| {})
-            .await;
+        let rechecked = queue.recheck(&sides, &mut |_, _| {}).await;
         let queued = queue.len().await;
         match (rechecked, queued) {
             (Ok(counts), Ok(queued)) => progress.update(|s| {

@@ -18,8 +18,10 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::{Client, Collection, Database};
 
-use super::documents::{self, Comparison};
+use super::compare::{comparable_bytes, field_diff, id_of, mismatch, Sides};
 use super::report::Mismatch;
+use crate::copy::reader::{self, Order, Scan};
+use crate::source::reads;
 
 /// The collection of the state database that holds the queue.
 const COLLECTION: &str = "migration.recheck";
@@ -84,11 +86,10 @@ impl RecheckQueue {
     /// difference to `found` (with its namespace). The differences stay queued.
     pub async fn recheck(
         &self,
-        source: &Client,
-        destination: &Client,
-        comparison: Comparison,
+        sides: &Sides<'_>,
         found: &mut (dyn FnMut(&str, Mismatch) + Send),
     ) -> Result<RecheckCounts> {
+        let comparison = sides.comparison;
         let mut counts = RecheckCounts::default();
         let mut after: Option<Bson> = None;
         loop {
@@ -123,25 +124,20 @@ impl RecheckQueue {
                 counts.checked += entries.len() as u64;
                 let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
                 let ids: Vec<Bson> = entries.iter().map(|e| e.id.clone()).collect();
-                let on_source = fetch(source, db, coll, &ids).await?;
-                let on_destination = fetch(destination, db, coll, &ids).await?;
+                let on_source = fetch(sides, true, db, coll, &ids).await?;
+                let on_destination = fetch(sides, false, db, coll, &ids).await?;
                 for entry in entries {
                     let key = id_key(&entry.id)?;
                     let mismatch = match (on_source.get(&key), on_destination.get(&key)) {
                         (None, None) => None,
-                        (Some(a), None) => Some(documents::mismatch("missing", a, Vec::new())?),
-                        (None, Some(b)) => Some(documents::mismatch("extra", b, Vec::new())?),
+                        (Some(a), None) => Some(mismatch("missing", a, Vec::new())?),
+                        (None, Some(b)) => Some(mismatch("extra", b, Vec::new())?),
                         (Some(a), Some(b)) => {
-                            if documents::comparable_bytes(a, comparison)?
-                                == documents::comparable_bytes(b, comparison)?
+                            if comparable_bytes(a, comparison)? == comparable_bytes(b, comparison)?
                             {
                                 None
                             } else {
-                                Some(documents::mismatch(
-                                    "different",
-                                    a,
-                                    documents::field_diff(a, b)?,
-                                )?)
+                                Some(mismatch("different", a, field_diff(a, b)?)?)
                             }
                         }
                     };
@@ -222,16 +218,25 @@ impl Entry {
 
 /// The documents with these `_id`s on one side, by `_id`.
 async fn fetch(
-    client: &Client,
+    sides: &Sides<'_>,
+    on_source: bool,
     db: &str,
     coll: &str,
     ids: &[Bson],
 ) -> Result<HashMap<Vec<u8>, RawDocumentBuf>> {
-    let mut cursor =
-        documents::open(client, db, coll, doc! { "_id": { "$in": ids } }, None).await?;
+    let (client, at) = sides.side(on_source);
+    let mut session = reads::session(client, at).await?;
+    let scan = Scan {
+        db,
+        coll,
+        filter: doc! { "_id": { "$in": ids } },
+        order: Order::Id,
+        limit: None,
+    };
+    let mut rows = reader::open(client, &mut session, scan).await?;
     let mut found = HashMap::new();
-    while let Some(document) = cursor.try_next().await? {
-        found.insert(id_key(&documents::id_of(&document)?)?, document);
+    while let Some(document) = rows.next().await? {
+        found.insert(id_key(&id_of(&document)?)?, document);
     }
     Ok(found)
 }

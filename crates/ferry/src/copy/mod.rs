@@ -1,72 +1,44 @@
-//! The initial copy: creates each collection on the destination with its (relaxed) options,
-//! streams its documents as raw BSON from a reader task into a writer task through a bounded
-//! channel, and builds the indexes once the data is in.
+//! The copy's primitives: create a namespace on the destination with its (relaxed) options, and
+//! copy one `_id` range of a collection as raw BSON, a reader and a writer joined through a
+//! bounded channel, checkpointing each acknowledged batch. The orchestration (sizes, ranges,
+//! the pool) is the migration's copy stage; the reader is shared with the verifier.
+
+pub mod ranges;
+pub mod reader;
+pub mod write_limit;
+
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
-use mongodb::options::ReadConcern;
 use mongodb::{Client, ClientSession};
 use tokio::sync::mpsc;
 
 use crate::catalog::{self, CollectionSpec, Kind};
-use crate::id_order;
 use crate::majority;
 use crate::progress::Progress;
-use crate::reply::number;
 use crate::server_error::{
-    is_code, only_duplicates, CAPPED_POSITION_LOST, NAMESPACE_EXISTS, NAMESPACE_NOT_FOUND,
+    already, is_code, only_duplicates, Already, CAPPED_POSITION_LOST, NAMESPACE_NOT_FOUND,
     QUERY_PLAN_KILLED,
 };
 use crate::source::reads;
 use crate::state::{Partition, StateStore};
-use crate::write_limit::WriteLimit;
-use std::collections::HashMap;
-use std::sync::Arc;
+use reader::{Order, Scan};
+use write_limit::WriteLimit;
 
-/// Documents per insert batch, and the byte size at which a batch is sent early.
-const BATCH_DOCUMENTS: usize = 1000;
+/// Documents per insert batch (the reader's batch), and the byte size at which a batch is sent
+/// early.
+const BATCH_DOCUMENTS: usize = reader::BATCH as usize;
 const BATCH_BYTES: usize = 8 * 1024 * 1024;
 /// Batches buffered between the reader and the writer of one collection.
 const BATCHES_IN_FLIGHT: usize = 2;
-
-/// The source's size estimates of the collections among `specs`, measured at once, by
-/// namespace: (documents, bytes).
-pub async fn estimate_sizes<'a>(
-    source: &Client,
-    specs: impl IntoIterator<Item = &'a CollectionSpec>,
-) -> HashMap<String, (u64, u64)> {
-    let collections: Vec<&CollectionSpec> = specs
-        .into_iter()
-        .filter(|s| s.kind == Kind::Collection)
-        .collect();
-    let sizes =
-        futures_util::future::join_all(collections.iter().map(|spec| estimate_size(source, spec)))
-            .await;
-    collections.iter().map(|s| s.ns()).zip(sizes).collect()
-}
-
-/// The source's size estimate of a collection: (documents, bytes).
-async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64) {
-    let stats = source
-        .database(&spec.db)
-        .run_command(doc! { "collStats": &spec.name })
-        .await;
-    match stats {
-        Ok(stats) => {
-            let count = |field| number(&stats, field).unwrap_or(0.0).max(0.0) as u64;
-            (count("count"), count("size"))
-        }
-        Err(_) => (0, 0),
-    }
-}
 
 /// Creates a namespace on the destination: collections with relaxed options, views exactly.
 /// An existing namespace is left as it is.
 pub async fn create_namespace(destination: &Client, spec: &CollectionSpec) -> Result<()> {
     let command = spec.create_command(spec.kind == Kind::Collection);
     match majority::command(&destination.database(&spec.db), command).await {
-        Err(e) if is_code(&e, &[NAMESPACE_EXISTS]) => Ok(()),
+        Err(e) if already(&e, Already::Created) => Ok(()),
         other => other
             .map(drop)
             .with_context(|| format!("creating {} on the destination", spec.ns())),
@@ -78,96 +50,6 @@ pub struct Resume<'a> {
     pub store: &'a StateStore,
     /// The partition's index in the collection's stored state.
     pub partition: usize,
-}
-
-/// Bytes per range of a large collection, and the most ranges one collection gets.
-const PARTITION_BYTES: u64 = 16 * 1024 * 1024;
-const MAX_PARTITIONS: u64 = 64;
-/// Sampled `_id`s per partition boundary.
-const SAMPLES_PER_PARTITION: u64 = 20;
-
-/// How many `_id` ranges a collection of `bytes` is copied in: about [`PARTITION_BYTES`] each.
-/// Small and capped collections are one range (a capped one is copied in natural order).
-pub fn range_count(spec: &CollectionSpec, bytes: u64) -> u64 {
-    let count = (bytes / PARTITION_BYTES).min(MAX_PARTITIONS);
-    if spec.is_capped() || count < 2 {
-        1
-    } else {
-        count
-    }
-}
-
-/// The `_id`s that split a collection into `count` ranges of about equal size, in `_id` order,
-/// from a random sample of its `_id`s (any mix of `_id` types).
-pub async fn sample_bounds(
-    source: &Client,
-    spec: &CollectionSpec,
-    count: u64,
-) -> Result<Vec<Bson>> {
-    let sample: Vec<RawDocumentBuf> = source
-        .database(&spec.db)
-        .collection::<RawDocumentBuf>(&spec.name)
-        .aggregate([
-            doc! { "$sample": { "size": (count * SAMPLES_PER_PARTITION) as i64 } },
-            doc! { "$project": { "_id": 1 } },
-        ])
-        .with_type::<RawDocumentBuf>()
-        .await
-        .with_context(|| format!("sampling the _ids of {}", spec.ns()))?
-        .try_collect()
-        .await?;
-    let mut ids: Vec<Bson> = sample
-        .iter()
-        .filter_map(|d| d.get("_id").ok().flatten())
-        .filter_map(|id| id.to_raw_bson().try_into().ok())
-        .collect();
-    ids.sort_by(compare_bson);
-    ids.dedup();
-    let mut bounds: Vec<Bson> = (1..count)
-        .filter_map(|i| ids.get((i * ids.len() as u64 / count) as usize).cloned())
-        .collect();
-    bounds.dedup();
-    Ok(bounds)
-}
-
-/// The ranges a collection is copied in, split at `bounds` (in `_id` order).
-pub fn ranges_between(bounds: &[Bson]) -> Vec<Partition> {
-    let mut ranges = Vec::with_capacity(bounds.len() + 1);
-    let mut lo: Option<Bson> = None;
-    for hi in bounds {
-        ranges.push(Partition {
-            lo: lo.clone(),
-            hi: Some(hi.clone()),
-            ..Default::default()
-        });
-        lo = Some(hi.clone());
-    }
-    ranges.push(Partition {
-        lo,
-        ..Default::default()
-    });
-    ranges
-}
-
-fn compare_bson(a: &Bson, b: &Bson) -> std::cmp::Ordering {
-    let (a, b) = (
-        mongodb::bson::RawBson::try_from(a.clone()),
-        mongodb::bson::RawBson::try_from(b.clone()),
-    );
-    match (a, b) {
-        (Ok(a), Ok(b)) => id_order::compare(a.as_raw_bson_ref(), b.as_raw_bson_ref()),
-        _ => std::cmp::Ordering::Equal,
-    }
-}
-
-/// The filter selecting what is left of a range after `after` (or after its start).
-fn remaining(range: &Partition, after: Option<&Bson>) -> Document {
-    match (after.or(range.lo.as_ref()), &range.hi) {
-        (Some(after), Some(hi)) => id_order::between(after, hi),
-        (Some(after), None) => id_order::after(after),
-        (None, Some(hi)) => id_order::up_to(hi),
-        (None, None) => doc! {},
-    }
 }
 
 /// One `_id` range of a collection to copy.
@@ -226,7 +108,9 @@ pub async fn copy_documents(
     let (batches, mut incoming) = mpsc::channel::<Vec<RawDocumentBuf>>(BATCHES_IN_FLIGHT);
     let write_progress = progress.clone();
     let write_ns = ns.clone();
-    let write_task = tokio::spawn(async move {
+    // Reader and writer run as two halves of this future, not as spawned tasks: dropping the
+    // copy (a stop) stops both.
+    let write = async move {
         let mut written = 0u64;
         while let Some(batch) = incoming.recv().await {
             let documents = batch.len() as u64;
@@ -267,7 +151,7 @@ pub async fn copy_documents(
             write_progress.add_copied(&write_ns, documents, bytes);
         }
         Ok::<u64, anyhow::Error>(written)
-    });
+    };
 
     let read = async {
         let mut session = reads::session_at(source, at).await?;
@@ -276,7 +160,7 @@ pub async fn copy_documents(
         let mut name = incarnation_name(source, &mut session, spec).await?;
         while let Some(reading) = name.clone() {
             let filter = if ordered {
-                remaining(range, after.as_ref())
+                ranges::remaining(range, after.as_ref())
             } else {
                 doc! {}
             };
@@ -326,12 +210,9 @@ pub async fn copy_documents(
         drop(batches);
         Ok::<(), anyhow::Error>(())
     };
-    let read_result = read.await;
-    let written = write_task
-        .await
-        .context("the copy writer task panicked")??;
-    read_result?;
-    Ok(written)
+    let (read, written) = tokio::join!(read, write);
+    read?;
+    written
 }
 
 /// The name the spec's collection incarnation has now in its database, `None` once it is gone.
@@ -370,31 +251,28 @@ async fn read_collection(
 ) -> Result<Read> {
     let ns = spec.ns();
     let ordered = !spec.is_capped();
-    let collection = source
-        .database(&spec.db)
-        .collection_with_options::<RawDocumentBuf>(
-            name,
-            mongodb::options::CollectionOptions::builder()
-                .read_concern(ReadConcern::majority())
-                .build(),
-        );
-    let mut find = collection.find(filter).batch_size(BATCH_DOCUMENTS as u32);
-    if ordered {
-        find = find.sort(doc! { "_id": 1 });
-    }
-    let mut cursor = find
-        .session(&mut *session)
+    let scan = Scan {
+        db: &spec.db,
+        coll: name,
+        filter,
+        order: if ordered { Order::Id } else { Order::Natural },
+        limit: None,
+    };
+    let mut rows = reader::open(source, session, scan)
         .await
         .with_context(|| format!("reading documents of {ns}"))?;
-    if incarnation_name(source, session, spec).await?.as_deref() != Some(name) {
+    if incarnation_name(source, rows.session(), spec)
+        .await?
+        .as_deref()
+        != Some(name)
+    {
         return Ok(Read::Moved);
     }
     let mut batch = Vec::with_capacity(BATCH_DOCUMENTS);
     let mut batch_bytes = 0usize;
-    while let Some(document) = cursor
-        .next(&mut *session)
+    while let Some(document) = rows
+        .next()
         .await
-        .transpose()
         .with_context(|| format!("reading documents of {ns}"))?
     {
         batch_bytes += document.as_bytes().len();
@@ -432,50 +310,4 @@ async fn send(
         *after = last.or(after.take());
     }
     true
-}
-
-/// Builds a collection's indexes on the destination, relaxed (no unique, no TTL) while syncing.
-pub async fn build_indexes(destination: &Client, spec: &CollectionSpec) -> Result<()> {
-    let indexes: Vec<Document> = spec
-        .indexes
-        .iter()
-        .filter(|index| !catalog::is_implicit_index(index))
-        .map(|index| catalog::relax_index(index).unwrap_or_else(|| index.clone()))
-        .collect();
-    if indexes.is_empty() {
-        return Ok(());
-    }
-    majority::command(
-        &destination.database(&spec.db),
-        doc! { "createIndexes": &spec.name, "indexes": indexes },
-    )
-    .await
-    .with_context(|| format!("building the indexes of {} on the destination", spec.ns()))?;
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_partition_continues_after_its_last_copied_id_up_to_its_end() {
-        let whole = Partition::default();
-        assert_eq!(remaining(&whole, None), doc! {});
-        let first = Partition {
-            hi: Some(Bson::Int32(10)),
-            ..Default::default()
-        };
-        assert_eq!(remaining(&first, None), id_order::up_to(&Bson::Int32(10)));
-        let resumed = Partition {
-            lo: Some(Bson::Int32(10)),
-            hi: Some(Bson::Int32(20)),
-            last_id: Some(Bson::Int32(15)),
-            done: false,
-        };
-        assert_eq!(
-            remaining(&resumed, resumed.last_id.as_ref()),
-            doc! { "_id": { "$gt": 15, "$lte": 20 } }
-        );
-    }
 }
