@@ -4,6 +4,16 @@
 
 use serde::Serialize;
 
+/// `canCommit` needs the lag at or below this many seconds.
+pub const COMMITTABLE_LAG_SECONDS: u64 = 5;
+
+/// Whether a migration may be committed: running, with the copy and index build done (the
+/// lag is measured only once changes are applied) and the lag within
+/// [`COMMITTABLE_LAG_SECONDS`].
+pub fn can_commit(state: State, lag_seconds: u64) -> bool {
+    state == State::Running && lag_seconds <= COMMITTABLE_LAG_SECONDS
+}
+
 /// The migration's state, named as mongosync names them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -81,6 +91,26 @@ impl Phase {
             Phase::ChangeEventApplication => "change event application",
             Phase::RestoringConstraints => "restoring constraints",
             Phase::Done => "done",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_running_migration_close_behind_can_commit() {
+        assert!(can_commit(State::Running, 0));
+        assert!(can_commit(State::Running, COMMITTABLE_LAG_SECONDS));
+        assert!(!can_commit(State::Running, COMMITTABLE_LAG_SECONDS + 1));
+        for state in [
+            State::Paused,
+            State::Committing,
+            State::Committed,
+            State::Failed,
+        ] {
+            assert!(!can_commit(state, 0), "{state:?}");
         }
     }
 }

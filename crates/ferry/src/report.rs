@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::State;
-use crate::migration::COMMITTABLE_LAG_SECONDS;
+use crate::lifecycle::COMMITTABLE_LAG_SECONDS;
 use crate::progress::{Progress, Snapshot};
 
 /// Redraws the live view (terminal) or logs a progress line (otherwise) until `stop`.

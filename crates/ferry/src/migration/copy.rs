@@ -1,0 +1,432 @@
+//! The copy stage: every collection not copied yet is planned (its `_id` ranges, from a
+//! sample when it is large, or the stored ones when resuming) and its ranges run in one bounded
+//! pool with the other collections'; each range checkpoints its last `_id`, the last range of a
+//! collection marks it copied, and the indexes are built (relaxed) once the data is in.
+
+use std::collections::HashMap;
+
+use anyhow::Result;
+use futures_util::{FutureExt, StreamExt};
+use mongodb::bson::{Bson, Timestamp};
+
+use super::Migration;
+use crate::catalog::indexes::{self, Build};
+use crate::catalog::{self, CollectionSpec, Kind};
+use crate::copy::{self, write_limit};
+use crate::incarnations::Incarnations;
+use crate::majority;
+use crate::progress::CollectionProgress;
+use crate::state::{CollectionState, CopyStatus, Partition};
+
+/// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
+/// adapted to the destination (`write_limit`). More ranges than that only add source reads.
+const COPY_CONCURRENCY: usize = write_limit::MAX;
+
+/// The `_id` ranges handed to the copy pool: the collection, the range's index in its stored
+/// state, and the range.
+type Jobs<'a> = tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition)>;
+
+/// What a collection's copy does, given what is stored of it.
+#[derive(Debug, PartialEq)]
+enum CopyPlan {
+    /// Copied already (this incarnation).
+    Done,
+    /// Continue these ranges (this incarnation, copy under way).
+    Resume(Vec<Partition>),
+    /// The stored copy is of another incarnation: drop it and copy anew.
+    StartOver,
+    /// Nothing stored: copy it.
+    New,
+}
+
+/// The plan for a collection's copy from its stored copy state.
+fn copy_plan(spec: &CollectionSpec, stored: Option<&CollectionState>) -> CopyPlan {
+    match stored {
+        Some(state) if state.uuid != spec.uuid => CopyPlan::StartOver,
+        Some(state) if state.status != CopyStatus::Copying => CopyPlan::Done,
+        Some(state) if !state.partitions.is_empty() => CopyPlan::Resume(state.partitions.clone()),
+        // Registered, but its ranges never recorded: plan them again.
+        Some(_) => CopyPlan::StartOver,
+        None => CopyPlan::New,
+    }
+}
+
+impl Migration<'_> {
+    /// Copies every collection not yet copied, continuing each from its last checkpoint.
+    /// `sizes` are the pre-flight's estimates (documents, bytes) by namespace; missing ones are
+    /// measured here.
+    pub(super) async fn copy_all(
+        &self,
+        specs: &[CollectionSpec],
+        mut sizes: HashMap<String, (u64, u64)>,
+        at: Timestamp,
+    ) -> Result<()> {
+        let collections: Vec<&CollectionSpec> = specs
+            .iter()
+            .filter(|s| s.kind == Kind::Collection)
+            .collect();
+        let mut stored: HashMap<String, CollectionState> = HashMap::new();
+        for state in self.store.collections().await? {
+            // A collection renamed during an earlier attempt's copy is listed under its new
+            // name now, while that copy lies under the old one: a replayed rename would put the
+            // partial copy over the whole one. Copy states are the source's incarnations, so
+            // such an orphan is dropped and the collection copied again under its new name.
+            let renamed = state.uuid.is_some()
+                && collections
+                    .iter()
+                    .any(|s| s.uuid == state.uuid && s.ns() != state.ns);
+            if renamed {
+                tracing::info!(namespace = %state.ns, "the collection was renamed during its copy; copying it again under its new name");
+                if let Some((db, coll)) = state.ns.split_once('.') {
+                    majority::drop(&self.destination.database(db), coll).await?;
+                }
+                self.store.forget_copy(&state.ns).await?;
+                continue;
+            }
+            stored.insert(state.ns.clone(), state);
+        }
+        let unmeasured: Vec<&CollectionSpec> = collections
+            .iter()
+            .copied()
+            .filter(|s| !sizes.contains_key(&s.ns()))
+            .collect();
+        sizes.extend(catalog::sizes::estimate_sizes(&self.source, unmeasured).await);
+        for spec in &collections {
+            let ns = spec.ns();
+            let (documents, bytes) = sizes.get(&ns).copied().unwrap_or_default();
+            let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
+            self.progress.update(|s| {
+                s.collections.retain(|c| c.namespace != ns);
+                s.collections.push(CollectionProgress {
+                    namespace: ns.clone(),
+                    estimated_total_documents: documents,
+                    estimated_total_bytes: bytes,
+                    copied_documents: resumed.map_or(0, |c| c.copied_documents),
+                    copied_bytes: resumed.map_or(0, |c| c.copied_bytes),
+                    done: resumed.is_some_and(|c| c.status != CopyStatus::Copying),
+                    phase: match resumed.map(|c| c.status) {
+                        Some(CopyStatus::Indexed) => "indexed",
+                        Some(CopyStatus::Copied) => "copied",
+                        Some(CopyStatus::Copying) => "copying",
+                        None => "pending",
+                    },
+                    indexes_built: 0,
+                })
+            });
+        }
+        for spec in specs.iter().filter(|s| s.kind == Kind::Timeseries) {
+            tracing::warn!(namespace = %spec.ns(), "time-series collections are not migrated");
+        }
+        // Every `_id` range left to copy, across all collections, runs in one bounded pool,
+        // which takes a collection's ranges as soon as they are planned: the small collections
+        // are copied while a large one's `_id`s are still being sampled.
+        let left = std::sync::Mutex::new(HashMap::<String, (usize, u64)>::new());
+        let limit = std::sync::Arc::new(write_limit::WriteLimit::new());
+        let (jobs, mut planned) = tokio::sync::mpsc::unbounded_channel();
+        // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
+        // lifetime, which spawning the migration needs.
+        let plans: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = collections
+            .iter()
+            .map(|spec| {
+                let ns = spec.ns();
+                let bytes = sizes.get(&ns).map_or(0, |(_, bytes)| *bytes);
+                self.plan_ranges(spec, stored.get(&ns), bytes, &left, jobs.clone())
+            })
+            .collect();
+        drop(jobs);
+        let planning = futures_util::future::try_join_all(plans);
+        let copying = async {
+            let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut planning = true;
+            loop {
+                tokio::select! {
+                    job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
+                        match job {
+                            Some((spec, index, range)) => {
+                                running.push(self.copy_range(spec, index, range, at, &left, limit.clone()));
+                            }
+                            None => planning = false,
+                        }
+                    }
+                    Some(copied) = running.next(), if !running.is_empty() => copied?,
+                    else => return Ok::<(), anyhow::Error>(()),
+                }
+            }
+        };
+        tokio::try_join!(planning, copying)?;
+        tracing::info!(
+            concurrent_writes = limit.limit(),
+            "copy write concurrency at the end of the copy"
+        );
+        for view in specs.iter().filter(|s| s.kind == Kind::View) {
+            copy::create_namespace(&self.destination, view).await?;
+        }
+        Ok(())
+    }
+
+    /// Plans one collection's copy and hands its unfinished `_id` ranges to the copy pool.
+    pub(super) fn plan_ranges<'a>(
+        &'a self,
+        spec: &'a CollectionSpec,
+        stored: Option<&'a CollectionState>,
+        bytes: u64,
+        left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        jobs: Jobs<'a>,
+    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+        async move {
+            let ns = spec.ns();
+            let Some(ranges) = self.plan_copy(spec, stored, bytes).await? else {
+                return Ok(());
+            };
+            copy::create_namespace(&self.destination, spec).await?;
+            self.set_collection_phase(&ns, "copying", None);
+            let remaining: Vec<(usize, Partition)> = ranges
+                .into_iter()
+                .enumerate()
+                .filter(|(_, r)| !r.done)
+                .collect();
+            if remaining.is_empty() {
+                return self.finish_copy(&ns, 0).await;
+            }
+            left.lock()
+                .expect("copy tracker lock")
+                .insert(ns, (remaining.len(), 0));
+            for (index, range) in remaining {
+                // The pool runs until every sender is gone, so the receiver is still there.
+                let _ = jobs.send((spec, index, range));
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// Copies one `_id` range of a collection; the last range of a collection to finish
+    /// records the collection as copied. `left` counts each collection's unfinished ranges and
+    /// the documents copied so far.
+    pub(super) fn copy_range<'a>(
+        &'a self,
+        spec: &'a CollectionSpec,
+        index: usize,
+        range: Partition,
+        at: Timestamp,
+        left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        limit: std::sync::Arc<write_limit::WriteLimit>,
+    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+        async move {
+            let ns = spec.ns();
+            let copied = copy::copy_documents(
+                &self.source,
+                &self.destination,
+                &self.progress,
+                copy::RangeCopy {
+                    spec,
+                    target: &spec.name,
+                    range: &range,
+                    at,
+                    resume: Some(copy::Resume {
+                        store: &self.store,
+                        partition: index,
+                    }),
+                    limit: Some(limit),
+                },
+            )
+            .await?;
+            self.store.partition_done(&ns, index).await?;
+            self.touch();
+            let finished = {
+                let mut left = left.lock().expect("copy tracker lock");
+                let entry = left.get_mut(&ns).expect("a tracked collection");
+                entry.0 -= 1;
+                entry.1 += copied;
+                (entry.0 == 0).then_some(entry.1)
+            };
+            if let Some(total) = finished {
+                self.finish_copy(&ns, total).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    pub(super) fn set_collection_phase(
+        &self,
+        ns: &str,
+        phase: &'static str,
+        indexes_built: Option<u64>,
+    ) {
+        self.progress.update(|s| {
+            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == ns) {
+                c.phase = phase;
+                c.done = phase != "copying";
+                if let Some(built) = indexes_built {
+                    c.indexes_built = built;
+                }
+            }
+        });
+    }
+
+    /// Shows the stored copy counts of a copy that finished before a restart.
+    pub(super) async fn show_finished_copy(&self) -> Result<()> {
+        let stored = self.store.collections().await?;
+        self.progress.update(|s| {
+            s.collections = stored
+                .iter()
+                .map(|c| CollectionProgress {
+                    namespace: c.ns.clone(),
+                    estimated_total_documents: c.copied_documents,
+                    estimated_total_bytes: c.copied_bytes,
+                    copied_documents: c.copied_documents,
+                    copied_bytes: c.copied_bytes,
+                    done: true,
+                    phase: "indexed",
+                    indexes_built: 0,
+                })
+                .collect();
+        });
+        Ok(())
+    }
+
+    /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
+    /// incarnation, new ones otherwise; `None` when it is copied already.
+    pub(super) async fn plan_copy(
+        &self,
+        spec: &CollectionSpec,
+        stored: Option<&CollectionState>,
+        bytes: u64,
+    ) -> Result<Option<Vec<Partition>>> {
+        let ns = spec.ns();
+        match copy_plan(spec, stored) {
+            CopyPlan::Done => {
+                tracing::info!(namespace = %ns, "already copied");
+                return Ok(None);
+            }
+            CopyPlan::Resume(partitions) => {
+                let done = partitions.iter().filter(|p| p.done).count();
+                tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
+                return Ok(Some(partitions));
+            }
+            CopyPlan::StartOver => {
+                // The source holds a new incarnation: start this collection over.
+                majority::drop(&self.destination.database(&spec.db), &spec.name).await?;
+            }
+            CopyPlan::New => {}
+        }
+        let ranges = match copy::ranges::range_count(spec, bytes) {
+            1 => vec![Partition::default()],
+            count => copy::ranges::ranges_between(
+                &copy::ranges::sample_bounds(&self.source, spec, count).await?,
+            ),
+        };
+        if ranges.len() > 1 {
+            tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
+        }
+        self.store
+            .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
+            .await?;
+        Ok(Some(ranges))
+    }
+
+    /// Records a collection's copy as finished.
+    pub(super) async fn finish_copy(&self, ns: &str, copied: u64) -> Result<()> {
+        self.store.set_copy_status(ns, CopyStatus::Copied).await?;
+        self.touch();
+        self.set_collection_phase(ns, "copied", None);
+        tracing::info!(namespace = %ns, documents = copied, "collection copied");
+        Ok(())
+    }
+
+    pub(super) async fn build_indexes(&self, specs: &[CollectionSpec]) -> Result<()> {
+        let stored = self.store.collections().await?;
+        for spec in specs.iter().filter(|s| s.kind == Kind::Collection) {
+            let state = stored
+                .iter()
+                .find(|c| c.ns == spec.ns() && c.uuid == spec.uuid);
+            if state.is_some_and(|c| c.status == CopyStatus::Indexed) {
+                continue;
+            }
+            indexes::build(
+                &self.destination,
+                &spec.db,
+                &spec.name,
+                &spec.indexes,
+                Build::Relaxed,
+            )
+            .await?;
+            let built = spec
+                .indexes
+                .iter()
+                .filter(|i| !catalog::is_implicit_index(i))
+                .count();
+            self.set_collection_phase(&spec.ns(), "indexed", Some(built as u64));
+            if state.is_some() {
+                self.store
+                    .set_copy_status(&spec.ns(), CopyStatus::Indexed)
+                    .await?;
+            }
+            self.touch();
+        }
+        Ok(())
+    }
+
+    /// The incarnations the copy left on the destination: each copied namespace holds the
+    /// source UUID it was copied from.
+    pub(super) async fn copied_incarnations(&self) -> Result<Incarnations> {
+        let mut incarnations = Incarnations::default();
+        for state in self.store.collections().await? {
+            if let Some(Bson::Binary(uuid)) = &state.uuid {
+                incarnations.hold(&state.ns, uuid.bytes.clone());
+            }
+        }
+        Ok(incarnations)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::doc;
+
+    #[test]
+    fn a_copy_resumes_only_its_own_incarnation() {
+        let uuid = |n: u8| {
+            Some(Bson::Binary(mongodb::bson::Binary {
+                subtype: mongodb::bson::spec::BinarySubtype::Uuid,
+                bytes: vec![n; 16],
+            }))
+        };
+        let spec = CollectionSpec {
+            db: "d".into(),
+            name: "c".into(),
+            kind: Kind::Collection,
+            options: doc! {},
+            uuid: uuid(1),
+            indexes: Vec::new(),
+        };
+        let state = |status, partitions: Vec<Partition>, id| CollectionState {
+            ns: "d.c".into(),
+            uuid: uuid(id),
+            status,
+            partitions,
+            copied_documents: 0,
+            copied_bytes: 0,
+        };
+        let half = vec![Partition {
+            last_id: Some(Bson::Int32(5)),
+            ..Default::default()
+        }];
+        assert_eq!(copy_plan(&spec, None), CopyPlan::New);
+        assert_eq!(
+            copy_plan(&spec, Some(&state(CopyStatus::Copying, half.clone(), 1))),
+            CopyPlan::Resume(half.clone())
+        );
+        assert_eq!(
+            copy_plan(&spec, Some(&state(CopyStatus::Copied, half.clone(), 1))),
+            CopyPlan::Done
+        );
+        assert_eq!(
+            copy_plan(&spec, Some(&state(CopyStatus::Copying, half, 2))),
+            CopyPlan::StartOver,
+            "a new incarnation under the same name"
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! The sync stage: change events are read from the source one round ahead and applied, the
+//! settled time and the lag measured on the source's clock, checkpoints written after the
+//! writes they name, the cutover window watched, and the commit begun and finished once the
+//! operator asks for it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use mongodb::bson::{Bson, Timestamp};
+
+use super::{Migration, Outcome};
+use crate::apply::{Applier, Paths};
+use crate::background::Background;
+use crate::catalog::CollectionSpec;
+use crate::changes::StreamFrom;
+use crate::incarnations::Incarnations;
+use crate::lifecycle;
+use crate::source::clock::seconds_between;
+use crate::source::info::{self, Version};
+use crate::state::{Checkpoint, CommitPoint};
+use crate::{stream, verify};
+
+/// Checkpoints are written at most this often while applying changes.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the source's featureCompatibilityVersion is compared with its value at start.
+const FCV_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Where change application starts.
+pub(super) struct StreamStart {
+    pub(super) from: StreamFrom,
+    /// Every change up to this source time is applied.
+    pub(super) settled: Timestamp,
+    pub(super) incarnations: Incarnations,
+    pub(super) commit: Option<CommitPoint>,
+}
+
+impl Migration<'_> {
+    /// Applies changes from `start` on, until a commit completes or the operator stops.
+    pub(super) async fn follow_changes(
+        &self,
+        start: StreamStart,
+        specs: &[CollectionSpec],
+        version: Version,
+    ) -> Result<Outcome> {
+        let split = version.splits_large_events();
+        // The next round is read from the source while this one is written to the destination.
+        let (_reader, mut rounds) = stream::read_ahead(self.source.clone(), start.from, split);
+        let mut token = None;
+        let mut applier = Applier::new(
+            self.source.clone(),
+            self.destination.clone(),
+            self.plan.filter.clone(),
+            start.incarnations,
+            self.progress.clone(),
+        )
+        .with_lanes(self.plan.apply_lanes)
+        .with_paths(if version.disambiguates_paths() {
+            Paths::Disambiguated
+        } else {
+            Paths::Ambiguous
+        })
+        .with_collated(
+            specs
+                .iter()
+                .filter(|s| s.is_collated())
+                .map(CollectionSpec::ns)
+                .collect(),
+        );
+        let mut verification = None;
+        if self.plan.verify {
+            applier = applier.with_verification(verify::ChangeTracker::new(
+                &self.destination,
+                &self.plan.filter.state_db,
+            ));
+            verification = Some(Background::spawn(verify::alongside_changes(
+                self.source.clone(),
+                self.destination.clone(),
+                self.plan.filter.clone(),
+                self.progress.clone(),
+            )));
+        }
+        let mut settled = start.settled;
+        let mut commit = start.commit;
+        let mut last_checkpoint = Instant::now();
+        let fcv = info::fcv(&self.source).await;
+        let mut last_fcv_check = Instant::now();
+        loop {
+            if last_fcv_check.elapsed() >= FCV_CHECK_INTERVAL {
+                last_fcv_check = Instant::now();
+                let now = info::fcv(&self.source).await;
+                if now.is_some() && now != fcv {
+                    anyhow::bail!(
+                        "the source's featureCompatibilityVersion changed from {} to {} during the migration; an upgrade or downgrade changes what the destination must accept, so Ferry stops: finish the change on the source, match it on the destination, then start over with --drop",
+                        fcv.as_deref().unwrap_or("?"),
+                        now.as_deref().unwrap_or("?")
+                    );
+                }
+            }
+            if self.stop.is_cancelled() {
+                self.checkpoint(token.clone(), settled, &applier).await?;
+                return Ok(Outcome::Stopped);
+            }
+            let mut round = rounds
+                .recv()
+                .await
+                .context("the change stream reader stopped")??;
+            settled = stream::settled_after(settled, &round);
+            // Nothing after the commit point is applied: such writes are stray, and reported.
+            let past = commit
+                .as_ref()
+                .and_then(|c| round.events.iter().position(|e| e.cluster_time > c.time));
+            match past {
+                Some(first_stray) => {
+                    round.events.truncate(first_stray);
+                    if let Some(last) = round.events.last() {
+                        token = Some(last.resume_token()?);
+                    }
+                    applier.apply(round.events).await?;
+                }
+                None => {
+                    applier.apply(round.events).await?;
+                    token = round.token.or(token);
+                }
+            }
+            let lag = seconds_between(settled, round.clock.last_write);
+            let (commit_requested, window_closed) = self.progress.update(|s| {
+                s.lag_time_seconds = Some(lag);
+                s.resume_time = Some(settled);
+                s.can_commit = lifecycle::can_commit(s.state, lag);
+                if s.can_commit && s.cutover_deadline.is_none() {
+                    s.cutover_deadline = Some(Instant::now() + s.cutover_window);
+                }
+                let closed = s.cutover_deadline.is_some_and(|d| Instant::now() >= d);
+                (s.commit_requested, closed && !s.commit_requested)
+            });
+            if window_closed {
+                self.checkpoint(token.clone(), settled, &applier).await?;
+                return Ok(Outcome::Paused(
+                    "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
+                ));
+            }
+            if commit_requested && commit.is_none() {
+                commit = Some(self.begin_commit(version).await?);
+            }
+            if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit.is_some() {
+                self.checkpoint(token.clone(), settled, &applier).await?;
+                last_checkpoint = Instant::now();
+            }
+            if let Some(point) = commit.as_ref().filter(|c| settled >= c.time) {
+                // The final pass takes over from the verification that ran alongside.
+                drop(verification);
+                self.finish_commit(point, version).await?;
+                return Ok(Outcome::Committed);
+            }
+        }
+    }
+
+    pub(super) async fn checkpoint(
+        &self,
+        token: Option<Bson>,
+        settled: Timestamp,
+        applier: &Applier,
+    ) -> Result<()> {
+        let Some(resume_token) = token else {
+            return Ok(());
+        };
+        self.store
+            .checkpoint(&Checkpoint {
+                resume_token,
+                applied_time: settled,
+                incarnations: applier.incarnations().clone(),
+            })
+            .await?;
+        self.touch();
+        Ok(())
+    }
+}
