@@ -29,5 +29,4 @@ pub mod reset;
 pub mod server_error;
 pub mod source;
 pub mod state;
-pub mod stream;
 pub mod verify;

@@ -24,9 +24,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::background::Background;
 use crate::catalog;
+use crate::changes::rounds;
 use crate::changes::StreamFrom;
 use crate::lifecycle::{Phase, State};
 use crate::plan::{InputError, Plan};
+use crate::preflight;
 use crate::progress::Progress;
 use crate::redact::redact_uri;
 use crate::server_error;
@@ -34,7 +36,6 @@ use crate::source::clock::{self, seconds_between};
 use crate::source::info::{self, Version};
 use crate::source::oplog;
 use crate::state::StateStore;
-use crate::{preflight, stream};
 use sync::StreamStart;
 
 /// How often the source's oplog window is measured at most, and the share of the source's time
@@ -241,7 +242,7 @@ impl Migration<'_> {
             },
             None => StreamStart {
                 from: StreamFrom::Time(stored.start_time),
-                settled: stream::just_before(stored.start_time),
+                settled: rounds::just_before(stored.start_time),
                 incarnations: self.copied_incarnations().await?,
                 commit: stored.commit,
             },

@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use crate::changes::rounds::Reader;
 use crate::changes::{ChangeEvent, StreamFrom};
 use crate::filter::NamespaceFilter;
 pub use crate::progress::StrayWrites;
-use crate::stream::Reader;
 use anyhow::Result;
 use mongodb::bson::Timestamp;
 use mongodb::Client;

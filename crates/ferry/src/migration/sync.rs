@@ -12,13 +12,14 @@ use super::{Migration, Outcome};
 use crate::apply::{Applier, Paths};
 use crate::background::Background;
 use crate::catalog::CollectionSpec;
+use crate::changes::rounds;
 use crate::changes::StreamFrom;
 use crate::incarnations::Incarnations;
 use crate::lifecycle;
 use crate::source::clock::seconds_between;
 use crate::source::info::{self, Version};
 use crate::state::{Checkpoint, CommitPoint};
-use crate::{stream, verify};
+use crate::verify;
 
 /// Checkpoints are written at most this often while applying changes.
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
@@ -44,7 +45,7 @@ impl Migration<'_> {
     ) -> Result<Outcome> {
         let split = version.splits_large_events();
         // The next round is read from the source while this one is written to the destination.
-        let (_reader, mut rounds) = stream::read_ahead(self.source.clone(), start.from, split);
+        let (_reader, mut rounds) = rounds::read_ahead(self.source.clone(), start.from, split);
         let mut token = None;
         let mut applier = Applier::new(
             self.source.clone(),
@@ -104,7 +105,7 @@ impl Migration<'_> {
                 .recv()
                 .await
                 .context("the change stream reader stopped")??;
-            settled = stream::settled_after(settled, &round);
+            settled = rounds::settled_after(settled, &round);
             // Nothing after the commit point is applied: such writes are stray, and reported.
             let past = commit
                 .as_ref()

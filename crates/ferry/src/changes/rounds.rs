@@ -24,8 +24,10 @@ use mongodb::bson::{Bson, RawDocumentBuf, Timestamp};
 use mongodb::change_stream::ChangeStream;
 use mongodb::Client;
 
+use super::fragments::Fragments;
+use super::open::{self, StreamFrom};
+use super::ChangeEvent;
 use crate::background::Background;
-use crate::changes::{self, ChangeEvent, Fragments, StreamFrom};
 use crate::server_error::{
     self, BSON_OBJECT_TOO_LARGE, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST,
 };
@@ -211,7 +213,7 @@ async fn open_on_primary(
 ) -> Result<(ChangeStream<RawDocumentBuf>, SourceClock)> {
     for _ in 0..OPEN_ATTEMPTS {
         let before = clock::read(source).await?;
-        let stream = changes::open(source, from, split)
+        let stream = open::open(source, from, split)
             .await
             .map_err(|e| explain(e, split))?;
         if clock::read(source).await?.node == before.node {
@@ -229,7 +231,7 @@ pub fn explain(error: anyhow::Error, split: bool) -> anyhow::Error {
     if server_error::is_code(&error, &[CHANGE_STREAM_HISTORY_LOST, CHANGE_STREAM_FATAL]) {
         error.context(oplog::history_lost_message())
     } else if server_error::is_code(&error, &[BSON_OBJECT_TOO_LARGE]) {
-        error.context(changes::too_large_message(split))
+        error.context(open::too_large_message(split))
     } else {
         error
     }
