@@ -1,5 +1,5 @@
 //! The operator's controls over one migration: start (for `ferry serve`), pause, resume,
-//! extend the cutover window. A migration is a task running [`migration::run`]; pausing stops
+//! extend the cutover window, and the request to commit (refused until `canCommit`). A migration is a task running [`migration::run`]; pausing stops
 //! it at a consistent point (the same stop as Ctrl-C) and resuming starts it again from the
 //! state stored on the destination.
 
@@ -30,6 +30,8 @@ struct Run {
     stop: CancellationToken,
     /// Set when the stop is a pause, not a shutdown.
     pausing: bool,
+    /// The task running the migration, awaited by a pause.
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Starts, pauses and resumes the migration; shared by the API and the CLI.
@@ -79,12 +81,14 @@ impl Controller {
             .clone()
             .expect("a plan to run");
         let stop = CancellationToken::new();
-        *self.run.lock().expect("run lock") = Some(Run {
+        let mut run = self.run.lock().expect("run lock");
+        *run = Some(Run {
             stop: stop.clone(),
             pausing: false,
+            task: None,
         });
         let controller = self.clone();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let outcome = migration::run(plan, controller.progress.clone(), stop).await;
             let pausing = controller
                 .run
@@ -109,6 +113,9 @@ impl Controller {
                 controller.finished.send_replace(finish);
             }
         });
+        if let Some(run) = run.as_mut() {
+            run.task = Some(task);
+        }
     }
 
     fn enter_paused(&self, reason: &str) {
@@ -132,16 +139,18 @@ impl Controller {
                 state.as_str()
             ));
         }
-        {
+        let task = {
             let mut run = self.run.lock().expect("run lock");
             let Some(run) = run.as_mut() else {
                 return Err("no migration is running".into());
             };
             run.pausing = true;
             run.stop.cancel();
-        }
-        while self.run.lock().expect("run lock").is_some() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            run.task.take()
+        };
+        if let Some(task) = task {
+            // The run stops at a consistent point; its end marks the migration PAUSED.
+            let _ = task.await;
         }
         Ok(())
     }
@@ -167,6 +176,33 @@ impl Controller {
         });
         self.spawn();
         Ok(())
+    }
+
+    /// Asks the migration to commit: accepted once `canCommit` is true (and again while it
+    /// commits), refused with the reason otherwise. Returns why the source's writes will stay
+    /// open at commit, when they will.
+    pub fn request_commit(&self) -> Result<Option<String>, String> {
+        self.progress.update(|s| {
+            if s.commit_requested || matches!(s.state, State::Committing | State::Committed) {
+                return Ok(s.writes_open_at_commit.clone());
+            }
+            if s.can_commit {
+                s.commit_requested = true;
+                return Ok(s.writes_open_at_commit.clone());
+            }
+            Err(match s.state {
+                State::Failed => format!(
+                    "the migration FAILED and cannot be committed: {}",
+                    s.error.as_deref().unwrap_or("see the log")
+                ),
+                _ => format!(
+                    "the migration cannot be committed yet: it is in {} ({}) with lag {}; wait until canCommit is true",
+                    s.state.as_str(),
+                    s.phase.as_str(),
+                    s.lag_time_seconds.map_or("unknown".to_string(), |l| format!("{l} s"))
+                ),
+            })
+        })
     }
 
     /// Adds [`EXTENSION`] to the cutover window.

@@ -3,7 +3,6 @@
 //! The binary (`main.rs`) is a thin shell over [`migration::Migration`]; the HTTP API and the
 //! terminal view only read its [`progress::Progress`] and send it a commit request.
 
-pub mod api;
 pub mod apply;
 pub mod background;
 pub mod catalog;
@@ -16,17 +15,15 @@ pub mod id_order;
 pub mod incarnations;
 pub mod lifecycle;
 pub mod majority;
-pub mod metrics;
 pub mod migration;
 pub mod plan;
 pub mod preflight;
 pub mod progress;
-pub mod rates;
 pub mod redact;
 pub mod reply;
-pub mod report;
 pub mod reset;
 pub mod server_error;
 pub mod source;
 pub mod state;
+pub mod surface;
 pub mod verify;

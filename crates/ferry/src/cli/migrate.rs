@@ -7,11 +7,11 @@ use tokio_util::sync::CancellationToken;
 
 use super::args::{MigrateArgs, ServeArgs};
 use super::input_error;
-use crate::api::{self, ServeSettings};
 use crate::control::{Controller, Finish};
 use crate::plan::{self, Clusters, Endpoint, InputError, Plan};
 use crate::progress::Progress;
-use crate::{rates, report};
+use crate::surface::api::{self, ServeSettings};
+use crate::surface::{rates, view};
 
 /// The exit code of a migration that COMMITTED while the source took writes after the commit
 /// point: the destination lacks them.
@@ -153,7 +153,7 @@ impl Surface {
                     .with_graceful_shutdown(async move { server_quit.cancelled().await })
                     .await;
             }),
-            tokio::spawn(report::run(progress.clone(), terminal, quit.clone())),
+            tokio::spawn(view::run(progress.clone(), terminal, quit.clone())),
             tokio::spawn(rates::run(progress, quit.clone())),
         ];
         Self { quit, tasks }

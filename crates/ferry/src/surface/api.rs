@@ -12,7 +12,6 @@ use axum::{Json, Router};
 use serde_json::{json, Value};
 
 use crate::control::Controller;
-use crate::lifecycle::State;
 use crate::plan::{Endpoint, Plan};
 
 /// What `ferry serve` knows before `/api/v1/start`: the two clusters and the run settings.
@@ -103,7 +102,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn dashboard() -> Html<&'static str> {
-    Html(include_str!("../assets/dashboard.html"))
+    Html(include_str!("../../assets/dashboard.html"))
 }
 
 async fn progress(AxumState(app): AxumState<App>) -> Json<Value> {
@@ -118,7 +117,7 @@ async fn collections(AxumState(app): AxumState<App>) -> Json<Value> {
 async fn metrics(AxumState(app): AxumState<App>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        crate::metrics::render(&app.controller.progress().snapshot()),
+        super::metrics::render(&app.controller.progress().snapshot()),
     )
         .into_response()
 }
@@ -256,27 +255,7 @@ async fn commit(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Re
     if object_body(body).is_none() {
         return bad_body();
     }
-    let refused = app.controller.progress().update(|s| {
-        if s.commit_requested || matches!(s.state, State::Committing | State::Committed) {
-            return Ok(s.writes_open_at_commit.clone());
-        }
-        if s.can_commit {
-            s.commit_requested = true;
-            return Ok(s.writes_open_at_commit.clone());
-        }
-        Err(match s.state {
-            State::Failed => format!(
-                "the migration FAILED and cannot be committed: {}",
-                s.error.as_deref().unwrap_or("see the log")
-            ),
-            _ => format!(
-                "the migration cannot be committed yet: it is in {} ({}) with lag {}; wait until canCommit is true",
-                s.state.as_str(),
-                s.phase.as_str(),
-                s.lag_time_seconds.map_or("unknown".to_string(), |l| format!("{l} s"))
-            ),
-        })
-    });
+    let refused = app.controller.request_commit();
     match refused {
         Ok(None) => Json(json!({
             "success": true,
