@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::lifecycle::State;
 use crate::migration::{self, Outcome};
-use crate::plan::Plan;
+use crate::plan::{InputError, Plan};
 use crate::progress::Progress;
 
 /// How a migration ended, for the process that hosts it.
@@ -19,6 +19,8 @@ use crate::progress::Progress;
 pub enum Finish {
     Committed,
     Failed,
+    /// Refused before it started: bad input or a failed pre-flight check.
+    Refused,
     /// Stopped by a signal before commit.
     Stopped,
 }
@@ -107,6 +109,7 @@ impl Controller {
                     None
                 }
                 Ok(Outcome::Stopped) => Some(Finish::Stopped),
+                Err(e) if e.downcast_ref::<InputError>().is_some() => Some(Finish::Refused),
                 Err(_) => Some(Finish::Failed),
             };
             if finish.is_some() {

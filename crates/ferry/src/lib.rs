@@ -1,29 +1,29 @@
 //! Ferry: live-migrate a MongoDB replica set into another one.
 //!
-//! The binary (`main.rs`) is a thin shell over [`migration::Migration`]; the HTTP API and the
-//! terminal view only read its [`progress::Progress`] and send it a commit request.
+//! The binary (`main.rs`) is a thin shell over [`cli::run`]; only the command line is public, so
+//! the compiler reports whatever nothing uses.
 
-pub mod apply;
-pub mod background;
-pub mod catalog;
-pub mod changes;
+mod apply;
+mod background;
+mod catalog;
+mod changes;
 pub mod cli;
-pub mod control;
-pub mod copy;
-pub mod filter;
-pub mod id_order;
-pub mod incarnations;
-pub mod lifecycle;
-pub mod majority;
-pub mod migration;
-pub mod plan;
-pub mod preflight;
-pub mod progress;
-pub mod redact;
-pub mod reply;
-pub mod reset;
-pub mod server_error;
-pub mod source;
-pub mod state;
-pub mod surface;
-pub mod verify;
+mod control;
+mod copy;
+mod filter;
+mod id_order;
+mod incarnations;
+mod lifecycle;
+mod majority;
+mod migration;
+mod plan;
+mod preflight;
+mod progress;
+mod redact;
+mod reply;
+mod reset;
+mod server_error;
+mod source;
+mod state;
+mod surface;
+mod verify;

@@ -1,8 +1,10 @@
-//! The `ferry` binary: parse the command line, set up logging, run, exit with the command's code.
+//! The `ferry` binary: parse the command line, set up logging, run, and turn how the command
+//! ended into the exit code, the one place that policy lives.
 
 use std::io::IsTerminal;
 
 use clap::Parser;
+use ferry::cli::{Exit, Signal};
 
 fn main() {
     let cli = ferry::cli::Cli::parse();
@@ -22,7 +24,20 @@ fn main() {
         logs.with_ansi(std::io::stderr().is_terminal()).init();
     }
     let runtime = tokio::runtime::Runtime::new().expect("starting the async runtime");
-    let code = runtime.block_on(ferry::cli::run(cli));
+    let exit = runtime.block_on(ferry::cli::run(cli));
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
-    std::process::exit(code);
+    std::process::exit(code(exit));
+}
+
+/// What each way a command can end means to a shell.
+fn code(exit: Exit) -> i32 {
+    match exit {
+        Exit::Done => 0,
+        Exit::Failed => 1,
+        Exit::Refused => 2,
+        Exit::Unverified => 3,
+        Exit::StrayWrites => 4,
+        Exit::Stopped(Signal::Interrupt) => 130,
+        Exit::Stopped(Signal::Terminate) => 143,
+    }
 }

@@ -19,7 +19,8 @@ use crate::incarnations::Incarnations;
 use crate::progress::{EventCounts, Progress};
 use crate::verify::ChangeTracker;
 
-pub use crud::{writes_for, Command, Paths, Writes};
+pub use crud::Paths;
+use crud::Writes;
 
 /// Applies change events to the destination.
 pub struct Applier {

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use super::args::ApiArgs;
+use super::Exit;
 
 /// Sends one request to a running migration's API and returns its JSON reply.
 fn call_api(
@@ -54,14 +55,18 @@ async fn request(args: &ApiArgs, method: &'static str, path: String) -> Option<s
 }
 
 /// `ferry commit`, `ferry pause`, `ferry resume`: one POST to the running migration.
-pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
+pub async fn control(args: ApiArgs, action: &'static str) -> Exit {
     let Some(body) = request(&args, "POST", format!("/api/v1/{action}")).await else {
-        return 1;
+        return Exit::Failed;
     };
     match body {
         body if args.json => {
             println!("{body}");
-            i32::from(body["success"] != true)
+            if body["success"] == true {
+                Exit::Done
+            } else {
+                Exit::Failed
+            }
         }
         body if body["success"] == true => {
             println!(
@@ -72,7 +77,10 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
                     _ => "resumed",
                 }
             );
-            0
+            if let Some(writes) = body["sourceWrites"].as_str() {
+                println!("source writes: {writes}");
+            }
+            Exit::Done
         }
         body => {
             eprintln!(
@@ -81,19 +89,19 @@ pub async fn control(args: ApiArgs, action: &'static str) -> i32 {
                     .as_str()
                     .unwrap_or("no reason given")
             );
-            1
+            Exit::Failed
         }
     }
 }
 
-pub async fn status(args: ApiArgs) -> i32 {
+pub async fn status(args: ApiArgs) -> Exit {
     let Some(body) = request(&args, "GET", "/api/v1/progress".into()).await else {
-        return 1;
+        return Exit::Failed;
     };
     match body {
         body if args.json => {
             println!("{body}");
-            0
+            Exit::Done
         }
         body => {
             let p = &body["progress"];
@@ -109,7 +117,7 @@ pub async fn status(args: ApiArgs) -> i32 {
             if let Some(error) = p["error"].as_str() {
                 println!("error: {error}");
             }
-            0
+            Exit::Done
         }
     }
 }

@@ -6,21 +6,17 @@ use std::io::IsTerminal;
 use tokio_util::sync::CancellationToken;
 
 use super::args::{MigrateArgs, ServeArgs};
-use super::input_error;
+use super::{input_error, Exit, Signal};
 use crate::control::{Controller, Finish};
 use crate::plan::{self, Clusters, Endpoint, InputError, Plan};
 use crate::progress::Progress;
 use crate::surface::api::{self, ServeSettings};
 use crate::surface::{rates, view};
 
-/// The exit code of a migration that COMMITTED while the source took writes after the commit
-/// point: the destination lacks them.
-const EXIT_STRAY_WRITES: i32 = 4;
-
 /// How long the API keeps answering after COMMITTED before the process exits.
 const FINAL_STATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn migrate(args: MigrateArgs) -> i32 {
+pub async fn migrate(args: MigrateArgs) -> Exit {
     let token = args.token.token();
     let ready = async {
         let addr = plan::api_address(&args.api_addr, token.as_deref())?;
@@ -57,7 +53,7 @@ pub async fn migrate(args: MigrateArgs) -> i32 {
                 s.started.elapsed().as_secs()
             );
             if s.stray_writes.is_empty() {
-                return 0;
+                return Exit::Done;
             }
             for writes in &s.stray_writes {
                 eprintln!(
@@ -65,28 +61,29 @@ pub async fn migrate(args: MigrateArgs) -> i32 {
                     writes.namespace, writes.count, writes.first_time
                 );
             }
-            EXIT_STRAY_WRITES
+            Exit::StrayWrites
         }
         Finish::Stopped => {
             eprintln!("stopped before commit; run the same command again to continue");
-            if signal.is_finished() {
-                signal.await.unwrap_or(130)
+            let signal = if signal.is_finished() {
+                signal.await.unwrap_or(Signal::Interrupt)
             } else {
-                130
-            }
+                Signal::Interrupt
+            };
+            Exit::Stopped(signal)
+        }
+        Finish::Refused => {
+            eprintln!("error: {}", s.error.unwrap_or_default());
+            Exit::Refused
         }
         Finish::Failed => {
             eprintln!("error: {}", s.error.unwrap_or_default());
-            if s.errors.contains_key("refused") {
-                2
-            } else {
-                1
-            }
+            Exit::Failed
         }
     }
 }
 
-pub async fn serve(args: ServeArgs) -> i32 {
+pub async fn serve(args: ServeArgs) -> Exit {
     let token = args.token.token();
     let ready = async {
         let addr = plan::api_address(&format!("{}:{}", args.host, args.port), token.as_deref())?;
@@ -116,9 +113,9 @@ pub async fn serve(args: ServeArgs) -> i32 {
     );
     let controller = Controller::new(Progress::default());
     let surface = Surface::start(listener, &controller, token, Some(settings));
-    let code = stop_on_signal(controller.clone()).await;
+    let signal = stop_on_signal(controller.clone()).await;
     surface.stop().await;
-    code
+    Exit::Stopped(signal)
 }
 
 async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, InputError> {
@@ -167,13 +164,13 @@ impl Surface {
     }
 }
 
-/// Stops the migration on SIGINT or SIGTERM and returns the exit code that signal calls for.
-async fn stop_on_signal(controller: Controller) -> i32 {
+/// Stops the migration on SIGINT or SIGTERM and returns which came.
+async fn stop_on_signal(controller: Controller) -> Signal {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("installing the SIGTERM handler");
     let code = tokio::select! {
-        _ = tokio::signal::ctrl_c() => 130,
-        _ = term.recv() => 143,
+        _ = tokio::signal::ctrl_c() => Signal::Interrupt,
+        _ = term.recv() => Signal::Terminate,
     };
     tracing::warn!("stop requested: stopping at a consistent point");
     controller.shutdown();

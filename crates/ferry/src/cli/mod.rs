@@ -1,6 +1,5 @@
-//! The command line: one module per kind of subcommand. Each subcommand returns the process
-//! exit code (0 done, 1 failed, 2 bad input or a failed check, 3 verified different, 4
-//! committed while the source took writes after the commit point, 130/143 stopped by a signal).
+//! The command line: what was typed (`args`), one module per kind of subcommand, and how each
+//! command ended ([`Exit`]), which `main` turns into the exit code.
 
 mod args;
 mod client;
@@ -48,8 +47,34 @@ pub enum Command {
     Reset(ResetArgs),
 }
 
-/// Runs a parsed command and returns the process exit code.
-pub async fn run(cli: Cli) -> i32 {
+/// How a command ended; `main` maps it to the process's exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Done: COMMITTED, ready to migrate, equal, accepted.
+    Done,
+    /// The work failed, and the reason was printed: a migration FAILED, the clusters differ, a
+    /// request was refused.
+    Failed,
+    /// Bad input or a failed pre-flight check; nothing was written.
+    Refused,
+    /// A verification that could not run.
+    Unverified,
+    /// COMMITTED, but the source took writes after the commit point, which the destination
+    /// lacks.
+    StrayWrites,
+    /// Stopped by a signal before commit.
+    Stopped(Signal),
+}
+
+/// The signal that stopped a command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    Interrupt,
+    Terminate,
+}
+
+/// Runs a parsed command.
+pub async fn run(cli: Cli) -> Exit {
     match cli.command {
         Command::Migrate(args) => migrate::migrate(args).await,
         Command::Serve(args) => migrate::serve(args).await,
@@ -63,7 +88,7 @@ pub async fn run(cli: Cli) -> i32 {
     }
 }
 
-fn input_error(error: InputError) -> i32 {
+fn input_error(error: InputError) -> Exit {
     eprintln!("error: {error}");
-    2
+    Exit::Refused
 }

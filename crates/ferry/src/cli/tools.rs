@@ -1,11 +1,11 @@
 //! `ferry check`, `ferry verify` and `ferry reset`: one-shot commands against the clusters.
 
 use super::args::{CheckArgs, ResetArgs, VerifyArgs};
-use super::input_error;
+use super::{input_error, Exit};
 use crate::plan::InputError;
 use crate::redact::redact_uri;
 
-pub async fn check(args: CheckArgs) -> i32 {
+pub async fn check(args: CheckArgs) -> Exit {
     let clusters = match args.clusters.clusters().await {
         Ok(clusters) => clusters,
         Err(e) => return input_error(e),
@@ -18,7 +18,7 @@ pub async fn check(args: CheckArgs) -> i32 {
         Ok(clients) => clients,
         Err(e) => {
             eprintln!("error: {}", redact_uri(&format!("{e:#}")));
-            return 2;
+            return Exit::Refused;
         }
     };
     let options = crate::preflight::Options {
@@ -36,13 +36,13 @@ pub async fn check(args: CheckArgs) -> i32 {
         print!("{}", outcome.report.to_text());
     }
     if outcome.report.blocking {
-        2
+        Exit::Refused
     } else {
-        0
+        Exit::Done
     }
 }
 
-pub async fn reset(args: ResetArgs) -> i32 {
+pub async fn reset(args: ResetArgs) -> Exit {
     let run = async {
         let destination = crate::plan::Endpoint::parse("destination", &args.destination).await?;
         let client = destination
@@ -56,16 +56,16 @@ pub async fn reset(args: ResetArgs) -> i32 {
         Ok(summary) => {
             println!("{summary}");
             if args.yes {
-                0
+                Exit::Done
             } else {
-                2
+                Exit::Refused
             }
         }
         Err(e) => input_error(e),
     }
 }
 
-pub async fn verify(args: VerifyArgs) -> i32 {
+pub async fn verify(args: VerifyArgs) -> Exit {
     let clusters = match args.clusters.clusters().await {
         Ok(clusters) => clusters,
         Err(e) => return input_error(e),
@@ -99,17 +99,17 @@ pub async fn verify(args: VerifyArgs) -> i32 {
                 print!("{}", report.to_text());
             }
             if report.equal {
-                0
+                Exit::Done
             } else {
-                1
+                Exit::Failed
             }
         }
         Err(e) => {
             eprintln!("error: {}", redact_uri(&format!("{e:#}")));
             if e.downcast_ref::<InputError>().is_some() {
-                2
+                Exit::Refused
             } else {
-                3
+                Exit::Unverified
             }
         }
     }
