@@ -249,6 +249,28 @@ async fn destination_empty(
     stored: Option<Stored>,
     identity: &Document,
 ) -> (Check, Option<Stored>) {
+    let occupied: Vec<String> = if stored.is_some() {
+        Vec::new()
+    } else {
+        catalog::list_namespaces(destination, &clusters.filter)
+            .await
+            .unwrap_or_default()
+            .iter()
+            .map(catalog::CollectionSpec::ns)
+            .collect()
+    };
+    emptiness(stored, identity, &occupied, drop)
+}
+
+/// Whether the destination counts as empty: it holds this migration to resume (same
+/// identity), or none of the included namespaces (`occupied`), or `--drop` clears them. Returns
+/// the stored migration when it resumes.
+fn emptiness(
+    stored: Option<Stored>,
+    identity: &Document,
+    occupied: &[String],
+    drop: bool,
+) -> (Check, Option<Stored>) {
     const ID: &str = "destination.empty";
     if let Some(stored) = stored {
         if let Some((field, name)) = other_identity(&stored, identity) {
@@ -272,12 +294,6 @@ async fn destination_empty(
         );
         return (Check::pass(ID, found), Some(stored));
     }
-    let occupied: Vec<String> = catalog::list_namespaces(destination, &clusters.filter)
-        .await
-        .unwrap_or_default()
-        .iter()
-        .map(catalog::CollectionSpec::ns)
-        .collect();
     let shown = |names: &[String]| {
         let mut text = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
         if names.len() > 5 {
@@ -292,7 +308,7 @@ async fn destination_empty(
             format!(
                 "--drop will drop {} namespace(s) on the destination: {}",
                 occupied.len(),
-                shown(&occupied)
+                shown(occupied)
             ),
             "make sure this is the cluster you mean to overwrite",
         ),
@@ -301,7 +317,7 @@ async fn destination_empty(
             format!(
                 "the destination already holds {} included namespace(s) ({})",
                 occupied.len(),
-                shown(&occupied)
+                shown(occupied)
             ),
             "give --drop to replace them, or narrow the migration with --include/--exclude",
         ),
@@ -389,4 +405,55 @@ pub async fn validate(
             .await?;
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{Phase, State};
+
+    #[test]
+    fn the_destination_is_empty_resumable_droppable_or_occupied() {
+        let identity = doc! { "sourceSet": "rs0", "include": ["shop"] };
+        let stored = |plan: Document| Stored {
+            state: State::Running,
+            phase: Phase::CollectionCopy,
+            plan,
+            start_time: mongodb::bson::Timestamp {
+                time: 1,
+                increment: 0,
+            },
+            checkpoint: None,
+            commit: None,
+        };
+        let (check, resume) = emptiness(Some(stored(identity.clone())), &identity, &[], false);
+        assert_eq!(
+            (check.status, resume.is_some()),
+            (Status::Pass, true),
+            "{check:?}"
+        );
+        let other = doc! { "sourceSet": "rs0", "include": ["crm"] };
+        let (check, resume) = emptiness(Some(stored(other)), &identity, &[], false);
+        assert_eq!(
+            (check.status, resume.is_none()),
+            (Status::Fail, true),
+            "{check:?}"
+        );
+        assert!(check
+            .found
+            .contains("another --include (crm then, shop now)"));
+        let occupied = ["shop.orders".to_string()];
+        assert_eq!(
+            emptiness(None, &identity, &[], false).0.status,
+            Status::Pass
+        );
+        assert_eq!(
+            emptiness(None, &identity, &occupied, true).0.status,
+            Status::Warn
+        );
+        assert_eq!(
+            emptiness(None, &identity, &occupied, false).0.status,
+            Status::Fail
+        );
+    }
 }

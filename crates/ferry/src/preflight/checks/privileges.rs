@@ -1,0 +1,157 @@
+//! The privileges each end needs, proven by running what the migration will run: read-only on
+//! the source, with a scratch collection in the state database on the destination.
+
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::Client;
+
+use crate::catalog::{CollectionSpec, Kind};
+use crate::preflight::report::Check;
+use crate::redact::redact_uri;
+use crate::server_error::{self, UNAUTHORIZED};
+
+/// Runs one probe; a missing privilege names the action and the role that grants it.
+async fn probe<T, E: Into<anyhow::Error>>(
+    what: &str,
+    action: &str,
+    roles: &str,
+    operation: impl std::future::IntoFuture<Output = Result<T, E>>,
+) -> Result<(), String> {
+    match operation.await.map_err(Into::into) {
+        Ok(_) => Ok(()),
+        Err(e) if server_error::code_of(&e) == Some(UNAUTHORIZED) => Err(format!(
+            "not allowed to {what} (missing action {action}); grant the user {roles}"
+        )),
+        Err(e) => Err(format!(
+            "could not {what}: {}",
+            redact_uri(&format!("{e:#}"))
+        )),
+    }
+}
+
+const SOURCE_ROLES: &str = "the roles readAnyDatabase and clusterMonitor";
+
+/// Proves the source privileges by running what the migration will run, read-only.
+pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> Check {
+    const ID: &str = "source.privileges";
+    let mut problems = Vec::new();
+    if let Err(p) = probe(
+        "list the databases",
+        "listDatabases",
+        SOURCE_ROLES,
+        source.list_database_names(),
+    )
+    .await
+    {
+        problems.push(p);
+    }
+    if let Err(p) = probe(
+        "read the server status",
+        "serverStatus",
+        SOURCE_ROLES,
+        source
+            .database("admin")
+            .run_command(doc! { "serverStatus": 1 }),
+    )
+    .await
+    {
+        problems.push(p);
+    }
+    if let Err(p) = probe(
+        "open a change stream on the cluster",
+        "changeStream",
+        SOURCE_ROLES,
+        source.watch(),
+    )
+    .await
+    {
+        problems.push(p);
+    }
+    for spec in included.iter().filter(|s| s.kind == Kind::Collection) {
+        let collection = source
+            .database(&spec.db)
+            .collection::<RawDocumentBuf>(&spec.name);
+        // A point read by `_id` proves the privilege without scanning on any server.
+        let read = collection.find_one(doc! { "_id": Bson::MinKey });
+        if let Err(p) = probe(&format!("read {}", spec.ns()), "find", SOURCE_ROLES, read).await {
+            problems.push(p);
+            break;
+        }
+    }
+    if problems.is_empty() {
+        Check::pass(ID, format!("can list databases, read server status, open a change stream and read all {} included collections", included.len()))
+    } else {
+        Check::fail(
+            ID,
+            problems.join("; "),
+            format!("grant the source user {SOURCE_ROLES}"),
+        )
+    }
+}
+
+const DESTINATION_ROLES: &str =
+    "the roles readWriteAnyDatabase and dbAdminAnyDatabase (or restore)";
+
+/// Proves the destination privileges with a scratch collection in the state database, which it
+/// removes again: create a collection and an index, write, and drop.
+pub async fn destination_privileges(destination: &Client, state_db: &str) -> Check {
+    const ID: &str = "destination.privileges";
+    let db = destination.database(state_db);
+    let probe_coll = db.collection::<Document>("preflight_probe");
+    let steps = async {
+        probe(
+            "create collections",
+            "createCollection",
+            DESTINATION_ROLES,
+            db.create_collection("preflight_probe"),
+        )
+        .await?;
+        probe(
+            "create indexes",
+            "createIndex",
+            DESTINATION_ROLES,
+            crate::majority::command(
+                &db,
+                doc! { "createIndexes": "preflight_probe", "indexes": [{ "key": { "probe": 1 }, "name": "probe_1" }] },
+            ),
+        )
+        .await?;
+        probe(
+            "write documents",
+            "insert",
+            DESTINATION_ROLES,
+            probe_coll.insert_one(doc! { "probe": 1 }),
+        )
+        .await?;
+        // Every copy and change write bypasses validation (a replay passes through states a
+        // validator may refuse), which `readWrite` alone does not allow.
+        probe(
+            "write documents past validation",
+            "bypassDocumentValidation",
+            DESTINATION_ROLES,
+            probe_coll
+                .insert_one(doc! { "probe": 2 })
+                .bypass_document_validation(true),
+        )
+        .await?;
+        probe(
+            "drop collections",
+            "dropCollection",
+            DESTINATION_ROLES,
+            probe_coll.drop(),
+        )
+        .await
+    };
+    let result = steps.await;
+    let _ = probe_coll.drop().await;
+    match result {
+        Ok(()) => Check::pass(
+            ID,
+            "can create collections and indexes, write (past validation) and drop",
+        ),
+        Err(problem) => Check::fail(
+            ID,
+            problem,
+            format!("grant the destination user {DESTINATION_ROLES}"),
+        ),
+    }
+}
