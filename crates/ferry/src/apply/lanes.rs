@@ -11,7 +11,9 @@ use std::hash::{Hash, Hasher};
 use anyhow::Result;
 use mongodb::Client;
 
-use super::crud::{self, Batch, Writes};
+use super::batch::Batch;
+use super::crud::Writes;
+use super::refetch::refetch;
 use crate::changes::ChangeEvent;
 use crate::id_order::{self, Strings};
 
@@ -75,7 +77,7 @@ async fn apply_lane(
                 if let Some(pending) = batch.take() {
                     refetched += pending.execute(source, destination).await?;
                 }
-                crud::refetch(source, destination, &event).await?;
+                refetch(source, destination, &event).await?;
                 refetched += 1;
             }
             Writes::Statements(command, statements) => {
@@ -103,6 +105,7 @@ async fn apply_lane(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::apply::crud;
     use mongodb::bson::{rawdoc, Timestamp};
 
     fn update(coll: &str, id: i32, n: i32) -> ChangeEvent {

@@ -3,9 +3,11 @@
 //! order; a catalog change (DDL) and a transaction are barriers: everything before is written
 //! first, then the catalog change alone or the transaction's events, then what follows.
 
+mod batch;
 mod crud;
 mod ddl;
 mod lanes;
+mod refetch;
 
 use std::collections::HashSet;
 

@@ -1,0 +1,170 @@
+//! Consecutive changes to one collection sent as one ordered `update` or `delete` command,
+//! within the server's command limit; a statement the destination refuses is replaced by a
+//! read-back of its document, and the batch goes on after it.
+
+use anyhow::{bail, Context, Result};
+use mongodb::bson::{Document, RawArrayBuf, RawBson, RawDocumentBuf};
+use mongodb::Client;
+
+use super::crud::Command;
+use super::refetch::refetch;
+use crate::changes::ChangeEvent;
+use crate::majority;
+
+/// Statements per command, and the byte size up to which a batch takes more statements: well
+/// under the server's command limit (16 MiB + 16 KiB), which one statement alone may approach.
+const MAX_STATEMENTS: usize = 1000;
+const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+/// Consecutive statements for one collection and one command, in event order.
+pub struct Batch {
+    pub db: String,
+    pub coll: String,
+    pub command: Command,
+    statements: Vec<RawDocumentBuf>,
+    /// For each statement, the index in `events` of the event it came from.
+    owners: Vec<usize>,
+    events: Vec<ChangeEvent>,
+    bytes: usize,
+}
+
+impl Batch {
+    pub fn new(db: &str, coll: &str, command: Command) -> Self {
+        Self {
+            db: db.to_string(),
+            coll: coll.to_string(),
+            command,
+            statements: Vec::new(),
+            owners: Vec::new(),
+            events: Vec::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Whether `statements` for (`db`, `coll`, `command`) can join this batch: an empty batch
+    /// takes anything, others only what keeps them within [`MAX_STATEMENTS`] and [`MAX_BYTES`].
+    pub fn accepts(
+        &self,
+        db: &str,
+        coll: &str,
+        command: Command,
+        statements: &[RawDocumentBuf],
+    ) -> bool {
+        let bytes: usize = statements.iter().map(|s| s.as_bytes().len()).sum();
+        self.db == db
+            && self.coll == coll
+            && self.command == command
+            && (self.statements.is_empty()
+                || (self.statements.len() + statements.len() <= MAX_STATEMENTS
+                    && self.bytes + bytes <= MAX_BYTES))
+    }
+
+    pub fn push(&mut self, event: ChangeEvent, statements: Vec<RawDocumentBuf>) {
+        let owner = self.events.len();
+        for statement in statements {
+            self.bytes += statement.as_bytes().len();
+            self.statements.push(statement);
+            self.owners.push(owner);
+        }
+        self.events.push(event);
+    }
+
+    /// Sends the batch as ordered commands. A statement the server refuses is replaced by a
+    /// refetch of its document, and the batch continues after that event's statements.
+    /// Returns the number of refetched documents.
+    pub async fn execute(self, source: &Client, destination: &Client) -> Result<u64> {
+        let database = destination.database(&self.db);
+        let mut refetched = 0;
+        let mut start = 0;
+        while start < self.statements.len() {
+            let command = self.command_for(&self.statements[start..]);
+            let reply = majority::raw_command(&database, command)
+                .await
+                .with_context(|| {
+                    format!(
+                        "applying changes to {}.{} on the destination",
+                        self.db, self.coll
+                    )
+                })?;
+            let Some(failed) = first_write_error(&reply)? else {
+                break;
+            };
+            let failed = start + failed;
+            let owner = self.owners[failed];
+            refetch(source, destination, &self.events[owner]).await?;
+            refetched += 1;
+            start = failed;
+            while start < self.statements.len() && self.owners[start] == owner {
+                start += 1;
+            }
+        }
+        Ok(refetched)
+    }
+
+    fn command_for(&self, statements: &[RawDocumentBuf]) -> RawDocumentBuf {
+        let mut list = RawArrayBuf::new();
+        for statement in statements {
+            list.push(RawBson::Document(statement.clone()));
+        }
+        let (name, field) = match self.command {
+            Command::Update => ("update", "updates"),
+            Command::Delete => ("delete", "deletes"),
+        };
+        let mut command = RawDocumentBuf::new();
+        command.append(name, self.coll.as_str());
+        command.append(field, list);
+        command.append("ordered", true);
+        command.append("bypassDocumentValidation", true);
+        command
+    }
+}
+
+/// The index of the first failed statement of an ordered write reply.
+fn first_write_error(reply: &Document) -> Result<Option<usize>> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Ok(None);
+    };
+    let Some(first) = errors.first().and_then(|e| e.as_document()) else {
+        return Ok(None);
+    };
+    let index = match first.get("index") {
+        Some(mongodb::bson::Bson::Int32(i)) => *i as usize,
+        Some(mongodb::bson::Bson::Int64(i)) => *i as usize,
+        _ => bail!("the destination's write error has no statement index: {first}"),
+    };
+    Ok(Some(index))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::bson::{rawdoc, Timestamp};
+
+    fn event(op: &str, body: RawDocumentBuf) -> ChangeEvent {
+        let mut raw = rawdoc! {
+            "operationType": op,
+            "clusterTime": Timestamp { time: 1, increment: 1 },
+            "ns": { "db": "d", "coll": "c" },
+            "documentKey": { "_id": 7 },
+        };
+        for (key, value) in body.iter().map(Result::unwrap) {
+            raw.append_ref(key, value);
+        }
+        ChangeEvent::decode(raw).unwrap()
+    }
+
+    #[test]
+    fn a_batch_never_grows_past_its_byte_bound_with_the_next_statement() {
+        let big = |n: usize| rawdoc! { "q": { "_id": 1 }, "u": { "pad": "x".repeat(n) } };
+        let mut batch = Batch::new("d", "c", Command::Update);
+        let first = vec![big(MAX_BYTES - 1000)];
+        assert!(batch.accepts("d", "c", Command::Update, &first));
+        batch.push(event("delete", rawdoc! {}), first);
+        // A statement that would carry the batch past the bound starts a batch of its own,
+        // however large it is.
+        let large = vec![big(15 * 1024 * 1024)];
+        assert!(!batch.accepts("d", "c", Command::Update, &large));
+        assert!(Batch::new("d", "c", Command::Update).accepts("d", "c", Command::Update, &large));
+        assert!(batch.accepts("d", "c", Command::Update, &[big(100)]));
+    }
+}
