@@ -27,7 +27,6 @@ use mongodb::Client;
 use super::fragments::Fragments;
 use super::open::{self, StreamFrom};
 use super::ChangeEvent;
-use crate::background::Background;
 use crate::server_error::{
     self, BSON_OBJECT_TOO_LARGE, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST,
 };
@@ -86,15 +85,19 @@ pub fn just_before(t: Timestamp) -> Timestamp {
     }
 }
 
-/// Reads rounds from `from` on in the background, one round ahead of the caller; the first error
-/// ends it. With `split`, events over 16 MiB are read in fragments and joined.
+/// Reads rounds from `from` on, one round ahead of the caller: run the returned work beside the
+/// caller (`background::beside`) and take the rounds from the receiver; the first error ends it.
+/// With `split`, events over 16 MiB are read in fragments and joined.
 pub fn read_ahead(
     source: Client,
     from: StreamFrom,
     split: bool,
-) -> (Background, tokio::sync::mpsc::Receiver<Result<Round>>) {
+) -> (
+    impl std::future::Future<Output = ()>,
+    tokio::sync::mpsc::Receiver<Result<Round>>,
+) {
     let (rounds, received) = tokio::sync::mpsc::channel(1);
-    let reader = Background::spawn(async move {
+    let reader = async move {
         let mut reader = match Reader::open(source, from, split).await {
             Ok(reader) => reader,
             Err(e) => {
@@ -109,7 +112,7 @@ pub fn read_ahead(
                 return;
             }
         }
-    });
+    };
     (reader, received)
 }
 

@@ -16,13 +16,14 @@ mod start;
 mod strays;
 mod sync;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use mongodb::Client;
 use tokio_util::sync::CancellationToken;
 
-use crate::background::Background;
+use crate::background::beside;
 use crate::catalog;
 use crate::changes::rounds;
 use crate::changes::StreamFrom;
@@ -35,7 +36,7 @@ use crate::server_error;
 use crate::source::clock::{self, seconds_between};
 use crate::source::info::{self, Version};
 use crate::source::oplog;
-use crate::state::StateStore;
+use crate::state::{StateStore, Stored};
 use sync::StreamStart;
 
 /// How often the source's oplog window is measured at most, and the share of the source's time
@@ -205,8 +206,21 @@ impl Migration<'_> {
             });
         }
         self.touch();
-        let _oplog_watch = watch_oplog(self.source.clone(), self.progress.clone());
+        let stages = self.stages(stored, sizes, version);
+        beside(
+            stages,
+            watch_oplog(self.source.clone(), self.progress.clone()),
+        )
+        .await
+    }
 
+    /// The stages not done yet, from the stored state on.
+    async fn stages(
+        &self,
+        stored: Stored,
+        sizes: HashMap<String, (u64, u64)>,
+        version: Version,
+    ) -> Result<Outcome> {
         let specs = catalog::list_namespaces(&self.source, &self.plan.filter).await?;
         if stored.phase > Phase::CollectionCopy {
             self.show_finished_copy().await?;
@@ -282,24 +296,21 @@ impl Migration<'_> {
 /// Measures the source's oplog window in the background while a migration attempt runs: first
 /// after one interval (an attempt's start is busy: planning the copy, or a resumed catch-up),
 /// then as often as the interval and the measurement's own cost allow.
-fn watch_oplog(source: Client, progress: Progress) -> Background {
-    Background::spawn(async move {
-        let start = clock::read(&source).await.ok().map(|c| c.last_write);
-        let mut pause = OPLOG_WINDOW_INTERVAL;
-        loop {
-            tokio::time::sleep(pause).await;
-            let measuring = Instant::now();
-            let oldest = oplog::oldest_entry(&source).await;
-            pause = OPLOG_WINDOW_INTERVAL.max(measuring.elapsed() * OPLOG_WINDOW_COST_SHARE);
-            if let Ok(Some(oldest)) = oldest {
-                let resume = progress.snapshot().resume_time.or(start);
-                if let Some(resume) = resume {
-                    progress
-                        .update(|s| s.oplog_window_seconds = Some(seconds_between(oldest, resume)));
-                }
+async fn watch_oplog(source: Client, progress: Progress) {
+    let start = clock::read(&source).await.ok().map(|c| c.last_write);
+    let mut pause = OPLOG_WINDOW_INTERVAL;
+    loop {
+        tokio::time::sleep(pause).await;
+        let measuring = Instant::now();
+        let oldest = oplog::oldest_entry(&source).await;
+        pause = OPLOG_WINDOW_INTERVAL.max(measuring.elapsed() * OPLOG_WINDOW_COST_SHARE);
+        if let Ok(Some(oldest)) = oldest {
+            let resume = progress.snapshot().resume_time.or(start);
+            if let Some(resume) = resume {
+                progress.update(|s| s.oplog_window_seconds = Some(seconds_between(oldest, resume)));
             }
         }
-    })
+    }
 }
 
 #[cfg(test)]

@@ -10,9 +10,11 @@ use mongodb::bson::{Bson, Timestamp};
 
 use super::{Migration, Outcome};
 use crate::apply::{Applier, Paths};
-use crate::background::Background;
+use tokio::sync::mpsc::Receiver;
+
+use crate::background::beside;
 use crate::catalog::CollectionSpec;
-use crate::changes::rounds;
+use crate::changes::rounds::{self, Round};
 use crate::changes::StreamFrom;
 use crate::incarnations::Incarnations;
 use crate::lifecycle;
@@ -35,8 +37,18 @@ pub(super) struct StreamStart {
     pub(super) commit: Option<CommitPoint>,
 }
 
+/// How the application of rounds ended.
+enum Ended {
+    /// Every change up to the commit point is applied.
+    Commit(CommitPoint),
+    /// Stopped or paused before a commit.
+    Before(Outcome),
+}
+
 impl Migration<'_> {
-    /// Applies changes from `start` on, until a commit completes or the operator stops.
+    /// Applies changes from `start` on, until a commit completes or the operator stops. The next
+    /// round is read from the source, and (`--verify`) the first verification pass runs, beside
+    /// the rounds being written; both stop before the commit's own verification.
     pub(super) async fn follow_changes(
         &self,
         start: StreamStart,
@@ -44,14 +56,12 @@ impl Migration<'_> {
         version: Version,
     ) -> Result<Outcome> {
         let split = version.splits_large_events();
-        // The next round is read from the source while this one is written to the destination.
-        let (_reader, mut rounds) = rounds::read_ahead(self.source.clone(), start.from, split);
-        let mut token = None;
+        let (reader, rounds) = rounds::read_ahead(self.source.clone(), start.from.clone(), split);
         let mut applier = Applier::new(
             self.source.clone(),
             self.destination.clone(),
             self.plan.filter.clone(),
-            start.incarnations,
+            start.incarnations.clone(),
             self.progress.clone(),
         )
         .with_lanes(self.plan.apply_lanes)
@@ -67,19 +77,42 @@ impl Migration<'_> {
                 .map(CollectionSpec::ns)
                 .collect(),
         );
-        let mut verification = None;
         if self.plan.verify {
             applier = applier.with_verification(verify::ChangeTracker::new(
                 &self.destination,
                 &self.plan.filter.state_db,
             ));
-            verification = Some(Background::spawn(verify::alongside_changes(
-                self.source.clone(),
-                self.destination.clone(),
-                self.plan.filter.clone(),
-                self.progress.clone(),
-            )));
         }
+        let verification = async {
+            if self.plan.verify {
+                verify::alongside_changes(
+                    self.source.clone(),
+                    self.destination.clone(),
+                    self.plan.filter.clone(),
+                    self.progress.clone(),
+                )
+                .await;
+            }
+        };
+        let applying = self.apply_rounds(rounds, applier, start, version);
+        match beside(beside(applying, reader), verification).await? {
+            Ended::Commit(point) => {
+                self.finish_commit(&point, version).await?;
+                Ok(Outcome::Committed)
+            }
+            Ended::Before(outcome) => Ok(outcome),
+        }
+    }
+
+    /// Writes the rounds as they come, until the commit point is reached or the migration stops.
+    async fn apply_rounds(
+        &self,
+        mut rounds: Receiver<Result<Round>>,
+        mut applier: Applier,
+        start: StreamStart,
+        version: Version,
+    ) -> Result<Ended> {
+        let mut token = None;
         let mut settled = start.settled;
         let mut commit = start.commit;
         let mut last_checkpoint = Instant::now();
@@ -99,7 +132,7 @@ impl Migration<'_> {
             }
             if self.stop.is_cancelled() {
                 self.checkpoint(token.clone(), settled, &applier).await?;
-                return Ok(Outcome::Stopped);
+                return Ok(Ended::Before(Outcome::Stopped));
             }
             let mut round = rounds
                 .recv()
@@ -136,9 +169,9 @@ impl Migration<'_> {
             });
             if window_closed {
                 self.checkpoint(token.clone(), settled, &applier).await?;
-                return Ok(Outcome::Paused(
+                return Ok(Ended::Before(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
-                ));
+                )));
             }
             if commit_requested && commit.is_none() {
                 commit = Some(self.begin_commit(version).await?);
@@ -147,11 +180,8 @@ impl Migration<'_> {
                 self.checkpoint(token.clone(), settled, &applier).await?;
                 last_checkpoint = Instant::now();
             }
-            if let Some(point) = commit.as_ref().filter(|c| settled >= c.time) {
-                // The final pass takes over from the verification that ran alongside.
-                drop(verification);
-                self.finish_commit(point, version).await?;
-                return Ok(Outcome::Committed);
+            if let Some(point) = commit.take_if(|c| settled >= c.time) {
+                return Ok(Ended::Commit(point));
             }
         }
     }
