@@ -9,21 +9,6 @@ use mongodb::Client;
 use crate::harness::{fill, seed, App, Pair};
 use testkit::workload;
 
-/// The number of documents a run's log says it copied into `ns` ("collection copied").
-fn copied_in_log(output: &str, ns: &str) -> Option<u64> {
-    output
-        .lines()
-        .filter(|l| l.contains("collection copied") && l.contains(&format!("namespace={ns} ")))
-        .find_map(|l| {
-            l.split("documents=")
-                .nth(1)?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        })
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_during_copy_resumes_without_copying_again() {
     let seed = seed("kill_during_copy");
@@ -45,19 +30,20 @@ async fn kill_during_copy_resumes_without_copying_again() {
     });
     first.kill9();
     assert!(
-        copied_in_log(&first.output(), "big.items").is_none(),
+        first.copied("big.items").is_none(),
         "the copy had finished already"
     );
     assert!(
         first
-            .output()
-            .contains("copying in parallel _id ranges namespace=big.items"),
+            .logged("copying in parallel _id ranges")
+            .iter()
+            .any(|fields| fields["namespace"] == "big.items"),
         "{}",
         first.output()
     );
     let small_done: Vec<String> = ["wl_main.capped", "wl_main.validated"]
         .iter()
-        .filter(|ns| copied_in_log(&first.output(), ns).is_some())
+        .filter(|ns| first.copied(ns).is_some())
         .map(|ns| ns.to_string())
         .collect();
 
@@ -65,18 +51,21 @@ async fn kill_during_copy_resumes_without_copying_again() {
     tokio::task::block_in_place(|| second.wait_can_commit());
     let output = second.output();
     assert!(
-        output.contains("resuming the migration stored on the destination"),
+        !second
+            .logged("resuming the migration stored on the destination")
+            .is_empty(),
         "{output}"
     );
-    let recopied =
-        copied_in_log(&output, "big.items").expect("the big copy finished in the second run");
+    let recopied = second
+        .copied("big.items")
+        .expect("the big copy finished in the second run");
     assert!(
         recopied < 50_000,
         "the second run copied {recopied} documents of 60,000 again:\n{output}"
     );
     for ns in small_done {
         assert!(
-            copied_in_log(&output, &ns).is_none(),
+            second.copied(&ns).is_none(),
             "{ns} was copied again:\n{output}"
         );
     }
@@ -104,7 +93,7 @@ async fn kill_during_change_application_under_load_resumes_from_the_checkpoint()
     tokio::task::block_in_place(|| second.wait_can_commit());
     let output = second.output();
     assert!(
-        !output.contains("collection copied"),
+        second.logged("collection copied").is_empty(),
         "nothing is copied again:\n{output}"
     );
     app.stop().await;
@@ -141,11 +130,7 @@ async fn kill_during_index_build_finishes_what_is_missing() {
     first.kill9();
     let mut second = pair.migrate(&[]);
     tokio::task::block_in_place(|| second.commit_and_finish());
-    assert!(
-        copied_in_log(&second.output(), "idx.c").is_none(),
-        "{}",
-        second.output()
-    );
+    assert!(second.copied("idx.c").is_none(), "{}", second.output());
     pair.assert_equal("kill during index build").await;
 }
 
@@ -313,7 +298,7 @@ async fn restarted_servers_are_ridden_out_mid_copy_and_mid_stream() {
     pair.source.restart(Duration::from_secs(3)).unwrap();
     pair.src = Client::with_uri_str(pair.source.uri()).await.unwrap();
     tokio::task::block_in_place(|| ferry.wait_can_commit());
-    assert!(ferry.output().contains("retrying"), "{}", ferry.output());
+    assert!(ferry.retried(), "{}", ferry.output());
 
     // Mid-stream, under writes: the source, then the destination.
     for (round, restart_source) in [(1, true), (2, false)] {

@@ -105,6 +105,8 @@ impl Ferry {
                 destination,
                 "--api-addr",
                 &api,
+                "--log-format",
+                "json",
             ])
             .args(extra)
             .envs(env.iter().copied())
@@ -148,6 +150,36 @@ impl Ferry {
     /// Everything ferry printed so far.
     pub fn output(&self) -> String {
         self.output.lock().unwrap().clone()
+    }
+
+    /// The fields of every structured log line with this message (`--log-format json`).
+    pub fn logged(&self, message: &str) -> Vec<Value> {
+        self.output()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .map(|entry| entry["fields"].clone())
+            .filter(|fields| fields["message"] == message)
+            .collect()
+    }
+
+    /// Whether ferry logged that it was retrying after a fault.
+    pub fn retried(&self) -> bool {
+        self.output()
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .any(|entry| {
+                entry["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("retrying"))
+            })
+    }
+
+    /// The documents a `collection copied` log line reports for `ns`, if the copy finished.
+    pub fn copied(&self, ns: &str) -> Option<u64> {
+        self.logged("collection copied")
+            .iter()
+            .find(|fields| fields["namespace"] == ns)
+            .and_then(|fields| fields["documents"].as_u64())
     }
 
     fn call(&self, method: &str, path: &str) -> Option<(u16, Value)> {

@@ -57,35 +57,27 @@ async fn random_workload_during_copy_and_streaming_converges_exactly() {
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal(&format!("seed {seed}")).await;
     let output = ferry.output();
-    let finished = output
-        .lines()
-        .find(|l| l.contains("verification finished"))
+    let finished = ferry
+        .logged("verification finished")
+        .pop()
         .unwrap_or_else(|| panic!("no final verification:\n{output}"));
     eprintln!("{finished}");
-    assert!(finished.contains("equal=true"), "{finished}");
+    assert_eq!(finished["equal"], true, "{finished}");
     // The commit-time pass read only what the first pass had not covered (namespaces the
     // workload's DDL replaced), and re-checked the queue, not every document.
-    let documents = field(finished, "documents");
-    let read_at_commit = field(finished, "read_at_commit");
+    let documents = finished["documents"].as_u64().unwrap_or_default();
+    let read_at_commit = finished["read_at_commit"].as_u64().unwrap_or_default();
     assert!(
         documents >= 8000 && read_at_commit * 4 < documents,
         "{finished}"
     );
-    assert!(output.contains("collection copy"), "{output}");
-}
-
-/// The number after `name=` in a log line.
-fn field(line: &str, name: &str) -> u64 {
-    let start = line
-        .find(&format!(" {name}="))
-        .unwrap_or_else(|| panic!("no {name} in {line}"))
-        + name.len()
-        + 2;
-    line[start..]
-        .split(|c: char| !c.is_ascii_digit())
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no number for {name} in {line}"))
+    assert!(
+        ferry
+            .logged("phase")
+            .iter()
+            .any(|fields| fields["phase"] == "collection copy"),
+        "{output}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -127,9 +119,10 @@ async fn a_difference_rechecking_does_not_clear_refuses_the_commit() {
         let output = ferry.output();
         assert_ne!(code, 0, "the commit must be refused:\n{output}");
         assert!(!output.contains("the destination is ready"), "{output}");
+        // The report as the command prints it (the log line before it is JSON).
         let report = output
-            .split("verification found differences")
-            .nth(1)
+            .rsplit_once("error: verification found differences")
+            .map(|(_, report)| report)
             .unwrap_or_else(|| panic!("no verification report:\n{output}"));
         assert!(report.contains("DIFFERENT shop.items"), "{report}");
         assert!(report.contains("different _id 7"), "{report}");

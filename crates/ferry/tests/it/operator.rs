@@ -314,7 +314,7 @@ async fn metrics_move_with_the_migration_and_match_the_progress_reply() {
     coll.insert_many((0..3000).map(|i| doc! { "_id": i }))
         .await
         .unwrap();
-    let mut ferry = pair.migrate(&["--log-format", "json"]);
+    let mut ferry = pair.migrate(&[]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     for i in 0..50 {
         coll.update_one(doc! { "_id": i }, doc! { "$set": { "touched": true } })
