@@ -3,6 +3,8 @@
 
 use std::fmt;
 
+use crate::namespace::Namespace;
+
 /// A `db` or `db.coll` pattern given on the command line.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct NsPattern {
@@ -13,11 +15,11 @@ pub struct NsPattern {
 impl NsPattern {
     /// Parses `db` or `db.coll` (the collection part may itself contain dots).
     pub fn parse(text: &str) -> Result<Self, String> {
-        let (db, coll) = match text.split_once('.') {
-            Some((db, coll)) => (db, Some(coll)),
-            None => (text, None),
+        let (db, coll) = match Namespace::parse(text) {
+            Some(ns) => (ns.db, Some(ns.coll)),
+            None => (text.to_string(), None),
         };
-        if db.is_empty() || coll.is_some_and(str::is_empty) {
+        if db.is_empty() || coll.as_ref().is_some_and(String::is_empty) {
             return Err(format!(
                 "namespace pattern {text:?} is malformed: write `db` for a whole database or `db.collection` for one collection"
             ));
@@ -27,10 +29,7 @@ impl NsPattern {
                 "namespace pattern {text:?} names a database that MongoDB cannot have (no / \\ space \" $ in database names)"
             ));
         }
-        Ok(Self {
-            db: db.to_string(),
-            coll: coll.map(str::to_string),
-        })
+        Ok(Self { db, coll })
     }
 
     fn matches(&self, db: &str, coll: Option<&str>) -> bool {

@@ -16,6 +16,7 @@ mod incarnations;
 mod lifecycle;
 mod majority;
 mod migration;
+mod namespace;
 mod plan;
 mod preflight;
 mod progress;

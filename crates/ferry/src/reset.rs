@@ -7,6 +7,7 @@ use mongodb::Client;
 
 use crate::catalog;
 use crate::filter::{NamespaceFilter, NsPattern};
+use crate::namespace::Namespace;
 use crate::state::StateStore;
 
 /// Drops the stored migration's namespaces and state (with `confirmed`), or says what it would
@@ -47,10 +48,10 @@ pub async fn reset(destination: &Client, state_db: &str, confirmed: bool) -> Res
         ));
     }
     for ns in &namespaces {
-        let (db, coll) = ns.split_once('.').expect("namespaces have a dot");
+        let Namespace { db, coll } = Namespace::parse(ns).expect("listed namespaces have a dot");
         destination
-            .database(db)
-            .collection::<Document>(coll)
+            .database(&db)
+            .collection::<Document>(&coll)
             .drop()
             .await
             .with_context(|| format!("dropping {ns}"))?;

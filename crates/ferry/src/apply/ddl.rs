@@ -13,6 +13,7 @@ use crate::catalog::{self, Kind};
 use crate::changes::{ChangeEvent, Op};
 use crate::copy;
 use crate::majority;
+use crate::namespace::Namespace;
 use crate::server_error::{already, is_code, Already, NAMESPACE_NOT_FOUND};
 
 impl Applier {
@@ -132,7 +133,7 @@ impl Applier {
     async fn rename(&mut self, event: &ChangeEvent, coll: &str) -> Result<()> {
         let (to_db, to_coll) = event.rename_target()?;
         let from_ns = event.ns();
-        let to_ns = format!("{to_db}.{to_coll}");
+        let to_ns = Namespace::new(&to_db, &to_coll).to_string();
         if self.collated.contains(&from_ns) {
             self.collated.insert(to_ns.clone());
         }
@@ -178,7 +179,7 @@ impl Applier {
     /// Replaces the destination's `db.coll` with a fresh copy of the source's current one, read
     /// at or after `at` (the rename that asked for it).
     async fn recopy(&mut self, db: &str, coll: &str, at: Timestamp) -> Result<()> {
-        let ns = format!("{db}.{coll}");
+        let ns = Namespace::new(db, coll).to_string();
         tracing::info!(namespace = %ns, "copying a renamed collection again from the source");
         majority::drop(&self.destination.database(db), coll)
             .await

@@ -16,6 +16,7 @@ use mongodb::bson::{doc, Binary, Bson, Document};
 use mongodb::{Client, ClientSession};
 
 use crate::filter::NamespaceFilter;
+use crate::namespace::Namespace;
 use crate::server_error::{is_code, NAMESPACE_NOT_FOUND};
 
 /// What a namespace is.
@@ -42,7 +43,11 @@ pub struct CollectionSpec {
 
 impl CollectionSpec {
     pub fn ns(&self) -> String {
-        format!("{}.{}", self.db, self.name)
+        self.namespace().to_string()
+    }
+
+    pub fn namespace(&self) -> Namespace {
+        Namespace::new(&self.db, &self.name)
     }
 
     pub fn is_capped(&self) -> bool {

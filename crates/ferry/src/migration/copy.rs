@@ -15,6 +15,7 @@ use crate::catalog::{self, CollectionSpec, Kind};
 use crate::copy::{self, write_limit};
 use crate::incarnations::Incarnations;
 use crate::majority;
+use crate::namespace::Namespace;
 use crate::progress::CollectionProgress;
 use crate::state::{CollectionState, CopyStatus, Partition};
 
@@ -77,8 +78,8 @@ impl Migration<'_> {
                     .any(|s| s.uuid == state.uuid && s.ns() != state.ns);
             if renamed {
                 tracing::info!(namespace = %state.ns, "the collection was renamed during its copy; copying it again under its new name");
-                if let Some((db, coll)) = state.ns.split_once('.') {
-                    majority::drop(&self.destination.database(db), coll).await?;
+                if let Some(orphan) = Namespace::parse(&state.ns) {
+                    majority::drop(&self.destination.database(&orphan.db), &orphan.coll).await?;
                 }
                 self.store.forget_copy(&state.ns).await?;
                 continue;

@@ -152,7 +152,7 @@ fn namespace_patterns(list: Option<&Value>) -> Result<Vec<String>, String> {
             Some(colls) if !colls.is_empty() => {
                 for coll in colls {
                     let coll = coll.as_str().ok_or("collection names must be strings")?;
-                    patterns.push(format!("{db}.{coll}"));
+                    patterns.push(crate::namespace::Namespace::new(db, coll).to_string());
                 }
             }
             _ => patterns.push(db.to_string()),

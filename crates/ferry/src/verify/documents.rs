@@ -17,6 +17,7 @@ use super::report::{Mismatch, NamespaceReport};
 use super::store::{Place, VerifyStore};
 use crate::copy::reader::{self, Order, Scan};
 use crate::id_order;
+use crate::namespace::Namespace;
 use crate::source::reads;
 
 /// Documents per partition of the source's `_id` space.
@@ -67,7 +68,7 @@ pub async fn verify_documents(
         order: Order::Id,
         limit,
     };
-    let ns = format!("{db}.{coll}");
+    let ns = Namespace::new(db, coll).to_string();
     let mut after = match store.place(&ns, report).await? {
         Place::Done => {
             report.documents_resumed = report.documents_checked;

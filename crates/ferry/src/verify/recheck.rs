@@ -21,6 +21,7 @@ use mongodb::{Client, Collection, Database};
 use super::compare::{comparable_bytes, field_diff, id_of, mismatch, Sides};
 use super::report::Mismatch;
 use crate::copy::reader::{self, Order, Scan};
+use crate::namespace::Namespace;
 use crate::source::reads;
 
 /// The collection of the state database that holds the queue.
@@ -122,10 +123,11 @@ impl RecheckQueue {
             let mut equal = Vec::new();
             for (ns, entries) in by_namespace {
                 counts.checked += entries.len() as u64;
-                let (db, coll) = ns.split_once('.').unwrap_or((ns.as_str(), ""));
+                let namespace =
+                    Namespace::parse(&ns).with_context(|| format!("a re-check entry for {ns}"))?;
                 let ids: Vec<Bson> = entries.iter().map(|e| e.id.clone()).collect();
-                let on_source = fetch(sides, true, db, coll, &ids).await?;
-                let on_destination = fetch(sides, false, db, coll, &ids).await?;
+                let on_source = fetch(sides, true, &namespace, &ids).await?;
+                let on_destination = fetch(sides, false, &namespace, &ids).await?;
                 for entry in entries {
                     let key = id_key(&entry.id)?;
                     let mismatch = match (on_source.get(&key), on_destination.get(&key)) {
@@ -220,15 +222,14 @@ impl Entry {
 async fn fetch(
     sides: &Sides<'_>,
     on_source: bool,
-    db: &str,
-    coll: &str,
+    ns: &Namespace,
     ids: &[Bson],
 ) -> Result<HashMap<Vec<u8>, RawDocumentBuf>> {
     let (client, at) = sides.side(on_source);
     let mut session = reads::session(client, at).await?;
     let scan = Scan {
-        db,
-        coll,
+        db: &ns.db,
+        coll: &ns.coll,
         filter: doc! { "_id": { "$in": ids } },
         order: Order::Id,
         limit: None,

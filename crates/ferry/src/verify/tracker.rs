@@ -12,6 +12,7 @@ use mongodb::Client;
 use super::recheck::{self, RecheckQueue};
 use super::store::{self, VerifyStore};
 use crate::changes::{ChangeEvent, Op};
+use crate::namespace::Namespace;
 
 pub struct ChangeTracker {
     queue: RecheckQueue,
@@ -48,7 +49,9 @@ impl ChangeTracker {
             Op::Rename => {
                 let (db, coll) = event.rename_target()?;
                 self.store.mark_dirty(&event.ns()).await?;
-                self.store.mark_dirty(&format!("{db}.{coll}")).await
+                self.store
+                    .mark_dirty(&Namespace::new(&db, &coll).to_string())
+                    .await
             }
             _ => Ok(()),
         }
