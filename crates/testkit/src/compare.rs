@@ -1,36 +1,108 @@
-//! Whole-cluster equality for tests: the same databases, the same collections and views with the
-//! same options, the same indexes, and every document byte for byte (field order included).
+//! Whole-cluster equality for tests, independent of Ferry: the same databases, the same
+//! collections and views with the same options, the same indexes, and every document byte for
+//! byte (field order included), over the namespaces a migration includes ([`Scope`]); what it
+//! leaves out must not appear on the destination.
 
 use anyhow::Result;
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
 
-const NOT_MIGRATED: [&str; 4] = ["admin", "local", "config", "__ferry"];
+/// Databases that are never user data.
+const SYSTEM_DATABASES: [&str; 3] = ["admin", "local", "config"];
+
+/// Which namespaces a migration includes: `db` or `db.coll` patterns, as `--include` and
+/// `--exclude` take them, and the destination database that holds Ferry's own state.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub state_db: String,
+}
+
+impl Default for Scope {
+    fn default() -> Self {
+        Self {
+            include: Vec::new(),
+            exclude: Vec::new(),
+            state_db: "__ferry".into(),
+        }
+    }
+}
+
+impl Scope {
+    fn matches(pattern: &str, db: &str, coll: Option<&str>) -> bool {
+        match (pattern.split_once('.'), coll) {
+            (Some((p_db, p_coll)), Some(coll)) => p_db == db && p_coll == coll,
+            (Some(_), None) => false,
+            (None, _) => pattern == db,
+        }
+    }
+
+    fn wants_database(&self, db: &str) -> bool {
+        !SYSTEM_DATABASES.contains(&db)
+            && db != self.state_db
+            && (self.include.is_empty()
+                || self
+                    .include
+                    .iter()
+                    .any(|p| p == db || p.starts_with(&format!("{db}."))))
+            && !self.exclude.iter().any(|p| p == db)
+    }
+
+    /// Whether `db.coll` is migrated.
+    pub fn wants(&self, db: &str, coll: &str) -> bool {
+        self.wants_database(db)
+            && (self.include.is_empty()
+                || self
+                    .include
+                    .iter()
+                    .any(|p| Self::matches(p, db, Some(coll))))
+            && !self
+                .exclude
+                .iter()
+                .any(|p| Self::matches(p, db, Some(coll)))
+    }
+}
 
 /// Every difference between the user data of two clusters, described for a person; empty when
 /// they are equal.
 pub async fn differences(source: &Client, destination: &Client) -> Result<Vec<String>> {
+    differences_in(source, destination, &Scope::default()).await
+}
+
+/// Every difference between the namespaces `scope` includes on both clusters, and every
+/// namespace it leaves out that the destination holds anyway.
+pub async fn differences_in(
+    source: &Client,
+    destination: &Client,
+    scope: &Scope,
+) -> Result<Vec<String>> {
     let mut found = Vec::new();
-    let mut databases = user_databases(source).await?;
-    databases.extend(user_databases(destination).await?);
+    let mut databases = client_databases(source).await?;
+    databases.extend(client_databases(destination).await?);
     databases.sort();
     databases.dedup();
     for db in databases {
-        compare_database(source, destination, &db, &mut found).await?;
+        if SYSTEM_DATABASES.contains(&db.as_str()) || db == scope.state_db {
+            continue;
+        }
+        compare_database(source, destination, &db, scope, &mut found).await?;
     }
     Ok(found)
 }
 
-async fn user_databases(client: &Client) -> Result<Vec<String>> {
-    let mut names: Vec<String> = client
-        .list_database_names()
-        .await?
-        .into_iter()
-        .filter(|db| !NOT_MIGRATED.contains(&db.as_str()))
-        .collect();
+async fn client_databases(client: &Client) -> Result<Vec<String>> {
+    let mut names = client.list_database_names().await?;
     names.sort();
     Ok(names)
+}
+
+/// Collections compared as data: user collections, and `system.js` (stored functions, which
+/// users migrate); the other `system.*` namespaces are the server's (views are compared as the
+/// views they define).
+fn compared(name: &str) -> bool {
+    !name.starts_with("system.") || name == "system.js"
 }
 
 /// (name, type, options) of every collection and view of a database, sorted by name.
@@ -49,7 +121,7 @@ async fn catalog(client: &Client, db: &str) -> Result<Vec<(String, String, Docum
                 normalized(e.get_document("options").cloned().unwrap_or_default()),
             )
         })
-        .filter(|(name, _, _)| !name.starts_with("system."))
+        .filter(|(name, _, _)| compared(name))
         .collect();
     entries.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(entries)
@@ -94,10 +166,23 @@ async fn compare_database(
     source: &Client,
     destination: &Client,
     db: &str,
+    scope: &Scope,
     found: &mut Vec<String>,
 ) -> Result<()> {
-    let source_catalog = catalog(source, db).await?;
-    let destination_catalog = catalog(destination, db).await?;
+    let wanted = |entries: Vec<(String, String, Document)>| -> Vec<(String, String, Document)> {
+        entries
+            .into_iter()
+            .filter(|(name, _, _)| scope.wants(db, name))
+            .collect()
+    };
+    let source_catalog = wanted(catalog(source, db).await?);
+    let everything_there = catalog(destination, db).await?;
+    for (name, _, _) in &everything_there {
+        if !scope.wants(db, name) {
+            found.push(format!("{db}.{name}: on the destination, but not included"));
+        }
+    }
+    let destination_catalog = wanted(everything_there);
     let names =
         |c: &[(String, String, Document)]| c.iter().map(|e| e.0.clone()).collect::<Vec<_>>();
     if names(&source_catalog) != names(&destination_catalog) {
@@ -162,5 +247,28 @@ fn show(document: &RawDocumentBuf) -> String {
         format!("{}…", text.chars().take(400).collect::<String>())
     } else {
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scope_includes_and_excludes_as_the_flags_do() {
+        let scope = Scope {
+            include: vec!["keep".into(), "partly.in".into()],
+            exclude: vec!["keep.secret".into()],
+            state_db: "__ferry".into(),
+        };
+        assert!(scope.wants("keep", "x"));
+        assert!(!scope.wants("keep", "secret"));
+        assert!(scope.wants("partly", "in"));
+        assert!(!scope.wants("partly", "out"));
+        assert!(!scope.wants("other", "y"));
+        assert!(!scope.wants("__ferry", "migration"));
+        assert!(!scope.wants("admin", "x"));
+        assert!(Scope::default().wants("any", "thing"));
+        assert!(compared("system.js") && !compared("system.views"));
     }
 }

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use serde_json::Value;
+use testkit::compare::Scope;
 use testkit::proxy::Proxy;
 use testkit::workload::{self, Workload};
 use testkit::Server;
@@ -64,7 +65,13 @@ impl Pair {
 
     /// Asserts that the destination's user data equals the source's.
     pub async fn assert_equal(&self, context: &str) {
-        let differences = testkit::compare::differences(&self.src, &self.dst)
+        self.assert_equal_in(&Scope::default(), context).await;
+    }
+
+    /// Asserts that the namespaces `scope` includes are equal on both sides, and that the
+    /// destination holds none it leaves out.
+    pub async fn assert_equal_in(&self, scope: &Scope, context: &str) {
+        let differences = testkit::compare::differences_in(&self.src, &self.dst, scope)
             .await
             .expect("comparing the clusters");
         assert!(

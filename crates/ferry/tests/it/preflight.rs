@@ -378,6 +378,14 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
         .unwrap()
         .1;
     tokio::task::block_in_place(|| ferry.commit_and_finish());
+    // Judged independently of Ferry, as the administrator sees both clusters.
+    let destination_admin = Client::with_uri_str(auth_uri(&destination, "admin", "admin-pw"))
+        .await
+        .unwrap();
+    let differences = testkit::compare::differences(&admin, &destination_admin)
+        .await
+        .unwrap();
+    assert!(differences.is_empty(), "{}", differences.join("\n"));
     let (verify_code, verify_text) = tokio::task::block_in_place(|| {
         run_ferry(&[
             "verify",
