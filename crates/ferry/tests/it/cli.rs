@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 
-use crate::harness::{run_ferry, Pair};
+use testkit::proxy::{on, Action, Rule};
+
+use crate::harness::{run_ferry, Ferry, Pair};
 
 #[test]
 fn malformed_input_is_refused_with_exit_code_2_and_a_fix() {
@@ -124,23 +126,33 @@ async fn commit_is_refused_until_can_commit_and_status_reports_progress() {
         .map(|i| doc! { "_id": i, "pad": "x".repeat(200) })
         .collect();
     coll.insert_many(docs).await.unwrap();
-    let mut ferry = pair.migrate(&[]);
-    let early = tokio::task::block_in_place(|| {
-        ferry.wait_for("the API", Duration::from_secs(30), |_| true)
-    });
-    if early["canCommit"] == false {
-        let (status, reply) = ferry.commit();
-        assert_eq!(status, 400, "{reply}");
-        assert_eq!(reply["success"], false);
-        assert_eq!(reply["error"], "InvalidStateError");
-        assert!(
-            reply["errorDescription"]
-                .as_str()
-                .unwrap()
-                .contains("canCommit"),
-            "{reply}"
-        );
+    // The copy is held (a delayed insert), so the commit request meets a migration that cannot
+    // commit yet, whatever the machine's speed.
+    let (_, destination) = pair.proxies().await;
+    let held = destination.add_rule(
+        Rule::new(
+            on("insert", "slow.c"),
+            Action::Delay(Duration::from_secs(3)),
+        )
+        .times(1),
+    );
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held.fired() == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    let (status, reply) = tokio::task::block_in_place(|| ferry.commit());
+    assert_eq!(status, 400, "{reply}");
+    assert_eq!(reply["success"], false);
+    assert_eq!(reply["error"], "InvalidStateError");
+    assert!(
+        reply["errorDescription"]
+            .as_str()
+            .unwrap()
+            .contains("canCommit"),
+        "{reply}"
+    );
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     let (code, text) = run_ferry(&["status", "--api-addr", &ferry.api]);
     assert_eq!(code, 0, "{text}");

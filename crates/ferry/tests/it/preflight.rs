@@ -49,23 +49,37 @@ async fn a_ready_pair_passes_every_check() {
     let (code, report) =
         tokio::task::block_in_place(|| check(&pair.source.uri(), &pair.destination.uri(), &[]));
     assert_eq!(code, 0, "{report}");
-    for id in [
-        "source.reachable",
-        "destination.reachable",
-        "source.replica-set",
-        "destination.primary",
-        "clusters.distinct",
-        "versions",
-        "source.privileges",
-        "destination.privileges",
-        "filters.match",
-        "destination.empty",
-        "source.oplog-window",
-        "destination.disk",
-        "source.write-blocking",
-        "source.not-migrated",
+    // Each check's exact outcome: a warning passes only where this pair warrants one.
+    let on_mongod = std::env::var_os("FERRY_TEST_MONGOD").is_some();
+    for (id, status) in [
+        ("source.reachable", "pass"),
+        ("destination.reachable", "pass"),
+        ("source.replica-set", "pass"),
+        ("destination.primary", "pass"),
+        ("clusters.distinct", "pass"),
+        ("versions", "pass"),
+        ("source.privileges", "pass"),
+        ("destination.privileges", "pass"),
+        ("filters.match", "pass"),
+        ("destination.empty", "pass"),
+        // The test server does not report its oplog's size, so no window can be forecast.
+        ("source.oplog-window", "warn"),
+        ("destination.disk", "pass"),
+        // The test server has no setUserWriteBlockMode.
+        (
+            "source.write-blocking",
+            if on_mongod { "pass" } else { "warn" },
+        ),
+        ("source.not-migrated", "pass"),
     ] {
-        assert_ne!(check_named(&report, id)["status"], "fail", "{id}: {report}");
+        let found = &check_named(&report, id)["status"];
+        // A real mongod reports its oplog's size; whether its window then passes depends on
+        // the machine (not verified here).
+        if on_mongod && id == "source.oplog-window" {
+            assert_ne!(found, "fail", "{id}: {report}");
+        } else {
+            assert_eq!(found, status, "{id}: {report}");
+        }
     }
     // Whether the source's writes can be blocked at commit is said before the migration starts:
     // the test server has no setUserWriteBlockMode, a real one does.
