@@ -112,8 +112,9 @@ pub fn random_document(rng: &mut impl Rng, id: Bson) -> Document {
         "active": rng.random_bool(0.5),
         "none": Bson::Null,
         "at": DateTime::from_millis(1_700_000_000_000 + n),
-        "seen": DateTime::now(),
-        "oid": ObjectId::new(),
+        // Drawn from the seed, like every other value, so that a run replays exactly.
+        "seen": DateTime::from_millis(1_790_000_000_000 + rng.random_range(0..10_000_000_000_i64)),
+        "oid": ObjectId::from_bytes(rng.random()),
         "bin": Binary { subtype: bson::spec::BinarySubtype::Generic, bytes: vec![rng.random(); 8] },
         "dec": Decimal128::from_bytes([rng.random(); 16]),
         "tags": (0..rng.random_range(0..6)).map(|i| Bson::String(format!("t{i}"))).collect::<Vec<_>>(),
@@ -161,10 +162,14 @@ impl Workload {
         Ok(self.stats)
     }
 
-    /// Runs exactly `count` operations.
-    pub async fn run_steps(mut self, count: u64) -> Result<Stats> {
+    /// Runs exactly `count` operations, pausing `pause` between them: what the seed drives does
+    /// not depend on the clock, so a run replays from its seed.
+    pub async fn run_steps(mut self, count: u64, pause: std::time::Duration) -> Result<Stats> {
         for _ in 0..count {
             self.step().await?;
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
         }
         Ok(self.stats)
     }

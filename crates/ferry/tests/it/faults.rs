@@ -6,10 +6,19 @@ use std::time::Duration;
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
 
-use testkit::proxy::Proxy;
+use testkit::proxy::{on, Action, Proxy, Recorded, Rule, RuleHandle};
 
 use crate::harness::{fill, seed, App, Ferry, Pair};
 use testkit::workload;
+
+/// Waits until a proxy rule has fired once (the command it holds is under way).
+async fn wait_until_fired(rule: &RuleHandle, ferry: &Ferry) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while rule.fired() == 0 {
+        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 /// The documents the proxy saw sent to `ns` in `insert` commands.
 fn inserted(proxy: &Proxy, ns: &str) -> u64 {
@@ -184,12 +193,17 @@ async fn kill_during_index_build_finishes_what_is_missing() {
         .await
         .unwrap();
     }
-    let mut first = pair.migrate(&[]);
-    tokio::task::block_in_place(|| {
-        first.wait_for("index building", Duration::from_secs(120), |p| {
-            p["info"] == "index building"
-        })
-    });
+    // The index build is held by the proxy, so the kill lands inside it.
+    let (_, destination) = pair.proxies().await;
+    let held = destination.add_rule(
+        Rule::new(
+            on("createIndexes", "idx.c"),
+            Action::Delay(Duration::from_secs(5)),
+        )
+        .times(1),
+    );
+    let mut first = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    wait_until_fired(&held, &first).await;
     first.kill9();
     let mut second = pair.migrate(&[]);
     tokio::task::block_in_place(|| second.commit_and_finish());
@@ -216,15 +230,21 @@ async fn kill_between_commit_request_and_committed_finishes_the_commit() {
         )
         .await
         .unwrap();
-    let mut first = pair.migrate(&[]);
+    // The restore of the unique index is held by the proxy, so the kill lands inside the commit.
+    let (_, destination) = pair.proxies().await;
+    let held = destination.add_rule(
+        Rule::new(
+            |c: &Recorded| c.name == "dropIndexes",
+            Action::Delay(Duration::from_secs(5)),
+        )
+        .times(1),
+    );
+    let mut first = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
     tokio::task::block_in_place(|| first.wait_can_commit());
     let (status, _) = first.commit();
     assert_eq!(status, 200);
-    tokio::task::block_in_place(|| {
-        first.wait_for("COMMITTING", Duration::from_secs(60), |p| {
-            p["state"] == "COMMITTING"
-        })
-    });
+    wait_until_fired(&held, &first).await;
+    assert_eq!(first.progress().unwrap()["state"], "COMMITTING");
     first.kill9();
 
     // The same command again finishes the commit without being asked twice.

@@ -3,7 +3,6 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -87,6 +86,8 @@ pub struct Ferry {
     child: Child,
     pub api: String,
     output: Arc<Mutex<String>>,
+    /// The threads reading its stdout and stderr.
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Ferry {
@@ -101,8 +102,7 @@ impl Ferry {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Ferry {
-        let port = testkit::server::free_port().unwrap();
-        let api = format!("127.0.0.1:{port}");
+        // Port 0: the API binds a free port itself, and says which in its first log line.
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
                 "migrate",
@@ -111,7 +111,7 @@ impl Ferry {
                 "--destination",
                 destination,
                 "--api-addr",
-                &api,
+                "127.0.0.1:0",
                 "--log-format",
                 "json",
             ])
@@ -123,10 +123,12 @@ impl Ferry {
             .spawn()
             .expect("starting ferry");
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [
+        let readers = [
             Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
             Box::new(child.stderr.take().unwrap()),
-        ] {
+        ]
+        .into_iter()
+        .map(|stream| {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -134,15 +136,53 @@ impl Ferry {
                     out.push_str(&line);
                     out.push('\n');
                 }
-            });
+            })
+        })
+        .collect();
+        let mut ferry = Ferry {
+            child,
+            api: String::new(),
+            output,
+            readers,
+        };
+        ferry.api = ferry.api_address();
+        ferry
+    }
+
+    /// The address the API listens on, from the `starting migration` log line; empty when ferry
+    /// exits before it serves (a refused start).
+    fn api_address(&mut self) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(fields) = self.logged("starting migration").pop() {
+                let url = fields["api"].as_str().unwrap_or_default();
+                return url.trim_start_matches("http://").to_string();
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                self.join_output();
+                return String::new();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ferry never said where its API listens:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        Ferry { child, api, output }
+    }
+
+    /// Waits until everything ferry printed is read (after it exited).
+    fn join_output(&mut self) {
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
     }
 
     /// Kills ferry the hard way (SIGKILL), as a crash would.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        self.join_output();
     }
 
     /// Sends SIGTERM and returns the exit code.
@@ -252,6 +292,7 @@ impl Ferry {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
+                self.join_output();
                 return status.code().unwrap_or(-1);
             }
             assert!(
@@ -368,23 +409,24 @@ pub async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
     }
 }
 
-/// A writer that keeps running the seeded workload until stopped.
+/// A writer that runs a seeded number of workload steps beside the test.
 pub struct App {
-    stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<anyhow::Result<workload::Stats>>,
 }
 
 impl App {
+    /// Steps an application runs: a few seconds of writes at one client's pace.
+    const STEPS: u64 = 1500;
+
     pub fn start(client: &Client, seed: u64) -> App {
-        let stop = Arc::new(AtomicBool::new(false));
         let task = tokio::spawn(
-            Workload::new(client.clone(), seed).run(stop.clone(), Duration::from_millis(1)),
+            Workload::new(client.clone(), seed).run_steps(Self::STEPS, Duration::from_millis(1)),
         );
-        App { stop, task }
+        App { task }
     }
 
+    /// Waits until every step is written.
     pub async fn stop(self) -> workload::Stats {
-        self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap().unwrap()
     }
 }
