@@ -119,7 +119,7 @@ impl Applier {
         }
         let mut command = doc! { "create": coll };
         if ns_type == "view" {
-            command.extend(description);
+            command.extend(view_definition(&description));
         } else {
             command.extend(catalog::relax_collection_options(&description));
         }
@@ -247,11 +247,9 @@ impl Applier {
             }
         };
         let mut command = doc! { "collMod": coll };
-        for key in ["viewOn", "pipeline"] {
-            if let Some(value) = definition.get(key) {
-                command.insert(key, value.clone());
-            }
-        }
+        let mut definition = view_definition(&definition);
+        definition.remove("collation");
+        command.extend(definition);
         ignore(
             majority::command(&self.destination.database(&event.db), command).await,
             Already::Dropped,
@@ -283,6 +281,25 @@ impl Applier {
     }
 }
 
+/// A view's definition from an event's description: `viewOn`, `pipeline` (named
+/// `viewPipeline` by some servers) and `collation`, and nothing else a description may hold.
+fn view_definition(description: &Document) -> Document {
+    let mut definition = Document::new();
+    if let Some(on) = description.get("viewOn") {
+        definition.insert("viewOn", on.clone());
+    }
+    if let Some(pipeline) = description
+        .get("pipeline")
+        .or_else(|| description.get("viewPipeline"))
+    {
+        definition.insert("pipeline", pipeline.clone());
+    }
+    if let Some(collation) = description.get("collation") {
+        definition.insert("collation", collation.clone());
+    }
+    definition
+}
+
 fn description_indexes(event: &ChangeEvent) -> Result<Vec<Document>> {
     let description: Document = event.document("operationDescription")?.try_into()?;
     Ok(description
@@ -302,5 +319,26 @@ fn ignore<T>(result: Result<T>, what: Already) -> Result<()> {
         Ok(_) => Ok(()),
         Err(e) if already(&e, what) => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_views_definition_is_read_from_either_shape_of_event() {
+        let want =
+            doc! { "viewOn": "e", "pipeline": [{ "$limit": 5 }], "collation": { "locale": "fr" } };
+        // As mongod describes a view it created: the view's document.
+        let mongod =
+            doc! { "viewOn": "e", "pipeline": [{ "$limit": 5 }], "collation": { "locale": "fr" } };
+        assert_eq!(view_definition(&mongod), want);
+        // As the test server describes it: another name for the pipeline, and an idIndex.
+        let other = doc! {
+            "collation": { "locale": "fr" }, "viewOn": "e", "viewPipeline": [{ "$limit": 5 }],
+            "idIndex": { "v": 2, "key": { "_id": 1 }, "name": "_id_" },
+        };
+        assert_eq!(view_definition(&other), want);
     }
 }

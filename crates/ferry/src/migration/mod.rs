@@ -205,7 +205,7 @@ impl Migration<'_> {
                 s.commit_requested = true;
             });
         }
-        self.touch();
+        // Not progress: starting an attempt again must not hold the retry window open.
         let stages = self.stages(stored, sizes, version);
         beside(
             stages,
