@@ -55,6 +55,23 @@ pub struct Server {
     options: ServerOptions,
 }
 
+/// Why these options cannot be had from a real `mongod` as this launcher starts it, when
+/// `FERRY_TEST_MONGOD` names one; a test that needs them says it is skipped, and why.
+pub fn unavailable_on_mongod(options: &ServerOptions) -> Option<&'static str> {
+    std::env::var_os("FERRY_TEST_MONGOD").filter(|m| !m.is_empty())?;
+    if options.auth {
+        Some("the mongod launcher does not set up --auth and its keyfile")
+    } else if options.tls.is_some() {
+        Some("the mongod launcher does not set up --tlsMode")
+    } else if options.standalone {
+        Some("the mongod launcher always starts a replica set member")
+    } else if options.oplog_max_entries.is_some() {
+        Some("mongod's smallest oplog (990 MB) cannot be filled past its end in a test")
+    } else {
+        None
+    }
+}
+
 impl Server {
     /// Starts a server with default options.
     pub fn start() -> Result<Self> {

@@ -187,10 +187,15 @@ impl Ferry {
 
     /// Sends SIGTERM and returns the exit code.
     pub fn terminate(&mut self) -> i32 {
+        self.signal("-TERM")
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`) and returns the exit code.
+    pub fn signal(&mut self, signal: &str) -> i32 {
         Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([signal, &self.child.id().to_string()])
             .status()
-            .expect("sending SIGTERM");
+            .expect("sending a signal");
         self.wait_exit(Duration::from_secs(60))
     }
 
@@ -374,6 +379,18 @@ pub fn run_ferry(args: &[&str]) -> (i32, String) {
     let text = String::from_utf8_lossy(&output.stdout).to_string()
         + &String::from_utf8_lossy(&output.stderr);
     (output.status.code().unwrap_or(-1), text)
+}
+
+/// Whether a test needing `options` cannot run here (a real mongod without that set-up); says
+/// why on stderr.
+pub fn skipped(options: &testkit::ServerOptions) -> bool {
+    match testkit::server::unavailable_on_mongod(options) {
+        Some(reason) => {
+            eprintln!("skipped on FERRY_TEST_MONGOD: {reason}");
+            true
+        }
+        None => false,
+    }
 }
 
 /// A seed from `FERRY_TEST_SEED` or the clock, printed so that a failure can be replayed.

@@ -1,6 +1,7 @@
 //! Ferry's integration tests: real servers, the real `ferry` binary, one test binary with a
 //! module per theme.
 
+mod claims;
 mod cli;
 mod edges;
 mod faults;
