@@ -138,20 +138,8 @@ fn first_write_error(reply: &Document) -> Result<Option<usize>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::{rawdoc, Timestamp};
-
-    fn event(op: &str, body: RawDocumentBuf) -> ChangeEvent {
-        let mut raw = rawdoc! {
-            "operationType": op,
-            "clusterTime": Timestamp { time: 1, increment: 1 },
-            "ns": { "db": "d", "coll": "c" },
-            "documentKey": { "_id": 7 },
-        };
-        for (key, value) in body.iter().map(Result::unwrap) {
-            raw.append_ref(key, value);
-        }
-        ChangeEvent::decode(raw).unwrap()
-    }
+    use crate::apply::testing::event;
+    use mongodb::bson::rawdoc;
 
     #[test]
     fn a_batch_never_grows_past_its_byte_bound_with_the_next_statement() {

@@ -152,20 +152,7 @@ fn has_dotted_path(description: &RawDocument) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mongodb::bson::Timestamp;
-
-    fn event(op: &str, body: RawDocumentBuf) -> ChangeEvent {
-        let mut raw = rawdoc! {
-            "operationType": op,
-            "clusterTime": Timestamp { time: 1, increment: 1 },
-            "ns": { "db": "d", "coll": "c" },
-            "documentKey": { "_id": 7 },
-        };
-        for (key, value) in body.iter().map(Result::unwrap) {
-            raw.append_ref(key, value);
-        }
-        ChangeEvent::decode(raw).unwrap()
-    }
+    use crate::apply::testing::event;
 
     #[test]
     fn insert_and_replace_become_upserts_of_the_full_document() {

@@ -163,3 +163,25 @@ fn count(counts: &mut EventCounts, op: &Op) {
         _ => counts.ddl += 1,
     }
 }
+
+/// Change events for the apply tests.
+#[cfg(test)]
+mod testing {
+    use mongodb::bson::{rawdoc, RawDocumentBuf, Timestamp};
+
+    use crate::changes::ChangeEvent;
+
+    /// An `op` event on `d.c` for `_id` 7, with the extra fields of `body`.
+    pub fn event(op: &str, body: RawDocumentBuf) -> ChangeEvent {
+        let mut raw = rawdoc! {
+            "operationType": op,
+            "clusterTime": Timestamp { time: 1, increment: 1 },
+            "ns": { "db": "d", "coll": "c" },
+            "documentKey": { "_id": 7 },
+        };
+        for (key, value) in body.iter().map(Result::unwrap) {
+            raw.append_ref(key, value);
+        }
+        ChangeEvent::decode(raw).unwrap()
+    }
+}

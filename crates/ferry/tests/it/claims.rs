@@ -3,42 +3,13 @@
 //! window running out, catalog changes of every kind while syncing, and `_id` ranges whose
 //! bounds cross BSON types.
 
-use std::process::Command;
 use std::time::Duration;
 
 use mongodb::bson::{doc, oid::ObjectId, Bson, Document};
-use serde_json::Value;
 use testkit::compare::Scope;
 use testkit::proxy::{Action, Recorded, Rule};
 
-use crate::harness::{run_ferry, Ferry, Pair};
-
-fn check(source: &str, destination: &str, env: &[(&str, &str)]) -> (i32, Value) {
-    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .args([
-            "check",
-            "--source",
-            source,
-            "--destination",
-            destination,
-            "--json",
-        ])
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).to_string();
-    let report = serde_json::from_str(&text).unwrap_or_else(|_| panic!("no JSON report: {text}"));
-    (output.status.code().unwrap_or(-1), report)
-}
-
-fn named<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("no {id}: {report}"))
-}
+use crate::harness::{check_named as named, check_with, run_ferry, Ferry, Pair};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_lives_in_the_database_named_by_state_db() {
@@ -112,9 +83,10 @@ async fn an_old_source_an_unreachable_destination_and_users_are_reported() {
         .await
         .unwrap();
     let (code, report) = tokio::task::block_in_place(|| {
-        check(
+        check_with(
             &pair.source.uri(),
             &pair.destination.uri(),
+            &[],
             &[("FERRY_TEST_SOURCE_VERSION", "5.0")],
         )
     });
@@ -139,7 +111,8 @@ async fn an_old_source_an_unreachable_destination_and_users_are_reported() {
     let nowhere = format!(
         "mongodb://127.0.0.1:{closed}/?directConnection=true&serverSelectionTimeoutMS=1000"
     );
-    let (code, report) = tokio::task::block_in_place(|| check(&pair.source.uri(), &nowhere, &[]));
+    let (code, report) =
+        tokio::task::block_in_place(|| check_with(&pair.source.uri(), &nowhere, &[], &[]));
     assert_eq!(code, 2, "{report}");
     let reachable = named(&report, "destination.reachable");
     assert_eq!(reachable["status"], "fail", "{reachable}");

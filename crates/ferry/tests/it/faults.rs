@@ -8,7 +8,7 @@ use mongodb::Client;
 
 use testkit::proxy::{on, Action, Proxy, Recorded, Rule, RuleHandle};
 
-use crate::harness::{fill, seed, App, Ferry, Pair};
+use crate::harness::{fill, seed, unique_index, App, Ferry, Pair};
 use testkit::workload;
 
 /// Waits until a proxy rule has fired once (the command it holds is under way).
@@ -215,21 +215,7 @@ async fn kill_during_index_build_finishes_what_is_missing() {
 async fn kill_between_commit_request_and_committed_finishes_the_commit() {
     let pair = Pair::start().await;
     fill(&pair.src, "shop", "orders", 40_000).await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! { "n": 1 })
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .unwrap();
+    unique_index(&pair.src, "shop", "orders", "n").await;
     // The restore of the unique index is held by the proxy, so the kill lands inside the commit.
     let (_, destination) = pair.proxies().await;
     let held = destination.add_rule(

@@ -370,6 +370,63 @@ pub fn call_api(addr: &str, method: &str, path: &str, token: Option<&str>) -> Op
     Some((status, serde_json::from_str(&body).ok()?))
 }
 
+/// `ferry check --json` between two URIs, with extra arguments and environment variables:
+/// (exit code, report).
+pub fn check_with(
+    source: &str,
+    destination: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (i32, Value) {
+    let output = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args([
+            "check",
+            "--source",
+            source,
+            "--destination",
+            destination,
+            "--json",
+        ])
+        .args(extra)
+        .envs(env.iter().copied())
+        .output()
+        .expect("running ferry check");
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    let json = text.find('{').map(|i| &text[i..]).unwrap_or("");
+    let report = serde_json::from_str(json).unwrap_or_else(|_| panic!("no JSON report: {text}"));
+    (output.status.code().unwrap_or(-1), report)
+}
+
+/// The check with this id in a report.
+pub fn check_named<'a>(report: &'a Value, id: &str) -> &'a Value {
+    report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == id)
+        .unwrap_or_else(|| panic!("check {id} is not in the report: {report}"))
+}
+
+/// Creates a unique index on `key` of `db.coll`.
+pub async fn unique_index(client: &Client, db: &str, coll: &str, key: &str) {
+    client
+        .database(db)
+        .collection::<Document>(coll)
+        .create_index(
+            mongodb::IndexModel::builder()
+                .keys(doc! { key: 1 })
+                .options(
+                    mongodb::options::IndexOptions::builder()
+                        .unique(true)
+                        .build(),
+                )
+                .build(),
+        )
+        .await
+        .unwrap();
+}
+
 /// Runs ferry to completion: (exit code, stdout + stderr).
 pub fn run_ferry(args: &[&str]) -> (i32, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -9,32 +9,18 @@ use mongodb::Client;
 use serde_json::Value;
 use testkit::{Server, ServerOptions};
 
-use crate::harness::{run_ferry, Ferry, Pair};
+use crate::harness::{check_named, check_with, run_ferry, Ferry, Pair};
+
+/// Asserts that check `id` failed, and found what `found` says.
+fn assert_failed(report: &Value, id: &str, found: &str) {
+    let check = check_named(report, id);
+    assert_eq!(check["status"], "fail", "{report}");
+    assert!(check["found"].as_str().unwrap().contains(found), "{check}");
+}
 
 /// `ferry check --json` between two URIs: (exit code, report).
 fn check(source: &str, destination: &str, extra: &[&str]) -> (i32, Value) {
-    let mut args = vec![
-        "check",
-        "--source",
-        source,
-        "--destination",
-        destination,
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let (code, text) = run_ferry(&args);
-    let json = text.find('{').map(|i| &text[i..]).unwrap_or("");
-    let report = serde_json::from_str(json).unwrap_or_else(|_| panic!("no JSON report: {text}"));
-    (code, report)
-}
-
-fn check_named<'a>(report: &'a Value, id: &str) -> &'a Value {
-    report["checks"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["id"] == id)
-        .unwrap_or_else(|| panic!("check {id} is not in the report: {report}"))
+    check_with(source, destination, extra, &[])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,14 +341,10 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
             .contains("readAnyDatabase and clusterMonitor"),
         "{source_privileges}"
     );
-    let destination_privileges = check_named(&report, "destination.privileges");
-    assert_eq!(destination_privileges["status"], "fail", "{report}");
-    assert!(
-        destination_privileges["found"]
-            .as_str()
-            .unwrap()
-            .contains("missing action createCollection"),
-        "{destination_privileges}"
+    assert_failed(
+        &report,
+        "destination.privileges",
+        "missing action createCollection",
     );
 
     // Every write bypasses validation, which readWrite alone does not allow: the pre-flight
@@ -375,14 +357,10 @@ async fn authentication_and_privileges_are_proven_and_secrets_never_print() {
         )
     });
     assert_eq!(code, 2, "{report}");
-    let destination_privileges = check_named(&report, "destination.privileges");
-    assert_eq!(destination_privileges["status"], "fail", "{report}");
-    assert!(
-        destination_privileges["found"]
-            .as_str()
-            .unwrap()
-            .contains("missing action bypassDocumentValidation"),
-        "{destination_privileges}"
+    assert_failed(
+        &report,
+        "destination.privileges",
+        "missing action bypassDocumentValidation",
     );
 
     // With the right users, the whole migration runs; no output ever shows a password.

@@ -12,7 +12,7 @@ use serde_json::Value;
 use testkit::proxy::{Action, Proxy, Recorded, Rule};
 use testkit::workload;
 
-use crate::harness::{fill, seed, App, Ferry, Pair};
+use crate::harness::{fill, seed, unique_index, App, Ferry, Pair};
 
 /// The commands that write.
 const WRITES: [&str; 10] = [
@@ -165,21 +165,7 @@ async fn elections_and_dropped_connections_are_ridden_out() {
 async fn a_fault_while_unique_indexes_are_restored_is_finished_by_the_retry() {
     let pair = Pair::start().await;
     fill(&pair.src, "shop", "orders", 2000).await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! { "n": 1 })
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .unwrap();
+    unique_index(&pair.src, "shop", "orders", "n").await;
     let (_, destination) = pair.proxies().await;
     // The exact unique index is built only at commit, after its relaxed twin is dropped.
     let unique = |c: &Recorded| {
@@ -401,19 +387,7 @@ async fn writes_after_the_commit_point_are_named_not_applied() {
     let pair = Pair::start().await;
     fill(&pair.src, "shop", "orders", 100).await;
     let orders = pair.src.database("shop").collection::<Document>("orders");
-    orders
-        .create_index(
-            mongodb::IndexModel::builder()
-                .keys(doc! { "n": 1 })
-                .options(
-                    mongodb::options::IndexOptions::builder()
-                        .unique(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .await
-        .unwrap();
+    unique_index(&pair.src, "shop", "orders", "n").await;
     let (source, destination) = pair.proxies().await;
     // Hold the commit after its commit point, while an application that was not stopped writes.
     destination.add_rule(
