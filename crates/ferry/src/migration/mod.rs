@@ -64,6 +64,8 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
     progress.update(|s| {
         s.state = State::Running;
         s.cutover_window = plan.cutover_window;
+        // The retry window counts from here until the first durable progress.
+        s.last_progress = Instant::now();
     });
     let source = plan.source.client()?;
     let destination = plan.destination.client()?;
@@ -184,6 +186,8 @@ impl Migration<'_> {
     /// One attempt: start, then every stage not done yet.
     async fn attempt(&self) -> Result<Outcome> {
         let (stored, sizes) = self.start().await?;
+        // Reconnected: no longer retrying (the retry window still counts from the last progress).
+        self.progress.update(|s| s.retrying = None);
         let version = info::source_version(&self.source)
             .await
             .unwrap_or(OLDEST_SOURCE);
