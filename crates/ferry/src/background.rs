@@ -1,8 +1,12 @@
 //! Work that runs beside a stage (reading the next round of changes, measuring the oplog
 //! window, verifying) in the stage's own task rather than a spawned one: it stops when the stage
-//! ends, whichever way, so nothing a stage starts outlives it.
+//! ends, whichever way, so nothing a stage starts outlives it. Work that needs a thread of its
+//! own (a copy's writer, beside its reader) is spawned but owned the same way.
 
 use std::future::Future;
+
+use anyhow::{anyhow, Result};
+use tokio::task::JoinHandle;
 
 /// Runs `stage` with `work` beside it and returns the stage's result. `work` is stopped (dropped)
 /// when the stage ends; if `work` ends first, the stage goes on alone.
@@ -12,6 +16,29 @@ pub async fn beside<T>(stage: impl Future<Output = T>, work: impl Future<Output 
         biased;
         out = &mut stage => out,
         () = work => stage.await,
+    }
+}
+
+/// A spawned task that is owned like a future: dropping it aborts the task.
+pub struct Owned<T>(JoinHandle<T>);
+
+/// Spawns `work` onto the runtime's threads, owned by the returned handle.
+pub fn spawn_owned<T: Send + 'static>(work: impl Future<Output = T> + Send + 'static) -> Owned<T> {
+    Owned(tokio::spawn(work))
+}
+
+impl<T> Owned<T> {
+    /// Waits for the task's result; a panic in it becomes an error.
+    pub async fn join(mut self) -> Result<T> {
+        (&mut self.0)
+            .await
+            .map_err(|e| anyhow!("a spawned part of the stage failed: {e}"))
+    }
+}
+
+impl<T> Drop for Owned<T> {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -44,5 +71,20 @@ mod tests {
             8
         };
         assert_eq!(beside(stage, async {}).await, 8);
+    }
+
+    #[tokio::test]
+    async fn an_owned_task_stops_when_dropped() {
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = spawn_owned(async move {
+            let _tx = tx;
+            std::future::pending::<()>().await
+        });
+        drop(task);
+        assert!(
+            rx.await.is_err(),
+            "the task was aborted and dropped its sender"
+        );
+        assert_eq!(spawn_owned(async { 9 }).join().await.unwrap(), 9);
     }
 }

@@ -14,6 +14,7 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::{Client, ClientSession};
 use tokio::sync::mpsc;
 
+use crate::background;
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::majority;
 use crate::progress::Progress;
@@ -108,8 +109,8 @@ pub async fn copy_documents(
     let (batches, mut incoming) = mpsc::channel::<Vec<RawDocumentBuf>>(BATCHES_IN_FLIGHT);
     let write_progress = progress.clone();
     let write_ns = ns.clone();
-    // Reader and writer run as two halves of this future, not as spawned tasks: dropping the
-    // copy (a stop) stops both.
+    // The writer runs on its own thread while this task reads; dropping the copy (a stop)
+    // aborts it too.
     let write = async move {
         let mut written = 0u64;
         while let Some(batch) = incoming.recv().await {
@@ -152,6 +153,7 @@ pub async fn copy_documents(
         }
         Ok::<u64, anyhow::Error>(written)
     };
+    let write = background::spawn_owned(write);
 
     let read = async {
         let mut session = reads::session_at(source, at).await?;
@@ -210,9 +212,11 @@ pub async fn copy_documents(
         drop(batches);
         Ok::<(), anyhow::Error>(())
     };
-    let (read, written) = tokio::join!(read, write);
+    let read = read.await;
+    // The writer's error first: a failed writer closes the channel, which fails the reader too.
+    let written = write.join().await??;
     read?;
-    written
+    Ok(written)
 }
 
 /// The name the spec's collection incarnation has now in its database, `None` once it is gone.
