@@ -18,10 +18,12 @@ const MAX_PARTITIONS: u64 = 64;
 const SAMPLES_PER_PARTITION: u64 = 20;
 
 /// How many `_id` ranges a collection of `bytes` is copied in: about [`PARTITION_BYTES`] each.
-/// Small and capped collections are one range (a capped one is copied in natural order).
+/// Small and capped collections are one range (a capped one is copied in natural order), and so
+/// is a collated one: its reads use the simple collation, which cannot use its `_id` index, so
+/// every range would scan the whole collection.
 pub fn range_count(spec: &CollectionSpec, bytes: u64) -> u64 {
     let count = (bytes / PARTITION_BYTES).min(MAX_PARTITIONS);
-    if spec.is_capped() || count < 2 {
+    if spec.is_capped() || spec.is_collated() || count < 2 {
         1
     } else {
         count
@@ -124,5 +126,28 @@ mod tests {
             remaining(&resumed, resumed.last_id.as_ref()),
             doc! { "_id": { "$gt": 15, "$lte": 20 } }
         );
+    }
+
+    #[test]
+    fn only_large_plain_collections_are_cut_into_ranges() {
+        let spec = |options: Document| CollectionSpec {
+            db: "d".into(),
+            name: "c".into(),
+            kind: crate::catalog::Kind::Collection,
+            options,
+            uuid: None,
+            indexes: vec![],
+        };
+        let large = 10 * PARTITION_BYTES;
+        assert_eq!(range_count(&spec(doc! {}), large), 10);
+        assert_eq!(range_count(&spec(doc! {}), PARTITION_BYTES), 1);
+        assert_eq!(
+            range_count(&spec(doc! {}), 1000 * PARTITION_BYTES),
+            MAX_PARTITIONS
+        );
+        let capped = doc! { "capped": true, "size": 1_i64 << 40 };
+        assert_eq!(range_count(&spec(capped), large), 1);
+        let collated = doc! { "collation": { "locale": "fr", "strength": 1 } };
+        assert_eq!(range_count(&spec(collated), large), 1);
     }
 }
