@@ -11,8 +11,11 @@ use crate::server_error::{already, Already};
 /// How indexes are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Build {
-    /// Without the constraints that would break a replay; one already there counts as built.
+    /// Without the constraints that would break a replay.
     Relaxed,
+    /// Relaxed, for a replayed `createIndexes`: one already there counts as built (the copy
+    /// may have built it from a later listing, with options the relaxing made alike).
+    Replayed,
     /// With the source's exact spec.
     Exact,
 }
@@ -30,7 +33,9 @@ pub async fn build(
         .iter()
         .filter(|index| !super::is_implicit_index(index))
         .map(|index| match how {
-            Build::Relaxed => super::relax_index(index).unwrap_or_else(|| index.clone()),
+            Build::Relaxed | Build::Replayed => {
+                super::relax_index(index).unwrap_or_else(|| index.clone())
+            }
             Build::Exact => index.clone(),
         })
         .collect();
@@ -43,7 +48,7 @@ pub async fn build(
     )
     .await;
     match built {
-        Err(e) if how == Build::Relaxed && already(&e, Already::Indexed) => Ok(()),
+        Err(e) if how == Build::Replayed && already(&e, Already::Indexed) => Ok(()),
         other => other
             .map(drop)
             .with_context(|| format!("building the indexes of {db}.{coll} on the destination")),
