@@ -19,7 +19,7 @@ mod tracker;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use mongodb::bson::Timestamp;
 use mongodb::Client;
 
@@ -125,7 +125,8 @@ pub async fn verify(
                 differences,
                 &mut checked,
             )
-            .await?;
+            .await
+            .with_context(|| format!("reading {} for verification", spec.ns()))?;
         }
         report.namespaces.push(checked);
     }

@@ -126,8 +126,13 @@ impl RecheckQueue {
                 let namespace =
                     Namespace::parse(&ns).with_context(|| format!("a re-check entry for {ns}"))?;
                 let ids: Vec<Bson> = entries.iter().map(|e| e.id.clone()).collect();
-                let on_source = fetch(sides, true, &namespace, &ids).await?;
-                let on_destination = fetch(sides, false, &namespace, &ids).await?;
+                let reading = || format!("reading {namespace} for verification");
+                let on_source = fetch(sides, true, &namespace, &ids)
+                    .await
+                    .with_context(reading)?;
+                let on_destination = fetch(sides, false, &namespace, &ids)
+                    .await
+                    .with_context(reading)?;
                 for entry in entries {
                     let key = id_key(&entry.id)?;
                     let mismatch = match (on_source.get(&key), on_destination.get(&key)) {
