@@ -145,7 +145,11 @@ impl Ferry {
             output,
             readers,
         };
-        ferry.api = ferry.api_address();
+        // Waiting blocks this thread: inside a test's runtime, tell it so its tasks run on.
+        ferry.api = match tokio::runtime::Handle::try_current() {
+            Ok(_) => tokio::task::block_in_place(|| ferry.api_address()),
+            Err(_) => ferry.api_address(),
+        };
         ferry
     }
 
@@ -490,7 +494,7 @@ pub struct App {
 
 impl App {
     /// Steps an application runs: a few seconds of writes at one client's pace.
-    const STEPS: u64 = 1500;
+    const STEPS: u64 = 3000;
 
     pub fn start(client: &Client, seed: u64) -> App {
         let task = tokio::spawn(
