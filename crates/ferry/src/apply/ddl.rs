@@ -57,7 +57,7 @@ impl Applier {
                     &event.db,
                     coll,
                     &description_indexes(event)?,
-                    Build::Replayed,
+                    Build::Relaxed,
                 )
                 .await
                 .with_context(|| format!("creating an index on {ns} on the destination"))?;

@@ -48,12 +48,12 @@ pub async fn restore(
             .await
             .with_context(|| format!("restoring the expiry of {}", spec.ns()))?;
         }
-        let relaxed: Vec<&Document> = spec
+        let built: Vec<&Document> = spec
             .indexes
             .iter()
-            .filter(|i| !catalog::is_implicit_index(i) && catalog::relax_index(i).is_some())
+            .filter(|i| !catalog::is_implicit_index(i))
             .collect();
-        if relaxed.is_empty() {
+        if !built.iter().any(|i| catalog::relax_index(i).is_some()) {
             continue;
         }
         let present = match catalog::list_indexes(destination, &spec.db, &spec.name).await {
@@ -61,7 +61,9 @@ pub async fn restore(
             Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => Vec::new(),
             Err(e) => return Err(e),
         };
-        for index in relaxed {
+        // Every index of a collection with relaxed ones: besides those, an index the relaxed
+        // build left out (relaxed, it was the same index as another) is built here.
+        for index in built {
             let name = index.get_str("name").unwrap_or_default();
             match present.iter().find(|p| p.get_str("name") == Ok(name)) {
                 Some(there) if same_constraints(there, index) => continue,

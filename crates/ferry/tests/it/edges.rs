@@ -192,3 +192,44 @@ async fn unicode_database_and_collection_names_migrate() {
         .unwrap();
     assert_eq!(found, 2);
 }
+
+/// Creates an index on `key` named `name`, unique or not.
+async fn index(pair: &Pair, coll: &str, name: &str, unique: bool) {
+    pair.src
+        .database("twin")
+        .run_command(doc! {
+            "createIndexes": coll,
+            "indexes": [{ "key": { "a": 1 }, "name": name, "unique": unique }],
+        })
+        .await
+        .unwrap();
+}
+
+/// Since 5.0 two indexes may share a key and differ only in `unique`. Relaxed for syncing they
+/// would be one index (the server refuses the second), so one is built at commit, whichever
+/// comes first in the listing and whether it exists at the copy or arrives as a change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn indexes_on_one_key_that_differ_only_in_uniqueness_all_migrate() {
+    let pair = Pair::start().await;
+    for coll in ["plain_first", "unique_first", "unique_later"] {
+        let documents = (0..100).map(|i| doc! { "_id": i, "a": i });
+        pair.src
+            .database("twin")
+            .collection::<Document>(coll)
+            .insert_many(documents)
+            .await
+            .unwrap();
+    }
+    // Named so that creation order and name order agree, whichever a server lists by.
+    index(&pair, "plain_first", "a_first", false).await;
+    index(&pair, "plain_first", "a_second", true).await;
+    index(&pair, "unique_first", "a_first", true).await;
+    index(&pair, "unique_first", "a_second", false).await;
+    index(&pair, "unique_later", "a_first", false).await;
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    index(&pair, "unique_later", "a_second", true).await;
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("indexes differing only in uniqueness")
+        .await;
+}
