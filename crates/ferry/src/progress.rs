@@ -240,6 +240,15 @@ impl Progress {
         change(&mut self.0.lock().expect("progress lock poisoned"))
     }
 
+    /// Records durable progress (a checkpoint written): the retry window counts from here, and
+    /// whatever was being retried has passed.
+    pub fn checkpointed(&self) {
+        self.update(|s| {
+            s.last_progress = Instant::now();
+            s.retrying = None;
+        });
+    }
+
     /// Adds copied documents to one namespace's counters.
     pub fn add_copied(&self, namespace: &str, documents: u64, bytes: u64) {
         self.update(|s| {

@@ -147,6 +147,7 @@ pub async fn copy_documents(
                 store
                     .copied_up_to(&write_ns, *partition, &last_id, documents, bytes)
                     .await?;
+                write_progress.checkpointed();
             }
             written += documents;
             write_progress.add_copied(&write_ns, documents, bytes);

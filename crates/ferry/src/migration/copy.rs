@@ -233,7 +233,7 @@ impl Migration<'_> {
             )
             .await?;
             self.store.partition_done(&ns, index).await?;
-            self.touch();
+            self.progress.checkpointed();
             let finished = {
                 let mut left = left.lock().expect("copy tracker lock");
                 let entry = left.get_mut(&ns).expect("a tracked collection");
@@ -330,7 +330,7 @@ impl Migration<'_> {
     /// Records a collection's copy as finished.
     pub(super) async fn finish_copy(&self, ns: &str, copied: u64) -> Result<()> {
         self.store.set_copy_status(ns, CopyStatus::Copied).await?;
-        self.touch();
+        self.progress.checkpointed();
         self.set_collection_phase(ns, "copied", None);
         tracing::info!(namespace = %ns, documents = copied, "collection copied");
         Ok(())
@@ -364,7 +364,7 @@ impl Migration<'_> {
                     .set_copy_status(&spec.ns(), CopyStatus::Indexed)
                     .await?;
             }
-            self.touch();
+            self.progress.checkpointed();
         }
         Ok(())
     }

@@ -268,14 +268,6 @@ impl Migration<'_> {
         self.follow_changes(start, &specs, version).await
     }
 
-    /// Records durable progress: the retry window counts from here.
-    pub(super) fn touch(&self) {
-        self.progress.update(|s| {
-            s.last_progress = Instant::now();
-            s.retrying = None;
-        });
-    }
-
     /// Runs `work` unless the operator stops the migration first (`None`).
     pub(super) async fn until_stopped<T>(
         &self,

@@ -202,7 +202,7 @@ impl Migration<'_> {
                 incarnations: applier.incarnations().clone(),
             })
             .await?;
-        self.touch();
+        self.progress.checkpointed();
         Ok(())
     }
 }
