@@ -10,6 +10,7 @@ mod changes;
 pub mod cli;
 mod control;
 mod copy;
+mod explain;
 mod filter;
 mod id_order;
 mod incarnations;

@@ -3,13 +3,15 @@
 
 use std::io::IsTerminal;
 
-use clap::Parser;
-use ferry::cli::{Exit, Signal};
+use ferry::cli::{Exit, LogWriter, Parsed, Signal};
 
 fn main() {
-    let cli = ferry::cli::Cli::parse();
+    let cli = match ferry::cli::parse(std::env::args_os().collect()) {
+        Parsed::Run(cli) => *cli,
+        Parsed::Exit(exit) => std::process::exit(code(exit)),
+    };
     let logs = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| {
                 // On a terminal the live view tells the story; only warnings interrupt it.

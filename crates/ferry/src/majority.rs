@@ -21,7 +21,6 @@ use anyhow::Result;
 use mongodb::bson::{doc, Document, RawDocumentBuf};
 use mongodb::Database;
 
-use crate::redact::redact_uri;
 use crate::server_error::{self, WriteConcernFailed};
 
 /// How often a write is sent in place before a transient failure is returned, and the first
@@ -92,7 +91,7 @@ where
         match sent {
             Err(e) if attempt < ATTEMPTS && server_error::is_transient(&e) => {
                 RESENT.fetch_add(1, Ordering::Relaxed);
-                let reason = redact_uri(&format!("{e:#}"));
+                let reason = crate::explain::error(&e);
                 tracing::warn!(reason = %reason, attempt, "retrying a write: {reason}");
                 tokio::time::sleep(pause).await;
                 pause *= 2;

@@ -4,6 +4,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use mongodb::options::{ClientOptions, WriteConcern};
@@ -50,7 +51,7 @@ impl Endpoint {
         let mut options = ClientOptions::parse(uri).await.map_err(|e| {
             InputError(format!(
                 "--{role} {redacted} is not a valid MongoDB connection string: {}; write it as mongodb://[user:password@]host[:port][,host...]/?replicaSet=NAME",
-                redact_uri(&e.to_string())
+                redact_uri(&crate::explain::driver_error(&e))
             ))
         })?;
         options.app_name.get_or_insert_with(|| "ferry".to_string());
@@ -86,6 +87,52 @@ impl Endpoint {
         })
     }
 
+    /// Takes the password from a file (`--source-password-file`), so that it stays off the
+    /// command line; the connection string names the user. The file's trailing line break is
+    /// not part of the password.
+    pub fn with_password_file(mut self, path: Option<&Path>) -> Result<Self, InputError> {
+        let Some(path) = path else {
+            return Ok(self);
+        };
+        let role = self.role;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            InputError(format!(
+                "cannot read --{role}-password-file {}: {e}; give a readable file that holds only the password",
+                path.display()
+            ))
+        })?;
+        let password = text.trim_end_matches(['\n', '\r']).to_string();
+        match self.options.credential.as_mut() {
+            Some(credential) if credential.username.is_some() => {
+                credential.password = Some(password);
+                Ok(self)
+            }
+            _ => Err(InputError(format!(
+                "--{role}-password-file needs a user name in --{role}: write it as mongodb://USER@host/ (without the password)"
+            ))),
+        }
+    }
+
+    /// The user name and authSource the connection string authenticates with (`(none)` when it
+    /// names no user).
+    pub fn user(&self) -> (String, String) {
+        let credential = self.options.credential.as_ref();
+        let user = credential
+            .and_then(|c| c.username.clone())
+            .unwrap_or_else(|| "(none)".into());
+        let source = credential
+            .and_then(|c| c.source.clone())
+            .or_else(|| self.options.default_database.clone())
+            .unwrap_or_else(|| "admin".into());
+        (user, source)
+    }
+
+    /// The hosts of the connection string, comma-separated.
+    pub fn hosts(&self) -> String {
+        let hosts: Vec<String> = self.options.hosts.iter().map(|h| h.to_string()).collect();
+        hosts.join(",")
+    }
+
     pub fn client(&self) -> anyhow::Result<Client> {
         Ok(Client::with_options(self.options.clone())?)
     }
@@ -117,18 +164,18 @@ pub struct Clusters {
 }
 
 impl Clusters {
-    /// Validates the two connection strings and the namespace filter.
-    pub async fn new(
-        source: &str,
-        destination: &str,
+    /// The two ends with a validated namespace filter.
+    pub fn new(
+        source: Endpoint,
+        destination: Endpoint,
         include: &[String],
         exclude: &[String],
         state_db: &str,
     ) -> Result<Self, InputError> {
         Ok(Self {
             filter: namespace_filter(include, exclude, state_db)?,
-            source: Endpoint::parse("source", source).await?,
-            destination: Endpoint::parse("destination", destination).await?,
+            source,
+            destination,
         })
     }
 }

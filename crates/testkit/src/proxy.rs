@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -224,6 +224,8 @@ struct Shared {
     connections: Mutex<HashMap<u64, AbortHandle>>,
     /// Request ids of the replies the proxy makes up.
     next_request_id: AtomicI32,
+    /// Forward nothing from clients, as a network that drops every packet does.
+    silent: AtomicBool,
 }
 
 impl Shared {
@@ -318,6 +320,12 @@ impl Proxy {
         lock(&self.shared.record).clear();
     }
 
+    /// Holds every client message (any opcode, the driver's handshake included) until this is
+    /// turned off again: a server that accepts connections and never answers.
+    pub fn set_silent(&self, silent: bool) {
+        self.shared.silent.store(silent, Ordering::SeqCst);
+    }
+
     /// Closes every open client connection, and its upstream connection, now.
     pub fn close_all(&self) {
         let connections: Vec<AbortHandle> = lock(&self.shared.connections)
@@ -406,6 +414,9 @@ async fn requests(
     shared: Arc<Shared>,
 ) -> io::Result<()> {
     while let Some(message) = read_message(&mut client).await? {
+        while shared.silent.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let header = Header::of(&message);
         if header.op_code != OP_MSG {
             server.write_all(&message).await?;
@@ -660,6 +671,7 @@ fn elide(raw: &RawDocument) -> Option<Document> {
 /// The code names of the errors tests use; `UnknownError` for the others.
 fn code_name(code: i32) -> &'static str {
     match code {
+        2 => "BadValue",
         6 => "HostUnreachable",
         43 => "CursorNotFound",
         50 => "MaxTimeMSExpired",

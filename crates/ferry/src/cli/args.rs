@@ -1,10 +1,13 @@
 //! What was typed: the subcommands' arguments as clap parses them, and their conversion into
 //! the plan's types (as ripgrep's low-level arguments become its high-level ones). Nothing
-//! below the command line sees clap.
+//! below the command line sees clap. Every single-valued flag can also come from a `FERRY_*`
+//! environment variable, and every flag from the `--config` file (`config`).
+
+use std::path::PathBuf;
 
 use clap::Args;
 
-use crate::plan::{Clusters, InputError, RunSettings};
+use crate::plan::{Clusters, Endpoint, InputError, RunSettings};
 
 pub const DEFAULT_API_ADDR: &str = "127.0.0.1:27182";
 
@@ -16,20 +19,33 @@ pub struct CheckArgs {
     #[arg(long)]
     pub drop: bool,
     /// Check as `ferry migrate --no-block-writes` would (the source stays writable at commit).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_NO_BLOCK_WRITES")]
     pub no_block_writes: bool,
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_JSON")]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct ResetArgs {
     /// Connection string of the destination replica set.
-    #[arg(long, value_name = "URI")]
+    #[arg(
+        long,
+        value_name = "URI",
+        env = "FERRY_DESTINATION",
+        hide_env_values = true
+    )]
     pub destination: String,
+    /// Read the destination user's password from this file instead of the connection string.
+    #[arg(long, value_name = "FILE", env = "FERRY_DESTINATION_PASSWORD_FILE")]
+    pub destination_password_file: Option<PathBuf>,
     /// Database on the destination that holds Ferry's own state.
-    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "__ferry",
+        env = "FERRY_STATE_DB"
+    )]
     pub state_db: String,
     /// Really drop (without it, only say what would be dropped).
     #[arg(long)]
@@ -40,19 +56,35 @@ pub struct ResetArgs {
 #[derive(Args, Debug)]
 pub struct ClusterArgs {
     /// Connection string of the source replica set.
-    #[arg(long, value_name = "URI")]
+    #[arg(long, value_name = "URI", env = "FERRY_SOURCE", hide_env_values = true)]
     pub source: String,
+    /// Read the source user's password from this file instead of the connection string.
+    #[arg(long, value_name = "FILE", env = "FERRY_SOURCE_PASSWORD_FILE")]
+    pub source_password_file: Option<PathBuf>,
     /// Connection string of the destination replica set.
-    #[arg(long, value_name = "URI")]
+    #[arg(
+        long,
+        value_name = "URI",
+        env = "FERRY_DESTINATION",
+        hide_env_values = true
+    )]
     pub destination: String,
-    /// Only this database (`db`) or collection (`db.coll`); repeatable.
+    /// Read the destination user's password from this file instead of the connection string.
+    #[arg(long, value_name = "FILE", env = "FERRY_DESTINATION_PASSWORD_FILE")]
+    pub destination_password_file: Option<PathBuf>,
+    /// Only this database (`db`) or collection (`db.coll`); repeatable (a list in --config).
     #[arg(long, value_name = "NS")]
     pub include: Vec<String>,
-    /// Leave out this database or collection; repeatable.
+    /// Leave out this database or collection; repeatable (a list in --config).
     #[arg(long, value_name = "NS")]
     pub exclude: Vec<String>,
     /// Database on the destination that holds Ferry's own state.
-    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "__ferry",
+        env = "FERRY_STATE_DB"
+    )]
     pub state_db: String,
 }
 
@@ -64,22 +96,32 @@ pub struct RunArgs {
     pub drop: bool,
     /// Verify the destination while changes are applied and finish at commit, before COMMITTED;
     /// a difference that re-checking does not clear refuses the commit.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_VERIFY")]
     pub verify: bool,
     /// Document changes are written in this many parallel lanes (by document).
-    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32), env = "FERRY_APPLY_LANES")]
     pub apply_lanes: u16,
     /// How long to ride out network errors, restarts and elections without progress.
-    #[arg(long, value_name = "DURATION", default_value = "30m")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30m",
+        env = "FERRY_RETRY_WINDOW"
+    )]
     pub retry_window: String,
     /// How long to keep syncing, once it is safe to cut over, before stopping unattended.
-    #[arg(long, value_name = "DURATION", default_value = "72h")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "72h",
+        env = "FERRY_CUTOVER_WINDOW"
+    )]
     pub cutover_window: String,
     /// Leave the source's writes open at commit. By default Ferry blocks every user write on the
     /// source (setUserWriteBlockMode, MongoDB 6.0+) before it takes the commit point, so that a
     /// forgotten writer fails instead of writing where nobody reads; the block stays after
     /// COMMITTED (lift it with `db.adminCommand({setUserWriteBlockMode: 1, global: false})`).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_NO_BLOCK_WRITES")]
     pub no_block_writes: bool,
 }
 
@@ -109,7 +151,7 @@ pub struct MigrateArgs {
     #[command(flatten)]
     pub run: RunArgs,
     /// Address of the HTTP API and dashboard.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR, env = "FERRY_API_ADDR")]
     pub api_addr: String,
     #[command(flatten)]
     pub token: TokenArgs,
@@ -118,19 +160,40 @@ pub struct MigrateArgs {
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// Connection string of the first cluster (`cluster0` in `/api/v1/start`).
-    #[arg(long, value_name = "URI")]
+    #[arg(
+        long,
+        value_name = "URI",
+        env = "FERRY_CLUSTER0",
+        hide_env_values = true
+    )]
     pub cluster0: String,
+    /// Read cluster0's password from this file instead of the connection string.
+    #[arg(long, value_name = "FILE", env = "FERRY_CLUSTER0_PASSWORD_FILE")]
+    pub cluster0_password_file: Option<PathBuf>,
     /// Connection string of the second cluster (`cluster1`).
-    #[arg(long, value_name = "URI")]
+    #[arg(
+        long,
+        value_name = "URI",
+        env = "FERRY_CLUSTER1",
+        hide_env_values = true
+    )]
     pub cluster1: String,
+    /// Read cluster1's password from this file instead of the connection string.
+    #[arg(long, value_name = "FILE", env = "FERRY_CLUSTER1_PASSWORD_FILE")]
+    pub cluster1_password_file: Option<PathBuf>,
     /// Address to listen on.
-    #[arg(long, default_value = "127.0.0.1")]
+    #[arg(long, default_value = "127.0.0.1", env = "FERRY_HOST")]
     pub host: String,
     /// Port to listen on.
-    #[arg(long, default_value_t = 27182)]
+    #[arg(long, default_value_t = 27182, env = "FERRY_PORT")]
     pub port: u16,
     /// Database on the destination that holds Ferry's own state.
-    #[arg(long, value_name = "NAME", default_value = "__ferry")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "__ferry",
+        env = "FERRY_STATE_DB"
+    )]
     pub state_db: String,
     #[command(flatten)]
     pub run: RunArgs,
@@ -143,36 +206,41 @@ pub struct VerifyArgs {
     #[command(flatten)]
     pub clusters: ClusterArgs,
     /// Compare documents without regard to field order (MongoDB compares in order).
-    #[arg(long)]
+    #[arg(long, env = "FERRY_IGNORE_FIELD_ORDER")]
     pub ignore_field_order: bool,
     /// Print the report as JSON.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_JSON")]
     pub json: bool,
 }
 
 #[derive(Args, Debug)]
 pub struct ApiArgs {
     /// Address of the running migration's HTTP API.
-    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR)]
+    #[arg(long, value_name = "HOST:PORT", default_value = DEFAULT_API_ADDR, env = "FERRY_API_ADDR")]
     pub api_addr: String,
     #[command(flatten)]
     pub token: TokenArgs,
     /// Print the API's JSON reply instead of a summary.
-    #[arg(long)]
+    #[arg(long, env = "FERRY_JSON")]
     pub json: bool,
 }
 
 impl ClusterArgs {
     /// The two ends and the namespace filter, validated.
     pub async fn clusters(&self) -> Result<Clusters, InputError> {
+        let source = Endpoint::parse("source", &self.source)
+            .await?
+            .with_password_file(self.source_password_file.as_deref())?;
+        let destination = Endpoint::parse("destination", &self.destination)
+            .await?
+            .with_password_file(self.destination_password_file.as_deref())?;
         Clusters::new(
-            &self.source,
-            &self.destination,
+            source,
+            destination,
             &self.include,
             &self.exclude,
             &self.state_db,
         )
-        .await
     }
 }
 

@@ -89,8 +89,12 @@ pub async fn serve(args: ServeArgs) -> Exit {
         let addr = plan::api_address(&format!("{}:{}", args.host, args.port), token.as_deref())?;
         plan::namespace_filter(&[], &[], &args.state_db)?;
         let settings = ServeSettings {
-            cluster0: Endpoint::parse("cluster0", &args.cluster0).await?,
-            cluster1: Endpoint::parse("cluster1", &args.cluster1).await?,
+            cluster0: Endpoint::parse("cluster0", &args.cluster0)
+                .await?
+                .with_password_file(args.cluster0_password_file.as_deref())?,
+            cluster1: Endpoint::parse("cluster1", &args.cluster1)
+                .await?
+                .with_password_file(args.cluster1_password_file.as_deref())?,
             state_db: args.state_db.clone(),
             run: args.run.settings(),
         };

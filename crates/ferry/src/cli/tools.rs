@@ -2,8 +2,8 @@
 
 use super::args::{CheckArgs, ResetArgs, VerifyArgs};
 use super::{input_error, Exit};
+use crate::explain;
 use crate::plan::InputError;
-use crate::redact::redact_uri;
 
 pub async fn check(args: CheckArgs) -> Exit {
     let clusters = match args.clusters.clusters().await {
@@ -17,7 +17,7 @@ pub async fn check(args: CheckArgs) -> Exit {
     let (source, destination) = match clients {
         Ok(clients) => clients,
         Err(e) => {
-            eprintln!("error: {}", redact_uri(&format!("{e:#}")));
+            eprintln!("error: {}", explain::error(&e));
             return Exit::Refused;
         }
     };
@@ -44,13 +44,15 @@ pub async fn check(args: CheckArgs) -> Exit {
 
 pub async fn reset(args: ResetArgs) -> Exit {
     let run = async {
-        let destination = crate::plan::Endpoint::parse("destination", &args.destination).await?;
+        let destination = crate::plan::Endpoint::parse("destination", &args.destination)
+            .await?
+            .with_password_file(args.destination_password_file.as_deref())?;
         let client = destination
             .client()
-            .map_err(|e| InputError(e.to_string()))?;
+            .map_err(|e| InputError(explain::error(&e)))?;
         let summary = crate::reset::reset(&client, &args.state_db, args.yes).await;
         close([client]).await;
-        summary.map_err(|e| InputError(redact_uri(&format!("{e:#}"))))
+        summary.map_err(|e| InputError(explain::error(&e)))
     };
     match run.await {
         Ok(summary) => {
@@ -105,7 +107,7 @@ pub async fn verify(args: VerifyArgs) -> Exit {
             }
         }
         Err(e) => {
-            eprintln!("error: {}", redact_uri(&format!("{e:#}")));
+            eprintln!("error: {}", explain::error(&e));
             if e.downcast_ref::<InputError>().is_some() {
                 Exit::Refused
             } else {

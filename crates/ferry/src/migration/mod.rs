@@ -27,11 +27,11 @@ use crate::background::beside;
 use crate::catalog;
 use crate::changes::rounds;
 use crate::changes::StreamFrom;
+use crate::explain;
 use crate::lifecycle::{Phase, State};
 use crate::plan::{InputError, Plan};
 use crate::preflight;
 use crate::progress::Progress;
-use crate::redact::redact_uri;
 use crate::server_error;
 use crate::source::clock::{self, seconds_between};
 use crate::source::info::{self, Version};
@@ -107,7 +107,7 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
         }
         failed_after = Some(snapshot.last_progress);
         if fault.ride_out(plan.retry_window) {
-            let reason = redact_uri(&format!("{error:#}"));
+            let reason = explain::error(&error);
             tracing::warn!(reason = %reason, retry_in_ms = backoff.as_millis() as u64, "retrying: {reason}");
             progress.update(|s| {
                 s.retrying = Some(reason);
@@ -121,7 +121,7 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
             backoff = (backoff * 2).min(MAX_BACKOFF);
             continue;
         }
-        let mut message = redact_uri(&format!("{error:#}"));
+        let mut message = explain::error(&error);
         if snapshot.source_writes_blocked == Some(true) {
             message.push_str("; the source's user writes are still blocked: lift the block with db.adminCommand({setUserWriteBlockMode: 1, global: false}) before the application writes to the source again");
         }
@@ -141,7 +141,7 @@ pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Res
         tracing::error!(phase = phase.as_str(), error = %message, "migration FAILED");
         if error.downcast_ref::<InputError>().is_none() {
             if let Err(e) = store.set_state(State::Failed, phase, Some(&message)).await {
-                tracing::warn!(error = %redact_uri(&e.to_string()), "could not record FAILED on the destination");
+                tracing::warn!(error = %explain::error(&e), "could not record FAILED on the destination");
             }
         }
         return Err(error);

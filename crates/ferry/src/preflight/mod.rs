@@ -23,6 +23,9 @@ use crate::state::{StateStore, Stored};
 use identity::{emptiness, identity, members, other_identity};
 pub use report::{Check, Report, Status};
 
+/// Why source checks are skipped on a standalone server.
+const NEEDS_MEMBER: &str = "needs a replica set member as the source";
+
 /// What the checks learned that the migration goes on with.
 pub struct Outcome {
     pub report: Report,
@@ -80,31 +83,31 @@ pub async fn run_checks(
         }
     };
     let identity = identity(clusters, &source_hello);
+    // Checks that cannot mean anything without these are skipped, not failed twice over.
+    let source_member = source_hello.contains_key("setName");
+    let destination_writable = destination_hello
+        .get_bool("isWritablePrimary")
+        .unwrap_or(false);
 
     report.push(checks::source_replica_set(
         &source_hello,
         &clusters.source.redacted,
     ));
-    report.push(
-        if destination_hello
-            .get_bool("isWritablePrimary")
-            .unwrap_or(false)
-        {
-            Check::pass(
-                "destination.primary",
-                "the destination is a writable primary",
-            )
-        } else {
-            Check::fail(
-                "destination.primary",
-                format!(
-                    "the destination at {} is not a writable primary",
-                    clusters.destination.redacted
-                ),
-                "connect to the destination replica set (replicaSet=NAME) or to its primary",
-            )
-        },
-    );
+    report.push(if destination_writable {
+        Check::pass(
+            "destination.primary",
+            "the destination is a writable primary",
+        )
+    } else {
+        Check::fail(
+            "destination.primary",
+            format!(
+                "the destination at {} is not a writable primary",
+                clusters.destination.redacted
+            ),
+            "connect to the destination replica set (replicaSet=NAME) or to its primary",
+        )
+    });
     let source_members = members(&source_hello);
     let same = members(&destination_hello)
         .iter()
@@ -152,8 +155,19 @@ pub async fn run_checks(
     };
     let in_between = async {
         let mut checks = vec![
-            checks::source_privileges(source, &included).await,
-            checks::destination_privileges(destination, &clusters.filter.state_db).await,
+            if source_member {
+                checks::source_privileges(source, &included).await
+            } else {
+                Check::skip("source.privileges", NEEDS_MEMBER)
+            },
+            if destination_writable {
+                checks::destination_privileges(destination, &clusters.filter.state_db).await
+            } else {
+                Check::skip(
+                    "destination.privileges",
+                    "needs a writable primary on the destination",
+                )
+            },
         ];
         let everything = crate::filter::NamespaceFilter {
             state_db: clusters.filter.state_db.clone(),
@@ -177,8 +191,12 @@ pub async fn run_checks(
     }
     let mut sizes = HashMap::new();
     if let Some((measured, oplog)) = sizing {
-        let data = measured.values().map(|(_, bytes)| *bytes as f64).sum();
-        report.push(checks::oplog_window(&oplog, data));
+        let data = measured.values().map(|(_, bytes)| *bytes).sum::<u64>() as f64;
+        report.push(if source_member {
+            checks::oplog_window(&oplog, data)
+        } else {
+            Check::skip("source.oplog-window", NEEDS_MEMBER)
+        });
         report.push(checks::destination_disk(destination, data).await);
         sizes = measured;
     }

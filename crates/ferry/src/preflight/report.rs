@@ -9,6 +9,8 @@ pub enum Status {
     Pass,
     Warn,
     Fail,
+    /// Not run: it depends on something another check found missing.
+    Skip,
 }
 
 /// The result of one check.
@@ -39,6 +41,16 @@ impl Check {
             status: Status::Warn,
             found: found.into(),
             fix: Some(fix.into()),
+        }
+    }
+
+    /// A check that cannot run because of what another check found; `needs` says what.
+    pub fn skip(id: &'static str, needs: impl Into<String>) -> Self {
+        Self {
+            id,
+            status: Status::Skip,
+            found: needs.into(),
+            fix: None,
         }
     }
 
@@ -73,6 +85,7 @@ impl Report {
                 Status::Pass => "ok  ",
                 Status::Warn => "WARN",
                 Status::Fail => "FAIL",
+                Status::Skip => "skip",
             };
             out.push_str(&format!("{mark} {:<24} {}\n", check.id, check.found));
             if let Some(fix) = &check.fix {

@@ -24,9 +24,9 @@ use mongodb::bson::Timestamp;
 use mongodb::Client;
 
 use crate::catalog::{self, CollectionSpec, Kind};
+use crate::explain;
 use crate::filter::NamespaceFilter;
 use crate::progress::Progress;
-use crate::redact::redact_uri;
 pub use compare::Comparison;
 use compare::Sides;
 use documents::Differences;
@@ -200,7 +200,7 @@ pub async fn alongside_changes(
     )
     .await
     {
-        tracing::warn!(error = %redact_uri(&format!("{error:#}")), "the first verification pass stopped; it resumes in a moment");
+        tracing::warn!(error = %explain::error(&error), "the first verification pass stopped; it resumes in a moment");
         tokio::time::sleep(RECHECK_INTERVAL).await;
     }
     tracing::info!("first verification pass finished; re-checking changed documents");
@@ -220,7 +220,7 @@ pub async fn alongside_changes(
                 shown.recheck_queued = queued;
             }),
             (Err(error), _) | (_, Err(error)) => {
-                tracing::warn!(error = %redact_uri(&format!("{error:#}")), "re-checking changed documents failed; it is tried again")
+                tracing::warn!(error = %explain::error(&error), "re-checking changed documents failed; it is tried again")
             }
         }
         tokio::time::sleep(RECHECK_INTERVAL).await;

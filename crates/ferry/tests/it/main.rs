@@ -7,6 +7,7 @@ mod edges;
 mod faults;
 mod harness;
 mod live;
+mod messages;
 mod operator;
 mod preflight;
 mod replica;

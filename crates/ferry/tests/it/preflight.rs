@@ -154,7 +154,7 @@ async fn a_standalone_source_the_same_server_twice_and_an_unreachable_port_are_r
         reachable["found"]
             .as_str()
             .unwrap()
-            .contains("no server answered at mongodb://127.0.0.1:"),
+            .contains("cannot reach 127.0.0.1:"),
         "{reachable}"
     );
     assert!(

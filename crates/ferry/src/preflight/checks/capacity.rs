@@ -185,6 +185,11 @@ pub fn oplog_window(reading: &OplogReading, data: f64) -> Check {
     }
 }
 
+/// Bytes in GB with one decimal; nothing (an empty sum of floats is -0.0) reads `0.0 GB`.
+fn gb(bytes: f64) -> String {
+    format!("{:.1} GB", bytes.max(0.0) / 1e9 + 0.0)
+}
+
 /// Room on the destination for the source's data, where the server reports its disk.
 pub async fn destination_disk(destination: &Client, source_bytes: f64) -> Check {
     const ID: &str = "destination.disk";
@@ -196,7 +201,6 @@ pub async fn destination_disk(destination: &Client, source_bytes: f64) -> Check 
     let free = stats
         .as_ref()
         .and_then(|s| Some(number(s, "fsTotalSize")? - number(s, "fsUsedSize")?));
-    let gb = |b: f64| format!("{:.1} GB", b / 1e9);
     match free {
         Some(free) if free > 0.0 && free < source_bytes => Check::fail(
             ID,
@@ -232,7 +236,14 @@ pub async fn destination_disk(destination: &Client, source_bytes: f64) -> Check 
 
 #[cfg(test)]
 mod tests {
-    use super::{oplog_window, OplogReading};
+    use super::{gb, oplog_window, OplogReading};
+
+    #[test]
+    fn no_data_reads_as_zero_gigabytes() {
+        let nothing: f64 = std::iter::empty::<f64>().sum();
+        assert_eq!(gb(nothing), "0.0 GB");
+        assert_eq!(gb(1.5e9), "1.5 GB");
+    }
     use crate::preflight::Status;
 
     const GB: f64 = 1e9;

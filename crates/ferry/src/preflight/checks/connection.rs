@@ -5,6 +5,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::error::ErrorKind;
 use mongodb::Client;
 
+use crate::explain;
 use crate::plan::Endpoint;
 use crate::preflight::report::Check;
 use crate::redact::redact_uri;
@@ -12,34 +13,26 @@ use crate::redact::redact_uri;
 /// Why a connection failed, and what to do, from the driver's error.
 pub fn connection_failure(endpoint: &Endpoint, error: &mongodb::error::Error) -> (String, String) {
     let role = endpoint.role;
-    let at = &endpoint.redacted;
-    let text = redact_uri(&error.to_string());
-    let lower = text.to_lowercase();
-    if matches!(error.kind.as_ref(), ErrorKind::Authentication { .. }) {
+    if let ErrorKind::Authentication { message, .. } = error.kind.as_ref() {
+        let (user, auth_source) = endpoint.user();
         return (
-            format!("authentication failed at {at}: {text}"),
+            redact_uri(&format!(
+                "authentication failed for user {user} on authSource {auth_source} at {}: {}",
+                endpoint.hosts(),
+                explain::clean(message)
+            )),
             format!("check the user name, password, authSource and authMechanism in --{role}; the user must exist on that cluster"),
         );
     }
-    if [
-        "certificate",
-        "tls",
-        "ssl",
-        "handshake",
-        "unknownissuer",
-        "unknown ca",
-        "alert",
-    ]
-    .iter()
-    .any(|needle| lower.contains(needle))
-    {
+    let said = redact_uri(&explain::driver_error(error));
+    if said.contains("TLS") {
         return (
-            format!("the TLS handshake with {at} failed: {text}"),
+            said,
             format!("check that the server speaks TLS and that tlsCAFile in --{role} names the CA that signed its certificate"),
         );
     }
     (
-        format!("no server answered at {at}: {text}"),
+        said,
         format!("check the host and port in --{role}, that the server runs, and that this machine may reach it"),
     )
 }

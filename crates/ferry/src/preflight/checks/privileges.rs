@@ -5,26 +5,22 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::Client;
 
 use crate::catalog::{CollectionSpec, Kind};
+use crate::explain;
 use crate::preflight::report::Check;
-use crate::redact::redact_uri;
 use crate::server_error::{self, UNAUTHORIZED};
 
-/// Runs one probe; a missing privilege names the action and the role that grants it.
+/// Runs one probe; a missing privilege names the action (the check's fix names the roles).
 async fn probe<T, E: Into<anyhow::Error>>(
     what: &str,
     action: &str,
-    roles: &str,
     operation: impl std::future::IntoFuture<Output = Result<T, E>>,
 ) -> Result<(), String> {
     match operation.await.map_err(Into::into) {
         Ok(_) => Ok(()),
-        Err(e) if server_error::code_of(&e) == Some(UNAUTHORIZED) => Err(format!(
-            "not allowed to {what} (missing action {action}); grant the user {roles}"
-        )),
-        Err(e) => Err(format!(
-            "could not {what}: {}",
-            redact_uri(&format!("{e:#}"))
-        )),
+        Err(e) if server_error::code_of(&e) == Some(UNAUTHORIZED) => {
+            Err(format!("not allowed to {what} (missing action {action})"))
+        }
+        Err(e) => Err(format!("could not {what}: {}", explain::error(&e))),
     }
 }
 
@@ -37,7 +33,6 @@ pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> 
     if let Err(p) = probe(
         "list the databases",
         "listDatabases",
-        SOURCE_ROLES,
         source.list_database_names(),
     )
     .await
@@ -47,7 +42,6 @@ pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> 
     if let Err(p) = probe(
         "read the server status",
         "serverStatus",
-        SOURCE_ROLES,
         source
             .database("admin")
             .run_command(doc! { "serverStatus": 1 }),
@@ -59,7 +53,6 @@ pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> 
     if let Err(p) = probe(
         "open a change stream on the cluster",
         "changeStream",
-        SOURCE_ROLES,
         source.watch(),
     )
     .await
@@ -72,7 +65,7 @@ pub async fn source_privileges(source: &Client, included: &[CollectionSpec]) -> 
             .collection::<RawDocumentBuf>(&spec.name);
         // A point read by `_id` proves the privilege without scanning on any server.
         let read = collection.find_one(doc! { "_id": Bson::MinKey });
-        if let Err(p) = probe(&format!("read {}", spec.ns()), "find", SOURCE_ROLES, read).await {
+        if let Err(p) = probe(&format!("read {}", spec.ns()), "find", read).await {
             problems.push(p);
             break;
         }
@@ -101,14 +94,12 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
         probe(
             "create collections",
             "createCollection",
-            DESTINATION_ROLES,
             db.create_collection("preflight_probe"),
         )
         .await?;
         probe(
             "create indexes",
             "createIndex",
-            DESTINATION_ROLES,
             crate::majority::command(
                 &db,
                 doc! { "createIndexes": "preflight_probe", "indexes": [{ "key": { "probe": 1 }, "name": "probe_1" }] },
@@ -118,7 +109,6 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
         probe(
             "write documents",
             "insert",
-            DESTINATION_ROLES,
             probe_coll.insert_one(doc! { "probe": 1 }),
         )
         .await?;
@@ -127,19 +117,12 @@ pub async fn destination_privileges(destination: &Client, state_db: &str) -> Che
         probe(
             "write documents past validation",
             "bypassDocumentValidation",
-            DESTINATION_ROLES,
             probe_coll
                 .insert_one(doc! { "probe": 2 })
                 .bypass_document_validation(true),
         )
         .await?;
-        probe(
-            "drop collections",
-            "dropCollection",
-            DESTINATION_ROLES,
-            probe_coll.drop(),
-        )
-        .await
+        probe("drop collections", "dropCollection", probe_coll.drop()).await
     };
     let result = steps.await;
     let _ = probe_coll.drop().await;
