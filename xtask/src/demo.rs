@@ -1,6 +1,7 @@
 //! `cargo xtask demo`: two local servers, sample data, an application that keeps writing, Ferry
 //! migrating live, the application stopped, the commit once the lag is zero, and a summary that
-//! proves the two sides are equal.
+//! proves the two sides are equal. `--reverse` goes on: the application writes to the new side
+//! and `ferry reverse` brings it back to the old one, with a SIGKILL on the way.
 
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,7 +16,9 @@ use testkit::Server;
 const SEED: u64 = 20_261_126;
 const DOCUMENTS_PER_COLLECTION: u32 = 25_000;
 
-pub fn run() -> Result<()> {
+/// `reverse`: after the commit, the application moves to the destination and `ferry reverse`
+/// brings its writes back to the source (killed with SIGKILL once on the way, and resumed).
+pub fn run(reverse: bool) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     eprintln!("demo: building ferry (release)");
     super::run(Command::new(&cargo).args(["build", "--release", "--quiet", "-p", "ferry"]))?;
@@ -35,33 +38,106 @@ pub fn run() -> Result<()> {
     );
     runtime.block_on(workload::seed(&src, SEED, DOCUMENTS_PER_COLLECTION))?;
 
+    let clusters = [
+        "--source",
+        &source.uri(),
+        "--destination",
+        &destination.uri(),
+    ]
+    .map(String::from);
+    let mut args = vec!["migrate".to_string()];
+    args.extend(clusters.iter().cloned());
+    if reverse {
+        args.push("--reversible".into());
+    }
     eprintln!(
         "demo: the application starts writing (inserts, updates, deletes, transactions, DDL)"
     );
+    let started = Instant::now();
+    let stats = run_live(&runtime, &ferry, &args, &src, SEED + 1, false)?;
+    let elapsed = started.elapsed();
+    let differences = runtime.block_on(testkit::compare::differences(&src, &dst))?;
+    eprintln!("\n──────── demo summary ────────");
+    eprintln!(
+        "migration time (launch to COMMITTED): {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    eprintln!(
+        "application writes during the migration: {} operations ({} transactions, {} DDL)",
+        stats.operations, stats.transactions, stats.ddl
+    );
+    equal(&differences)?;
+    if !reverse {
+        return Ok(());
+    }
+
+    eprintln!("\ndemo: the application now writes to the destination; `ferry reverse` brings its writes back to the source");
+    let mut args = vec!["reverse".to_string()];
+    args.extend(clusters.iter().cloned());
+    let started = Instant::now();
+    let stats = run_live(&runtime, &ferry, &args, &dst, SEED + 2, true)?;
+    let elapsed = started.elapsed();
+    let differences = runtime.block_on(testkit::compare::differences(&src, &dst))?;
+    eprintln!("\n──────── reverse summary ────────");
+    eprintln!(
+        "reverse time (launch to COMMITTED, with one SIGKILL): {:.1} s",
+        elapsed.as_secs_f64()
+    );
+    eprintln!(
+        "application writes on the destination: {} operations ({} transactions, {} DDL)",
+        stats.operations, stats.transactions, stats.ddl
+    );
+    equal(&differences)
+}
+
+fn equal(differences: &[String]) -> Result<()> {
+    if differences.is_empty() {
+        eprintln!("verified: every database, collection, option, index and document is equal on both sides");
+        Ok(())
+    } else {
+        bail!("the two sides differ:\n{}", differences.join("\n"))
+    }
+}
+
+/// Runs `ferry ARGS` to COMMITTED while the application writes to `app_client`: the commit once
+/// `canCommit` holds and the application has stopped and the lag is zero. With `kill`, Ferry is
+/// killed with SIGKILL once it applies changes, and started again with the same arguments.
+fn run_live(
+    runtime: &tokio::runtime::Runtime,
+    ferry: &std::path::Path,
+    args: &[String],
+    app_client: &mongodb::Client,
+    seed: u64,
+    kill: bool,
+) -> Result<testkit::workload::Stats> {
     let stop_app = Arc::new(AtomicBool::new(false));
     let app = runtime.spawn(
-        Workload::new(src.clone(), SEED + 1).run(stop_app.clone(), Duration::from_millis(2)),
+        Workload::new(app_client.clone(), seed).run(stop_app.clone(), Duration::from_millis(2)),
     );
-
     let api = format!("127.0.0.1:{}", testkit::server::free_port()?);
-    let started = Instant::now();
-    let mut migration = Command::new(&ferry)
-        .args([
-            "migrate",
-            "--source",
-            &source.uri(),
-            "--destination",
-            &destination.uri(),
-        ])
-        .args(["--api-addr", &api])
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting ferry")?;
-
+    let start = || {
+        Command::new(ferry)
+            .args(args)
+            .args(["--api-addr", &api])
+            .stdin(Stdio::null())
+            .spawn()
+            .context("starting ferry")
+    };
+    let mut migration = start()?;
     let progress = |api: &str| -> Option<Value> {
         let body = ureq_get(&format!("http://{api}/api/v1/progress"))?;
         Some(serde_json::from_str::<Value>(&body).ok()?["progress"].clone())
     };
+    if kill {
+        wait_until(&mut migration, Duration::from_secs(600), || {
+            progress(&api).is_some_and(|p| p["info"] == "change event application")
+        })?;
+        std::thread::sleep(Duration::from_secs(2));
+        eprintln!("\ndemo: SIGKILL to ferry while it applies changes; starting it again");
+        migration.kill()?;
+        migration.wait()?;
+        migration = start()?;
+    }
     wait_until(&mut migration, Duration::from_secs(600), || {
         progress(&api).is_some_and(|p| p["canCommit"] == true)
     })?;
@@ -77,32 +153,12 @@ pub fn run() -> Result<()> {
         progress(&api).is_some_and(|p| p["lagTimeSeconds"] == 0)
     })?;
     eprintln!("\ndemo: lag is 0: committing");
-    super::run(Command::new(&ferry).args(["commit", "--api-addr", &api]))?;
+    super::run(Command::new(ferry).args(["commit", "--api-addr", &api]))?;
     let status = migration.wait()?;
     if !status.success() {
         bail!("ferry exited with {status}");
     }
-    let elapsed = started.elapsed();
-
-    let differences = runtime.block_on(testkit::compare::differences(&src, &dst))?;
-    eprintln!("\n──────── demo summary ────────");
-    eprintln!(
-        "migration time (launch to COMMITTED): {:.1} s",
-        elapsed.as_secs_f64()
-    );
-    eprintln!(
-        "application writes during the migration: {} operations ({} transactions, {} DDL)",
-        stats.operations, stats.transactions, stats.ddl
-    );
-    if differences.is_empty() {
-        eprintln!("verified: every database, collection, option, index and document is equal on both sides");
-        Ok(())
-    } else {
-        bail!(
-            "the destination differs from the source:\n{}",
-            differences.join("\n")
-        )
-    }
+    Ok(stats)
 }
 
 fn ureq_get(url: &str) -> Option<String> {

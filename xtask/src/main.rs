@@ -3,7 +3,8 @@
 //! - `cargo xtask install-server`: build the pinned test server once per machine (cached);
 //! - `cargo xtask test [ARGS]`: install the server and the test browser if missing, then run
 //!   every test;
-//! - `cargo xtask demo`: a live migration between two local servers while an application writes;
+//! - `cargo xtask demo [--reverse]`: a live migration between two local servers while an
+//!   application writes (and with `--reverse`, the way back after the commit);
 //! - `cargo xtask bench`: Ferry's speed and memory against same-run baselines (docs/BENCHMARKS.md).
 
 mod bench;
@@ -21,11 +22,14 @@ fn main() -> ExitCode {
         Some("test") => install_server()
             .and_then(|()| install_browser())
             .and_then(|()| test(&args[1..])),
-        Some("demo") => install_server().and_then(|()| demo::run()),
+        Some("demo") => {
+            let reverse = args.iter().any(|a| a == "--reverse");
+            install_server().and_then(|()| demo::run(reverse))
+        }
         Some("bench") => install_server().and_then(|()| bench::run()),
         _ => {
             eprintln!(
-                "usage: cargo xtask <install-server | test [cargo test args] | demo | bench>"
+                "usage: cargo xtask <install-server | test [cargo test args] | demo [--reverse] | bench>"
             );
             return ExitCode::from(2);
         }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::lifecycle::State;
+use crate::lifecycle::{Direction, State};
 use crate::migration::{self, Outcome};
 use crate::plan::{InputError, Plan};
 use crate::progress::Progress;
@@ -155,6 +155,34 @@ impl Controller {
             // The run stops at a consistent point; its end marks the migration PAUSED.
             let _ = task.await;
         }
+        Ok(())
+    }
+
+    /// Starts the reverse of the COMMITTED migration this controller ran (`--reversible`): the
+    /// new cluster's changes flow back to the old one, with the same controls.
+    pub fn reverse(&self) -> Result<(), String> {
+        let state = self.progress.snapshot().state;
+        {
+            let mut current = self.plan.lock().expect("plan lock");
+            let forward = match current.as_ref() {
+                Some(plan) if state == State::Committed && plan.direction == Direction::Forward => {
+                    plan
+                }
+                _ => {
+                    return Err(format!(
+                        "only a COMMITTED forward migration can be reversed; this one is {}",
+                        state.as_str()
+                    ))
+                }
+            };
+            if !forward.reversible {
+                return Err("this migration was started without reversible: true, so where the new cluster's changes start was not recorded; start the next one with it".into());
+            }
+            *current = Some(forward.clone().reversed().map_err(|e| e.0)?);
+        }
+        self.progress.reset();
+        self.finished.send_replace(None);
+        self.spawn();
         Ok(())
     }
 

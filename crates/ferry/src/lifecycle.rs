@@ -51,6 +51,25 @@ impl State {
     }
 }
 
+/// Which way the data flows: forward (source to destination), or reverse after a forward
+/// migration's commit (the new cluster's changes back to the old one, `ferry reverse`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    #[default]
+    Forward,
+    Reverse,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Forward => "forward",
+            Direction::Reverse => "reverse",
+        }
+    }
+}
+
 /// What the migration is doing while RUNNING (mongosync's `info`), in the order it happens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, serde::Deserialize)]
 pub enum Phase {

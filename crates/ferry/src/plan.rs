@@ -11,6 +11,7 @@ use mongodb::options::{ClientOptions, WriteConcern};
 use mongodb::Client;
 
 use crate::filter::{NamespaceFilter, NsPattern};
+use crate::lifecycle::Direction;
 use crate::redact::redact_uri;
 
 /// A mistake in what the user gave: reported in one line with the fix, exit code 2.
@@ -191,6 +192,9 @@ pub struct RunSettings {
     pub retry_window: String,
     pub cutover_window: String,
     pub block_writes: bool,
+    /// Keep the way back open: check what reversing needs, and record the destination's
+    /// change-stream position at COMMITTED.
+    pub reversible: bool,
 }
 
 /// The namespace filter from `--include`/`--exclude` patterns and the state database's name.
@@ -241,6 +245,10 @@ pub struct Plan {
     pub cutover_window: Duration,
     /// Block the source's user writes at commit, before the commit point is taken.
     pub block_writes: bool,
+    /// `--reversible`: a forward migration that keeps the way back open.
+    pub reversible: bool,
+    /// Forward, or the reverse of a committed forward migration.
+    pub direction: Direction,
 }
 
 impl Plan {
@@ -259,11 +267,37 @@ impl Plan {
             destination: clusters.destination,
             filter: clusters.filter,
             drop: run.drop,
-            verify: run.verify,
+            // The way back starts from a point proven equal: `--reversible` verifies at commit.
+            verify: run.verify || run.reversible,
             apply_lanes: usize::from(run.apply_lanes),
             retry_window: duration(&run.retry_window, "retry-window", "90s, 30m or 2h")?,
             cutover_window: duration(&run.cutover_window, "cutover-window", "72h or 90m")?,
             block_writes: run.block_writes,
+            reversible: run.reversible,
+            direction: Direction::Forward,
+        })
+    }
+
+    /// The reverse of the forward migration this plan describes (`ferry reverse` takes the
+    /// forward migration's own arguments): the destination's changes flow back to the source,
+    /// whose data is already there, so nothing is dropped and nothing is copied.
+    pub fn reversed(self) -> Result<Self, InputError> {
+        if self.drop {
+            return Err(InputError(
+                "--drop cannot reverse a migration: it would drop the old source's data; leave it out".into(),
+            ));
+        }
+        // In the reverse, the new cluster is the source and the old one the destination.
+        let mut source = self.destination.clone();
+        let mut destination = self.source.clone();
+        source.role = "source";
+        destination.role = "destination";
+        Ok(Self {
+            source,
+            destination,
+            reversible: false,
+            direction: Direction::Reverse,
+            ..self
         })
     }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use crate::lifecycle::{Phase, State};
+use crate::lifecycle::{Direction, Phase, State};
 
 /// Copy progress of one namespace.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -93,6 +93,8 @@ pub struct StrayWrites {
 #[serde(rename_all = "camelCase")]
 pub struct Snapshot {
     pub state: State,
+    /// Forward, or a reverse (`ferry reverse`) after a forward migration's commit.
+    pub direction: Direction,
     pub phase: Phase,
     pub can_commit: bool,
     pub can_write: bool,
@@ -164,7 +166,11 @@ impl Snapshot {
                 "estimatedTotalBytes": self.total_bytes(),
                 "estimatedCopiedBytes": self.copied_bytes(),
             },
-            "directionMapping": { "Source": "cluster0: source", "Destination": "cluster1: destination" },
+            "direction": self.direction.as_str(),
+            "directionMapping": match self.direction {
+                Direction::Forward => serde_json::json!({ "Source": "cluster0: source", "Destination": "cluster1: destination" }),
+                Direction::Reverse => serde_json::json!({ "Source": "cluster1: destination", "Destination": "cluster0: source" }),
+            },
             "commitRequested": self.commit_requested,
             "eventsApplied": self.events,
             "collections": self.collections,
@@ -200,10 +206,19 @@ impl Snapshot {
 #[derive(Clone)]
 pub struct Progress(Arc<Mutex<Snapshot>>);
 
+impl Progress {
+    /// Starts the snapshot over, for the next migration of the same process (a reverse).
+    pub fn reset(&self) {
+        let fresh = Progress::default().snapshot();
+        self.update(|s| *s = fresh);
+    }
+}
+
 impl Default for Progress {
     fn default() -> Self {
         Self(Arc::new(Mutex::new(Snapshot {
             state: State::Idle,
+            direction: Direction::Forward,
             phase: Phase::Validating,
             can_commit: false,
             can_write: false,

@@ -1,5 +1,6 @@
 //! `ferry reset`: deliberately forget a migration on the destination, dropping its state and
-//! every namespace it included, so that the next `ferry migrate` starts over.
+//! every namespace it included, so that the next `ferry migrate` starts over. A reverse's
+//! destination is the old source, whose data Ferry did not create: there only the state goes.
 
 use anyhow::{bail, Context, Result};
 use mongodb::bson::Document;
@@ -19,6 +20,18 @@ pub async fn reset(destination: &Client, state_db: &str, confirmed: bool) -> Res
             "the destination holds no Ferry migration in database {state_db:?}: nothing to reset"
         );
     };
+    // A reverse wrote into the old source's own data, which no reset may drop: only its state.
+    if stored.plan.get_str("direction") == Ok("reverse") {
+        if !confirmed {
+            return Ok(format!(
+                "would drop Ferry's state ({state_db}) of a reverse; the data stays (it is the old source's own); run again with --yes to do it"
+            ));
+        }
+        store.clear().await?;
+        return Ok(format!(
+            "dropped Ferry's state ({state_db}) of a reverse; the data stays (it is the old source's own)"
+        ));
+    }
     let patterns = |field: &str| -> Vec<NsPattern> {
         stored
             .plan

@@ -45,6 +45,17 @@ pub struct Stored {
     pub start_time: Timestamp,
     pub checkpoint: Option<Checkpoint>,
     pub commit: Option<CommitPoint>,
+    /// Where a reverse can start (`--reversible`, recorded at COMMITTED).
+    pub reverse: Option<ReversePoint>,
+}
+
+/// The way back from a committed migration: the destination's time at which it equalled the
+/// source (every change applied, constraints restored), and which incarnation of each
+/// namespace it then held. A reverse follows the destination's changes from here.
+#[derive(Clone, Debug)]
+pub struct ReversePoint {
+    pub time: Timestamp,
+    pub incarnations: Incarnations,
 }
 
 /// Where the commit stops applying changes, and whether the source's writes were blocked there.
@@ -152,6 +163,15 @@ impl StateStore {
                     time,
                     writes_open: document.get_str("writesOpen").ok().map(str::to_string),
                 }),
+            reverse: document
+                .get_timestamp("reverseFrom")
+                .ok()
+                .map(|time| ReversePoint {
+                    time,
+                    incarnations: incarnations_from(
+                        document.get_array("reverseIncarnations").ok(),
+                    ),
+                }),
         }))
     }
 
@@ -216,17 +236,21 @@ impl StateStore {
         .await
     }
 
+    /// Records where a reverse of this migration can start.
+    pub async fn set_reverse_point(&self, point: &ReversePoint) -> Result<()> {
+        self.set(doc! {
+            "reverseFrom": point.time,
+            "reverseIncarnations": incarnations_bson(&point.incarnations),
+        })
+        .await
+    }
+
     /// Records how far change application has got.
     pub async fn checkpoint(&self, checkpoint: &Checkpoint) -> Result<()> {
-        let incarnations: Vec<Document> = checkpoint
-            .incarnations
-            .iter()
-            .map(|(ns, uuid)| doc! { "ns": ns, "uuid": uuid_bson(uuid) })
-            .collect();
         self.set(doc! {
             "resumeToken": checkpoint.resume_token.clone(),
             "appliedTime": checkpoint.applied_time,
-            "incarnations": incarnations,
+            "incarnations": incarnations_bson(&checkpoint.incarnations),
         })
         .await
     }
@@ -354,6 +378,13 @@ impl StateStore {
             .with_context(|| format!("recording the copy status of {ns}"))?;
         Ok(())
     }
+}
+
+fn incarnations_bson(incarnations: &Incarnations) -> Vec<Document> {
+    incarnations
+        .iter()
+        .map(|(ns, uuid)| doc! { "ns": ns, "uuid": uuid_bson(uuid) })
+        .collect()
 }
 
 fn uuid_bson(uuid: &[u8]) -> Bson {

@@ -21,6 +21,9 @@ pub struct CheckArgs {
     /// Check as `ferry migrate --no-block-writes` would (the source stays writable at commit).
     #[arg(long, env = "FERRY_NO_BLOCK_WRITES")]
     pub no_block_writes: bool,
+    /// Check as `ferry migrate --reversible` would (what a reverse will need).
+    #[arg(long, env = "FERRY_REVERSIBLE")]
+    pub reversible: bool,
     /// Print the report as JSON.
     #[arg(long, env = "FERRY_JSON")]
     pub json: bool,
@@ -123,6 +126,11 @@ pub struct RunArgs {
     /// COMMITTED (lift it with `db.adminCommand({setUserWriteBlockMode: 1, global: false})`).
     #[arg(long, env = "FERRY_NO_BLOCK_WRITES")]
     pub no_block_writes: bool,
+    /// Keep a way back: verify at commit (as --verify), then record where the destination's
+    /// changes start, so that `ferry reverse` can bring them back to the source (the
+    /// destination must be a replica set).
+    #[arg(long, env = "FERRY_REVERSIBLE")]
+    pub reversible: bool,
 }
 
 /// The API token: required when the API listens beyond this machine.
@@ -254,6 +262,7 @@ impl RunArgs {
             retry_window: self.retry_window.clone(),
             cutover_window: self.cutover_window.clone(),
             block_writes: !self.no_block_writes,
+            reversible: self.reversible,
         }
     }
 }

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use super::args::{MigrateArgs, ServeArgs};
 use super::{input_error, Exit, Signal};
 use crate::control::{Controller, Finish};
+use crate::lifecycle::Direction;
 use crate::plan::{self, Clusters, Endpoint, InputError, Plan};
 use crate::progress::Progress;
 use crate::surface::api::{self, ServeSettings};
@@ -16,11 +17,15 @@ use crate::surface::{rates, view};
 /// How long the API keeps answering after COMMITTED before the process exits.
 const FINAL_STATE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-pub async fn migrate(args: MigrateArgs) -> Exit {
+/// `ferry migrate`, or `ferry reverse` with the forward migration's arguments.
+pub async fn migrate(args: MigrateArgs, direction: Direction) -> Exit {
     let token = args.token.token();
     let ready = async {
         let addr = plan::api_address(&args.api_addr, token.as_deref())?;
-        let plan = Plan::new(args.clusters.clusters().await?, &args.run.settings())?;
+        let mut plan = Plan::new(args.clusters.clusters().await?, &args.run.settings())?;
+        if direction == Direction::Reverse {
+            plan = plan.reversed()?;
+        }
         Ok::<_, InputError>((bind(addr).await?, plan))
     };
     let (listener, plan) = match ready.await {
@@ -31,6 +36,7 @@ pub async fn migrate(args: MigrateArgs) -> Exit {
         source = %plan.source.redacted,
         destination = %plan.destination.redacted,
         api = %format!("http://{}", listener.local_addr().map_or_else(|_| "?".into(), |a| a.to_string())),
+        direction = direction.as_str(),
         "starting migration"
     );
     let controller = Controller::new(Progress::default());

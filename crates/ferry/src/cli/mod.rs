@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
+use crate::lifecycle::Direction;
 use crate::plan::InputError;
 pub use crate::surface::view::LogWriter;
 use args::{ApiArgs, CheckArgs, MigrateArgs, ResetArgs, ServeArgs, VerifyArgs};
@@ -107,6 +108,10 @@ fn one_line(rendered: &str, subcommand: Option<&str>) -> String {
 pub enum Command {
     /// Copy everything, follow changes, and commit on the operator's word.
     Migrate(MigrateArgs),
+    /// Go back after a cutover: follow the destination's changes from the commit of a
+    /// `--reversible` migration and apply them to the source. Takes the forward migration's own
+    /// arguments (--source is still the old cluster); commit it like a migration.
+    Reverse(MigrateArgs),
     /// Serve the mongosync-compatible API and dashboard, idle until `POST /api/v1/start`.
     Serve(ServeArgs),
     /// Ask a running migration to commit (the application must have stopped writing).
@@ -164,7 +169,8 @@ pub enum Signal {
 /// Runs a parsed command.
 pub async fn run(cli: Cli) -> Exit {
     match cli.command {
-        Command::Migrate(args) => migrate::migrate(args).await,
+        Command::Migrate(args) => migrate::migrate(args, Direction::Forward).await,
+        Command::Reverse(args) => migrate::migrate(args, Direction::Reverse).await,
         Command::Serve(args) => migrate::serve(args).await,
         Command::Commit(args) => client::control(args, "commit").await,
         Command::Status(args) => client::status(args).await,

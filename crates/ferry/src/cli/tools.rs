@@ -24,6 +24,8 @@ pub async fn check(args: CheckArgs) -> Exit {
     let options = crate::preflight::Options {
         drop: args.drop,
         block_writes: !args.no_block_writes,
+        reversible: args.reversible,
+        direction: crate::lifecycle::Direction::Forward,
     };
     let outcome = crate::preflight::run_checks(&clusters, options, &source, &destination).await;
     close([source, destination]).await;

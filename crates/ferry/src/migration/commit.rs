@@ -6,9 +6,9 @@
 use anyhow::{Context, Result};
 use mongodb::bson::{doc, Timestamp};
 
-use super::{restore, strays, Migration};
+use super::{restore, reverse, strays, Migration};
 use crate::changes::StreamFrom;
-use crate::lifecycle::{Phase, State};
+use crate::lifecycle::{Direction, Phase, State};
 use crate::server_error::{self, COMMAND_NOT_FOUND, UNAUTHORIZED};
 use crate::source::clock;
 use crate::source::info::Version;
@@ -118,6 +118,16 @@ impl Migration<'_> {
                 first_time = writes.first_time,
                 "stray writes: the source took writes after the commit point, which are not on the destination"
             );
+        }
+        match self.plan.direction {
+            // The way back starts here: after the restore, before the application moves.
+            Direction::Forward if self.plan.reversible => {
+                let point = reverse::reverse_point(&self.destination, &self.plan.filter).await?;
+                self.store.set_reverse_point(&point).await?;
+                tracing::info!(reverse_point = %point.time, "recorded where `ferry reverse` starts");
+            }
+            Direction::Forward => {}
+            Direction::Reverse => self.reopen_old_source().await?,
         }
         self.store.set_committed(&stray).await?;
         self.progress.update(|s| {

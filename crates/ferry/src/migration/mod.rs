@@ -12,6 +12,7 @@
 mod commit;
 mod copy;
 mod restore;
+mod reverse;
 mod start;
 mod strays;
 mod sync;
@@ -28,7 +29,7 @@ use crate::catalog;
 use crate::changes::rounds;
 use crate::changes::StreamFrom;
 use crate::explain;
-use crate::lifecycle::{Phase, State};
+use crate::lifecycle::{Direction, Phase, State};
 use crate::plan::{InputError, Plan};
 use crate::preflight;
 use crate::progress::Progress;
@@ -63,6 +64,7 @@ pub enum Outcome {
 pub async fn run(plan: Plan, progress: Progress, stop: CancellationToken) -> Result<Outcome> {
     progress.update(|s| {
         s.state = State::Running;
+        s.direction = plan.direction;
         s.cutover_window = plan.cutover_window;
         // The retry window counts from here until the first durable progress.
         s.last_progress = Instant::now();
@@ -229,7 +231,8 @@ impl Migration<'_> {
         if stored.phase > Phase::CollectionCopy {
             self.show_finished_copy().await?;
         }
-        if stored.phase <= Phase::CollectionCopy {
+        let forward = self.plan.direction == Direction::Forward;
+        if forward && stored.phase <= Phase::CollectionCopy {
             self.enter(Phase::CollectionCopy).await?;
             let copying = self.copy_all(&specs, sizes, stored.start_time);
             if self.until_stopped(copying).await?.is_none() {
@@ -238,11 +241,13 @@ impl Migration<'_> {
         }
         if stored.phase <= Phase::IndexBuilding {
             self.enter(Phase::IndexBuilding).await?;
-            if self
-                .until_stopped(self.build_indexes(&specs))
-                .await?
-                .is_none()
-            {
+            let building = async {
+                match self.plan.direction {
+                    Direction::Forward => self.build_indexes(&specs).await,
+                    Direction::Reverse => self.relax_in_place().await,
+                }
+            };
+            if self.until_stopped(building).await?.is_none() {
                 return Ok(Outcome::Stopped);
             }
         }
@@ -261,7 +266,10 @@ impl Migration<'_> {
             None => StreamStart {
                 from: StreamFrom::Time(stored.start_time),
                 settled: rounds::just_before(stored.start_time),
-                incarnations: self.copied_incarnations().await?,
+                incarnations: match self.plan.direction {
+                    Direction::Forward => self.copied_incarnations().await?,
+                    Direction::Reverse => self.reverse_point().await?.incarnations,
+                },
                 commit: stored.commit,
             },
         };

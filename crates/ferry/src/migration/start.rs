@@ -1,6 +1,7 @@
 //! The start of an attempt: both ends validated (every pre-flight check on the first attempt,
 //! a reachability check on a retry), then the migration stored on the destination resumed, or
-//! a new one begun at T0, the source's majority time taken before the first document is read.
+//! a new one begun at T0, the source's majority time taken before the first document is read
+//! (for a reverse, at the reverse point the forward migration recorded).
 
 use std::collections::HashMap;
 
@@ -8,7 +9,7 @@ use anyhow::Result;
 
 use super::Migration;
 use crate::changes;
-use crate::lifecycle::{Phase, State};
+use crate::lifecycle::{Direction, Phase, State};
 use crate::preflight;
 use crate::state::Stored;
 
@@ -34,9 +35,13 @@ impl Migration<'_> {
                 stored
             }
             None => {
-                // T0, taken before the first document is read: the change stream starts there
-                // and every copy read sees at least it.
-                let start_time = changes::start_time(&self.source).await?;
+                let start_time = match self.plan.direction {
+                    // T0, taken before the first document is read: the change stream starts
+                    // there and every copy read sees at least it.
+                    Direction::Forward => changes::start_time(&self.source).await?,
+                    // A reverse copies nothing: the two sides were equal at the reverse point.
+                    Direction::Reverse => self.reverse_point().await?.time,
+                };
                 self.store.start(validated.identity, start_time).await?;
                 Stored {
                     state: State::Running,
@@ -45,6 +50,7 @@ impl Migration<'_> {
                     start_time,
                     checkpoint: None,
                     commit: None,
+                    reverse: None,
                 }
             }
         };

@@ -5,6 +5,7 @@
 use mongodb::bson::{doc, Bson, Document};
 
 use super::report::Check;
+use crate::lifecycle::Direction;
 use crate::plan::Clusters;
 use crate::state::Stored;
 
@@ -26,22 +27,28 @@ pub fn members(hello: &Document) -> Vec<String> {
     hosts
 }
 
-/// What identifies a migration across restarts: the source replica set and the filters.
-pub fn identity(clusters: &Clusters, source_hello: &Document) -> Document {
+/// What identifies a migration across restarts: the source replica set, the filters and, for
+/// a reverse, the direction (so a reverse never resumes a forward migration's state).
+pub fn identity(clusters: &Clusters, source_hello: &Document, direction: Direction) -> Document {
     let patterns =
         |ps: &[crate::filter::NsPattern]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
-    doc! {
+    let mut identity = doc! {
         "source": &clusters.source.redacted,
         "destination": &clusters.destination.redacted,
         "include": patterns(&clusters.filter.include),
         "exclude": patterns(&clusters.filter.exclude),
         "sourceSet": source_hello.get_str("setName").unwrap_or_default(),
         "sourceHosts": members(source_hello),
+    };
+    if direction == Direction::Reverse {
+        identity.insert("direction", direction.as_str());
     }
+    identity
 }
 
 /// The fields of the stored plan that must match for a resume, with how to name them.
-const IDENTITY_FIELDS: [(&str, &str); 4] = [
+const IDENTITY_FIELDS: [(&str, &str); 5] = [
+    ("direction", "direction (ferry reverse)"),
     ("sourceSet", "source replica set"),
     ("sourceHosts", "source hosts"),
     ("include", "--include"),
@@ -154,6 +161,7 @@ mod tests {
             },
             checkpoint: None,
             commit: None,
+            reverse: None,
         };
         let (check, resume) = emptiness(Some(stored(identity.clone())), &identity, &[], false);
         assert_eq!(

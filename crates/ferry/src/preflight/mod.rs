@@ -18,6 +18,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::Client;
 
 use crate::catalog;
+use crate::lifecycle::{Direction, State};
 use crate::plan::{Clusters, InputError, Plan};
 use crate::state::{StateStore, Stored};
 use identity::{emptiness, identity, members, other_identity};
@@ -44,6 +45,10 @@ pub struct Options {
     pub drop: bool,
     /// Writes to the source are blocked at commit (not `--no-block-writes`).
     pub block_writes: bool,
+    /// `--reversible`: check what reversing will need.
+    pub reversible: bool,
+    /// A reverse (`ferry reverse`): the destination is the old source, which holds the data.
+    pub direction: Direction,
 }
 
 /// Runs every check.
@@ -82,7 +87,7 @@ pub async fn run_checks(
             };
         }
     };
-    let identity = identity(clusters, &source_hello);
+    let identity = identity(clusters, &source_hello, options.direction);
     // Checks that cannot mean anything without these are skipped, not failed twice over.
     let source_member = source_hello.contains_key("setName");
     let destination_writable = destination_hello
@@ -129,6 +134,12 @@ pub async fn run_checks(
         )
     });
     report.push(checks::versions(source, destination).await);
+    if options.reversible {
+        report.push(reversible(
+            &destination_hello,
+            &clusters.destination.redacted,
+        ));
+    }
 
     let included = catalog::list_namespaces(source, &clusters.filter)
         .await
@@ -180,8 +191,12 @@ pub async fn run_checks(
             .map(|s| (s.db, s.name))
             .collect();
         checks.push(checks::filters_match(&clusters.filter, &on_source));
-        let (empty, resume) =
-            destination_empty(clusters, drop, destination, stored.clone(), &identity).await;
+        let (empty, resume) = match (options.direction, stored.clone()) {
+            (Direction::Reverse, None) => {
+                (reverse_ready(source, &clusters.filter.state_db).await, None)
+            }
+            (_, stored) => destination_empty(clusters, drop, destination, stored, &identity).await,
+        };
         checks.push(empty);
         (checks, resume)
     };
@@ -208,6 +223,61 @@ pub async fn run_checks(
         resume,
         identity,
         sizes,
+    }
+}
+
+/// `--reversible`: the way back follows the destination's change stream, so the destination
+/// must be a replica set member.
+fn reversible(destination_hello: &Document, destination: &str) -> Check {
+    const ID: &str = "destination.reversible";
+    match destination_hello.get_str("setName") {
+        Ok(set) => Check::pass(
+            ID,
+            format!("the destination is replica set {set}: its change stream can carry a reverse"),
+        ),
+        Err(_) => Check::fail(
+            ID,
+            format!("the destination at {destination} is not a replica set member, so nothing can follow its changes back"),
+            "make the destination a replica set (a single-member one will do), or leave out --reversible",
+        ),
+    }
+}
+
+/// A reverse starts from a forward migration COMMITTED with `--reversible`, whose state (on
+/// the reverse's source, the new cluster) records where the way back starts.
+async fn reverse_ready(source: &Client, state_db: &str) -> Check {
+    const ID: &str = "reverse.ready";
+    const FIX: &str = "reverse a migration that was started with --reversible and has COMMITTED, with the same --source, --destination, --state-db and filters";
+    match StateStore::new(source, state_db).load().await {
+        Ok(Some(forward)) => match (forward.state, forward.reverse) {
+            (State::Committed, Some(point)) => Check::pass(
+                ID,
+                format!(
+                    "the forward migration COMMITTED and kept the way back: changes on the new cluster from {} s since the epoch flow back",
+                    point.time.time
+                ),
+            ),
+            (State::Committed, None) => Check::fail(
+                ID,
+                "the forward migration COMMITTED without --reversible, so where the new cluster's changes start is unknown",
+                FIX,
+            ),
+            (state, _) => Check::fail(
+                ID,
+                format!("the forward migration is {}, not COMMITTED", state.as_str()),
+                "commit the forward migration first (ferry commit), then reverse it",
+            ),
+        },
+        Ok(None) => Check::fail(
+            ID,
+            format!("the new cluster holds no migration state in database {state_db}"),
+            FIX,
+        ),
+        Err(e) => Check::fail(
+            ID,
+            format!("could not read the forward migration's state: {}", crate::explain::error(&e)),
+            FIX,
+        ),
     }
 }
 
@@ -259,13 +329,15 @@ pub async fn validate(
         return Ok(Outcome {
             report: Report::default(),
             resume: stored,
-            identity: identity(&clusters, &source_hello),
+            identity: identity(&clusters, &source_hello, plan.direction),
             sizes: HashMap::new(),
         });
     }
     let options = Options {
         drop: plan.drop,
         block_writes: plan.block_writes,
+        reversible: plan.reversible,
+        direction: plan.direction,
     };
     let outcome = run_checks(&clusters, options, source, destination).await;
     for check in outcome
@@ -299,4 +371,19 @@ pub async fn validate(
             .await?;
     }
     Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_replica_set_destination_keeps_a_way_back() {
+        let member = doc! { "setName": "rs1", "isWritablePrimary": true };
+        assert_eq!(reversible(&member, "mongodb://b").status, Status::Pass);
+        let standalone = doc! { "isWritablePrimary": true };
+        let check = reversible(&standalone, "mongodb://b");
+        assert_eq!(check.status, Status::Fail);
+        assert!(check.found.contains("mongodb://b"), "{}", check.found);
+    }
 }

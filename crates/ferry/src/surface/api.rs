@@ -50,6 +50,7 @@ pub fn router(
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/commit", post(commit))
         .route("/api/v1/extend", post(extend))
+        .route("/api/v1/reverse", post(reverse))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(app.clone(), require_token))
         .with_state(app)
@@ -202,6 +203,7 @@ async fn start(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Res
         .and_then(|filter| {
             let mut run = serve.run.clone();
             run.verify |= body["verification"]["enabled"] == true;
+            run.reversible |= body["reversible"] == true;
             Plan::new(
                 crate::plan::Clusters {
                     source,
@@ -246,6 +248,16 @@ async fn extend(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Re
         return bad_body();
     }
     match app.controller.extend() {
+        Ok(()) => success(),
+        Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
+    }
+}
+
+async fn reverse(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> Response {
+    if object_body(body).is_none() {
+        return bad_body();
+    }
+    match app.controller.reverse() {
         Ok(()) => success(),
         Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
     }

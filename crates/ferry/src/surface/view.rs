@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::lifecycle::{Phase, State, COMMITTABLE_LAG_SECONDS};
+use crate::lifecycle::{Direction, Phase, State, COMMITTABLE_LAG_SECONDS};
 use crate::progress::{Progress, Snapshot};
 
 /// Redraws the live view (terminal) or logs a progress line (otherwise) until `stop`.
@@ -107,8 +107,12 @@ impl Write for LogWriter {
 pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     let elapsed = s.started.elapsed().as_secs();
+    let direction = match s.direction {
+        Direction::Forward => "",
+        Direction::Reverse => "reverse  ·  ",
+    };
     out.push_str(&format!(
-        "Ferry  {}  ·  {}  ·  {:02}:{:02}:{:02}\n",
+        "Ferry  {direction}{}  ·  {}  ·  {:02}:{:02}:{:02}\n",
         s.state.as_str(),
         s.phase.as_str(),
         elapsed / 3600,

@@ -62,6 +62,17 @@ impl Pair {
         Ferry::start(&self.source.uri(), &self.destination.uri(), extra)
     }
 
+    /// Starts `ferry reverse` with the forward migration's arguments (source, destination).
+    pub fn reverse(&self, extra: &[&str]) -> Ferry {
+        Ferry::run(
+            "reverse",
+            &self.source.uri(),
+            &self.destination.uri(),
+            extra,
+            &[],
+        )
+    }
+
     /// Asserts that the destination's user data equals the source's.
     pub async fn assert_equal(&self, context: &str) {
         self.assert_equal_in(&Scope::default(), context).await;
@@ -102,10 +113,21 @@ impl Ferry {
         extra: &[&str],
         env: &[(&str, &str)],
     ) -> Ferry {
+        Self::run("migrate", source, destination, extra, env)
+    }
+
+    /// Runs `ferry COMMAND --source … --destination …` with its API on a free port.
+    pub fn run(
+        command: &str,
+        source: &str,
+        destination: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Ferry {
         // Port 0: the API binds a free port itself, and says which in its first log line.
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
             .args([
-                "migrate",
+                command,
                 "--source",
                 source,
                 "--destination",

@@ -11,4 +11,5 @@ mod messages;
 mod operator;
 mod preflight;
 mod replica;
+mod reverse;
 mod verify;

@@ -572,3 +572,66 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
     pair.assert_equal("after committing from the dashboard")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_migration_is_reversed_through_the_api() {
+    let pair = Pair::start().await;
+    let orders =
+        |client: &mongodb::Client| client.database("shop").collection::<Document>("orders");
+    orders(&pair.src)
+        .insert_many((0..500).map(|i| doc! { "_id": i, "n": i }))
+        .await
+        .unwrap();
+    let served = tokio::task::block_in_place(|| Served::start(&pair, &[]));
+    tokio::task::block_in_place(|| {
+        served.wait_for("the API", |p| p["state"] == "IDLE");
+        let (status, reply) = served.post(
+            "/api/v1/start",
+            r#"{"source": "cluster0", "destination": "cluster1", "reversible": true}"#,
+        );
+        assert_eq!(status, 200, "{reply}");
+        served.wait_for("canCommit", |p| p["canCommit"] == true);
+        // Not before COMMITTED.
+        let (status, reply) = served.post("/api/v1/reverse", "{}");
+        assert_eq!(
+            (status, reply["error"].as_str()),
+            (400, Some("InvalidStateError")),
+            "{reply}"
+        );
+        assert_eq!(served.post("/api/v1/commit", "{}").0, 200);
+        served.wait_for("COMMITTED", |p| p["state"] == "COMMITTED");
+    });
+    // The application moves to cluster1 and writes there.
+    orders(&pair.dst)
+        .update_many(
+            doc! { "n": { "$lt": 100 } },
+            doc! { "$set": { "after": "cutover" } },
+        )
+        .await
+        .unwrap();
+    orders(&pair.dst)
+        .delete_many(doc! { "n": { "$gte": 400 } })
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| {
+        let (status, reply) = served.post("/api/v1/reverse", "{}");
+        assert_eq!(status, 200, "{reply}");
+        let reversing = served.wait_for("the reverse's canCommit", |p| {
+            p["direction"] == "reverse" && p["canCommit"] == true
+        });
+        assert_eq!(
+            reversing["directionMapping"]["Source"],
+            "cluster1: destination"
+        );
+        assert_eq!(served.post("/api/v1/commit", "{}").0, 200);
+        served.wait_for("the reverse COMMITTED", |p| p["state"] == "COMMITTED");
+    });
+    assert_eq!(
+        orders(&pair.src)
+            .count_documents(doc! { "after": "cutover" })
+            .await
+            .unwrap(),
+        100
+    );
+    pair.assert_equal("after the reverse").await;
+}
