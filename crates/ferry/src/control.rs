@@ -160,10 +160,10 @@ impl Controller {
 
     /// Starts the reverse of the COMMITTED migration this controller ran (`--reversible`): the
     /// new cluster's changes flow back to the old one, with the same controls.
-    pub fn reverse(&self) -> Result<(), String> {
+    pub async fn reverse(&self) -> Result<(), String> {
         let state = self.progress.snapshot().state;
-        {
-            let mut current = self.plan.lock().expect("plan lock");
+        let reversed = {
+            let current = self.plan.lock().expect("plan lock");
             let forward = match current.as_ref() {
                 Some(plan) if state == State::Committed && plan.direction == Direction::Forward => {
                     plan
@@ -178,7 +178,27 @@ impl Controller {
             if !forward.reversible {
                 return Err("this migration was started without reversible: true, so where the new cluster's changes start was not recorded; start the next one with it".into());
             }
-            *current = Some(forward.clone().reversed().map_err(|e| e.0)?);
+            forward.clone().reversed().map_err(|e| e.0)?
+        };
+        // COMMITTED is shown just before the forward run's task ends: let it end first.
+        let task = self
+            .run
+            .lock()
+            .expect("run lock")
+            .as_mut()
+            .and_then(|r| r.task.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        {
+            let mut current = self.plan.lock().expect("plan lock");
+            if current
+                .as_ref()
+                .is_some_and(|p| p.direction == Direction::Reverse)
+            {
+                return Err("a reverse was started already".into());
+            }
+            *current = Some(reversed);
         }
         self.progress.reset();
         self.finished.send_replace(None);

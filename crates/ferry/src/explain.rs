@@ -98,11 +98,17 @@ fn command(code: i32, code_name: Option<&str>, message: &str) -> String {
             return what;
         }
     }
+    const USER_WRITES_BLOCKED: i32 = 371;
     let message = clean(message);
-    match code_name.filter(|n| !n.is_empty()) {
+    let said = match code_name.filter(|n| !n.is_empty()) {
         Some(name) => format!("{message} ({name}, code {code})"),
         None => format!("{message} (code {code})"),
+    };
+    if code == USER_WRITES_BLOCKED {
+        // Ferry writes to a blocked cluster only in a reverse, into the old source.
+        return format!("{said}: the cluster's user writes are blocked (setUserWriteBlockMode); grant Ferry's user there the bypassWriteBlockingMode privilege (the restore role holds it)");
     }
+    said
 }
 
 /// `not authorized on admin to execute command { serverStatus: 1, … }` in words.
@@ -377,6 +383,16 @@ mod tests {
         assert_eq!(
             io_error_text("received corrupt message of type InvalidContentType"),
             "the TLS handshake failed: the server does not speak TLS"
+        );
+    }
+
+    #[test]
+    fn blocked_writes_name_the_privilege_that_passes_them() {
+        let line = command(371, Some("UserWritesBlocked"), "User writes blocked");
+        assert!(
+            line.starts_with("User writes blocked (UserWritesBlocked, code 371): ")
+                && line.contains("bypassWriteBlockingMode"),
+            "{line}"
         );
     }
 

@@ -24,12 +24,12 @@ pub async fn reset(destination: &Client, state_db: &str, confirmed: bool) -> Res
     if stored.plan.get_str("direction") == Ok("reverse") {
         if !confirmed {
             return Ok(format!(
-                "would drop Ferry's state ({state_db}) of a reverse; the data stays (it is the old source's own); run again with --yes to do it"
+                "would drop Ferry's state ({state_db}) of a reverse; the data stays (it is the old source's own), and indexes or capped collections the reverse relaxed stay relaxed until a reverse commits; run again with --yes to do it"
             ));
         }
         store.clear().await?;
         return Ok(format!(
-            "dropped Ferry's state ({state_db}) of a reverse; the data stays (it is the old source's own)"
+            "dropped Ferry's state ({state_db}) of a reverse; the data stays (it is the old source's own), and indexes or capped collections the reverse relaxed stay relaxed until a reverse commits"
         ));
     }
     let patterns = |field: &str| -> Vec<NsPattern> {

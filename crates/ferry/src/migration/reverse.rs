@@ -16,7 +16,7 @@ use crate::catalog::{self, Kind};
 use crate::filter::NamespaceFilter;
 use crate::incarnations::Incarnations;
 use crate::majority;
-use crate::server_error::{already, is_code, Already, COMMAND_NOT_FOUND};
+use crate::server_error::{already, is_code, Already, COMMAND_NOT_FOUND, NAMESPACE_NOT_FOUND};
 use crate::source::clock;
 use crate::state::{ReversePoint, StateStore};
 
@@ -92,9 +92,18 @@ impl Migration<'_> {
         Ok(())
     }
 
-    /// Lifts the user-write block on the old source (where a forward commit left it), so the
+    /// Lifts the user-write block the forward commit left on the old source, so the
     /// application can write there again once the reverse is COMMITTED.
     pub(super) async fn reopen_old_source(&self) -> Result<()> {
+        let forward = StateStore::new(&self.source, &self.plan.filter.state_db)
+            .load()
+            .await?;
+        let blocked = forward
+            .and_then(|f| f.commit)
+            .is_some_and(|c| c.writes_open.is_none());
+        if !blocked {
+            return Ok(());
+        }
         let lifted = majority::self_confirming(
             &self.destination.database("admin"),
             doc! { "setUserWriteBlockMode": 1, "global": false },
@@ -119,13 +128,18 @@ async fn uncap(old_source: &Client, db: &str, name: &str) -> Result<()> {
         .run_command(doc! { "aggregate": name, "pipeline": [{ "$out": &scratch }], "cursor": {} })
         .await
         .with_context(|| format!("copying capped {db}.{name} into an uncapped collection"))?;
-    majority::command(
+    let renamed = majority::command(
         &old_source.database("admin"),
         doc! { "renameCollection": format!("{db}.{scratch}"), "to": format!("{db}.{name}"), "dropTarget": true },
     )
-    .await
-    .with_context(|| format!("putting uncapped {db}.{name} in place"))?;
-    Ok(())
+    .await;
+    match renamed {
+        // Sent again after an unconfirmed first attempt that did the rename.
+        Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => Ok(()),
+        other => other
+            .map(drop)
+            .with_context(|| format!("putting uncapped {db}.{name} in place")),
+    }
 }
 
 /// Suffix of the scratch collection a capped collection is uncapped in.

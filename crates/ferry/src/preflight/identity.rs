@@ -2,7 +2,7 @@
 //! whether the destination counts as empty: it holds this migration to resume, none of the
 //! included namespaces, or what `--drop` will clear.
 
-use mongodb::bson::{doc, Bson, Document};
+use mongodb::bson::{doc, Bson, Document, Timestamp};
 
 use super::report::Check;
 use crate::lifecycle::Direction;
@@ -28,8 +28,14 @@ pub fn members(hello: &Document) -> Vec<String> {
 }
 
 /// What identifies a migration across restarts: the source replica set, the filters and, for
-/// a reverse, the direction (so a reverse never resumes a forward migration's state).
-pub fn identity(clusters: &Clusters, source_hello: &Document, direction: Direction) -> Document {
+/// a reverse, the direction and the reverse point it starts from (so a reverse never resumes a
+/// forward migration's state, nor an earlier round trip's reverse).
+pub fn identity(
+    clusters: &Clusters,
+    source_hello: &Document,
+    direction: Direction,
+    reverse_from: Option<Timestamp>,
+) -> Document {
     let patterns =
         |ps: &[crate::filter::NsPattern]| ps.iter().map(ToString::to_string).collect::<Vec<_>>();
     let mut identity = doc! {
@@ -42,13 +48,18 @@ pub fn identity(clusters: &Clusters, source_hello: &Document, direction: Directi
     };
     if direction == Direction::Reverse {
         identity.insert("direction", direction.as_str());
+        identity.insert("reverseFrom", reverse_from.map(Bson::Timestamp));
     }
     identity
 }
 
 /// The fields of the stored plan that must match for a resume, with how to name them.
-const IDENTITY_FIELDS: [(&str, &str); 5] = [
+const IDENTITY_FIELDS: [(&str, &str); 6] = [
     ("direction", "direction (ferry reverse)"),
+    (
+        "reverseFrom",
+        "forward commit to reverse (a reverse of an earlier round trip)",
+    ),
     ("sourceSet", "source replica set"),
     ("sourceHosts", "source hosts"),
     ("include", "--include"),
@@ -85,7 +96,11 @@ pub fn emptiness(
                         show(stored.plan.get(*field)),
                         show(identity.get(*field))
                     ),
-                    "run the original command to resume it, or give --drop (or run `ferry reset`) to start over",
+                    if identity.get_str("direction") == Ok("reverse") {
+                        "run `ferry reset --destination OLD --yes` (for a reverse it drops only Ferry's state, never the data), then reverse again"
+                    } else {
+                        "run the original command to resume it, or give --drop (or run `ferry reset`) to start over"
+                    },
                 ),
                 None,
             );

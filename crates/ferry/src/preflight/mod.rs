@@ -87,7 +87,21 @@ pub async fn run_checks(
             };
         }
     };
-    let identity = identity(clusters, &source_hello, options.direction);
+    // A reverse starts from what its forward migration recorded on the new cluster.
+    let forward = match options.direction {
+        Direction::Reverse => Some(
+            StateStore::new(source, &clusters.filter.state_db)
+                .load()
+                .await
+                .map_err(|e| crate::explain::error(&e)),
+        ),
+        Direction::Forward => None,
+    };
+    let reverse_from = forward
+        .as_ref()
+        .and_then(|f| f.as_ref().ok()?.as_ref()?.reverse.as_ref())
+        .map(|r| r.time);
+    let identity = identity(clusters, &source_hello, options.direction, reverse_from);
     // Checks that cannot mean anything without these are skipped, not failed twice over.
     let source_member = source_hello.contains_key("setName");
     let destination_writable = destination_hello
@@ -156,7 +170,7 @@ pub async fn run_checks(
         .as_ref()
         .is_some_and(|s| other_identity(s, &identity).is_none());
     let sizing = async {
-        if resuming {
+        if resuming || options.direction == Direction::Reverse {
             return None;
         }
         Some(tokio::join!(
@@ -192,9 +206,16 @@ pub async fn run_checks(
             .collect();
         checks.push(checks::filters_match(&clusters.filter, &on_source));
         let (empty, resume) = match (options.direction, stored.clone()) {
-            (Direction::Reverse, None) => {
-                (reverse_ready(source, &clusters.filter.state_db).await, None)
-            }
+            (Direction::Reverse, None) => (
+                reverse_ready(
+                    forward.clone().expect("loaded for a reverse"),
+                    clusters,
+                    &destination_hello,
+                    source,
+                )
+                .await,
+                None,
+            ),
             (_, stored) => destination_empty(clusters, drop, destination, stored, &identity).await,
         };
         checks.push(empty);
@@ -214,6 +235,10 @@ pub async fn run_checks(
         });
         report.push(checks::destination_disk(destination, data).await);
         sizes = measured;
+    } else if options.direction == Direction::Reverse {
+        for id in ["source.oplog-window", "destination.disk"] {
+            report.push(Check::skip(id, "a reverse copies nothing"));
+        }
     }
 
     report.push(checks::write_blocking(source, options.block_writes).await);
@@ -244,40 +269,111 @@ fn reversible(destination_hello: &Document, destination: &str) -> Check {
 }
 
 /// A reverse starts from a forward migration COMMITTED with `--reversible`, whose state (on
-/// the reverse's source, the new cluster) records where the way back starts.
-async fn reverse_ready(source: &Client, state_db: &str) -> Check {
+/// the reverse's source, the new cluster) records where the way back starts. The reverse must
+/// name the same clusters and filters (a broader filter would relax collections the forward
+/// never carried; a narrower one would leave changes behind), and the new cluster's oplog must
+/// still hold the reverse point.
+async fn reverse_ready(
+    forward: Result<Option<Stored>, String>,
+    clusters: &Clusters,
+    old_source_hello: &Document,
+    new_cluster: &Client,
+) -> Check {
     const ID: &str = "reverse.ready";
     const FIX: &str = "reverse a migration that was started with --reversible and has COMMITTED, with the same --source, --destination, --state-db and filters";
-    match StateStore::new(source, state_db).load().await {
-        Ok(Some(forward)) => match (forward.state, forward.reverse) {
-            (State::Committed, Some(point)) => Check::pass(
+    let forward = match forward {
+        Ok(Some(forward)) => forward,
+        Ok(None) => {
+            return Check::fail(
                 ID,
                 format!(
-                    "the forward migration COMMITTED and kept the way back: changes on the new cluster from {} s since the epoch flow back",
-                    point.time.time
+                    "the new cluster holds no migration state in database {}",
+                    clusters.filter.state_db
                 ),
-            ),
-            (State::Committed, None) => Check::fail(
+                FIX,
+            )
+        }
+        Err(e) => {
+            return Check::fail(
+                ID,
+                format!("could not read the forward migration's state: {e}"),
+                FIX,
+            )
+        }
+    };
+    let point = match (forward.state, &forward.reverse) {
+        (State::Committed, Some(point)) => point,
+        (State::Committed, None) => {
+            return Check::fail(
                 ID,
                 "the forward migration COMMITTED without --reversible, so where the new cluster's changes start is unknown",
                 FIX,
-            ),
-            (state, _) => Check::fail(
+            )
+        }
+        (state, _) => {
+            return Check::fail(
                 ID,
                 format!("the forward migration is {}, not COMMITTED", state.as_str()),
                 "commit the forward migration first (ferry commit), then reverse it",
+            )
+        }
+    };
+    // The forward identity names its source (this reverse's destination) and its filters.
+    let forward_clusters = Clusters {
+        source: clusters.destination.clone(),
+        destination: clusters.source.clone(),
+        filter: clusters.filter.clone(),
+    };
+    let expected = identity(
+        &forward_clusters,
+        old_source_hello,
+        Direction::Forward,
+        None,
+    );
+    // The set's name, not its hosts: members may have been replaced since.
+    let differs = ["sourceSet", "include", "exclude"]
+        .into_iter()
+        .find(|field| forward.plan.get(field) != expected.get(field));
+    if let Some(field) = differs {
+        return Check::fail(
+            ID,
+            format!(
+                "the forward migration ran with another {field} ({} then, {} now)",
+                forward
+                    .plan
+                    .get(field)
+                    .map_or("none".into(), ToString::to_string),
+                expected
+                    .get(field)
+                    .map_or("none".into(), ToString::to_string)
             ),
-        },
-        Ok(None) => Check::fail(
-            ID,
-            format!("the new cluster holds no migration state in database {state_db}"),
             FIX,
-        ),
-        Err(e) => Check::fail(
+        );
+    }
+    match crate::source::oplog::oldest_entry(new_cluster).await {
+        Ok(Some(oldest)) if oldest > point.time => {
+            return Check::fail(
+                ID,
+                format!(
+                    "the new cluster's oplog no longer reaches back to the forward commit ({} s since the epoch; its oldest entry is at {} s)",
+                    point.time.time, oldest.time
+                ),
+                "the way back by change stream is gone: migrate the new cluster into the old one with `ferry migrate --source NEW --destination OLD --drop`",
+            )
+        }
+        _ => {}
+    }
+    let found = format!(
+        "the forward migration COMMITTED and kept the way back: the new cluster's changes from {} s since the epoch flow back",
+        point.time.time
+    );
+    match forward.commit.and_then(|c| c.writes_open) {
+        Some(reason) => Check::warn(
             ID,
-            format!("could not read the forward migration's state: {}", crate::explain::error(&e)),
-            FIX,
+            format!("{found}; the old source's writes were left open at that commit ({reason})"),
+            "make sure nothing writes to the old source: a write there during the reverse is overwritten or lost",
         ),
+        None => Check::pass(ID, found),
     }
 }
 
@@ -315,6 +411,14 @@ pub async fn validate(
 ) -> Result<Outcome> {
     let clusters = plan.clusters();
     if !first_attempt {
+        let reverse_from = match plan.direction {
+            Direction::Reverse => StateStore::new(source, &plan.filter.state_db)
+                .load()
+                .await?
+                .and_then(|f| f.reverse)
+                .map(|r| r.time),
+            Direction::Forward => None,
+        };
         let source_hello = source
             .database("admin")
             .run_command(doc! { "hello": 1 })
@@ -329,7 +433,7 @@ pub async fn validate(
         return Ok(Outcome {
             report: Report::default(),
             resume: stored,
-            identity: identity(&clusters, &source_hello, plan.direction),
+            identity: identity(&clusters, &source_hello, plan.direction, reverse_from),
             sizes: HashMap::new(),
         });
     }

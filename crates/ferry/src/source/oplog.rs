@@ -26,5 +26,5 @@ pub async fn oldest_entry(source: &Client) -> Result<Option<Timestamp>> {
 
 /// The message of a migration whose resume point the source no longer holds.
 pub fn history_lost_message() -> &'static str {
-    "the source's oplog no longer holds the changes since Ferry's resume point (change stream history lost), so the destination cannot be brought up to date: no event was skipped, the migration stops here. Cause: the oplog window was shorter than the copy time or the time Ferry was stopped. Remedy: enlarge the source's oplog (replSetResizeOplog, or oplogMinRetentionHours) to comfortably more than the expected copy time, then start over with `ferry migrate ... --drop`"
+    "the source's oplog no longer holds the changes since Ferry's resume point (change stream history lost), so the destination cannot be brought up to date: no event was skipped, the migration stops here. Cause: the oplog window was shorter than the copy time or the time Ferry was stopped. Remedy: enlarge the source's oplog (replSetResizeOplog, or oplogMinRetentionHours) to comfortably more than the expected copy time, then start over with `ferry migrate ... --drop` (after a reverse: migrate the new cluster into the old one, never the other way, or the writes made since the cutover are lost)"
 }

@@ -257,7 +257,14 @@ async fn reverse(AxumState(app): AxumState<App>, body: Option<Json<Value>>) -> R
     if object_body(body).is_none() {
         return bad_body();
     }
-    match app.controller.reverse() {
+    if app.serve.is_none() {
+        return refusal(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            "POST /api/v1/reverse is served by `ferry serve`; after `ferry migrate --reversible`, run `ferry reverse` with the same arguments",
+        );
+    }
+    match app.controller.reverse().await {
         Ok(()) => success(),
         Err(e) => refusal(StatusCode::BAD_REQUEST, "InvalidStateError", e),
     }

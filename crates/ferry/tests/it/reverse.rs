@@ -101,11 +101,14 @@ async fn forward_commit_new_writes_then_reverse_with_a_kill_leaves_both_sides_eq
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reverse_needs_a_committed_reversible_migration_and_never_drops() {
+async fn a_reverse_needs_its_own_committed_reversible_migration_and_never_drops() {
     let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<mongodb::bson::Document>("orders")
+    let orders = |client: &mongodb::Client| {
+        client
+            .database("shop")
+            .collection::<mongodb::bson::Document>("orders")
+    };
+    orders(&pair.src)
         .insert_one(mongodb::bson::doc! { "_id": 1 })
         .await
         .unwrap();
@@ -119,31 +122,63 @@ async fn a_reverse_needs_a_committed_reversible_migration_and_never_drops() {
             &destination,
         ];
         args.extend_from_slice(extra);
-        run_ferry(&args)
+        tokio::task::block_in_place(|| run_ferry(&args))
     };
-    let (code, output) = tokio::task::block_in_place(|| reverse(&["--drop"]));
+    let refused = |extra: &[&str], says: &str| {
+        let (code, output) = reverse(extra);
+        assert_eq!(code, 2, "{output}");
+        assert!(output.contains(says), "expected {says:?}:\n{output}");
+    };
+    let forward = |extra: &[&str]| {
+        let mut ferry = pair.migrate(extra);
+        tokio::task::block_in_place(|| ferry.commit_and_finish());
+    };
+    let (code, output) = reverse(&["--drop"]);
     assert_eq!(code, 2, "{output}");
     assert_eq!(
         output.trim(),
         "error: --drop cannot reverse a migration: it would drop the old source's data; leave it out"
     );
-    // Nothing migrated yet.
-    let (code, output) = tokio::task::block_in_place(|| reverse(&[]));
-    assert_eq!(code, 2, "{output}");
-    assert!(
-        output.contains("reverse.ready") && output.contains("holds no migration state"),
-        "{output}"
-    );
-    // Committed without --reversible: the way back was not recorded.
-    let mut forward = pair.migrate(&[]);
-    tokio::task::block_in_place(|| forward.commit_and_finish());
-    let (code, output) = tokio::task::block_in_place(|| reverse(&[]));
-    assert_eq!(code, 2, "{output}");
-    assert!(
-        output.contains("COMMITTED without --reversible"),
-        "{output}"
-    );
-    // The refused reverse wrote nothing on the old cluster.
+    refused(&[], "holds no migration state");
+    forward(&[]);
+    refused(&[], "COMMITTED without --reversible");
+    // A reverse takes the forward migration's own filters: another one would relax what the
+    // forward never carried, or leave changes behind.
+    forward(&["--drop", "--reversible", "--include", "shop"]);
+    refused(&[], "the forward migration ran with another include");
+    // The refused reverses wrote nothing on the old cluster.
     let databases = pair.src.list_database_names().await.unwrap();
     assert!(!databases.iter().any(|d| d == "__ferry"), "{databases:?}");
+
+    let mut back = pair.reverse(&["--include", "shop"]);
+    orders(&pair.dst)
+        .insert_one(mongodb::bson::doc! { "_id": 2 })
+        .await
+        .unwrap();
+    tokio::task::block_in_place(|| back.commit_and_finish());
+    pair.assert_equal("first round trip").await;
+    // A second round trip never resumes the first one's reverse, which is COMMITTED on the old
+    // cluster: it is refused until that state is forgotten.
+    forward(&["--drop", "--reversible", "--include", "shop"]);
+    orders(&pair.dst)
+        .insert_one(mongodb::bson::doc! { "_id": 3 })
+        .await
+        .unwrap();
+    refused(
+        &["--include", "shop"],
+        "ferry reset --destination OLD --yes",
+    );
+    let (code, said) =
+        tokio::task::block_in_place(|| run_ferry(&["reset", "--destination", &source, "--yes"]));
+    assert_eq!(code, 0, "{said}");
+    let mut back = pair.reverse(&["--include", "shop"]);
+    tokio::task::block_in_place(|| back.commit_and_finish());
+    assert_eq!(
+        orders(&pair.src)
+            .count_documents(mongodb::bson::doc! {})
+            .await
+            .unwrap(),
+        3
+    );
+    pair.assert_equal("second round trip").await;
 }
