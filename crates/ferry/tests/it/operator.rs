@@ -427,7 +427,9 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
         .await
         .unwrap();
     }
-    let mut ferry: Ferry = pair.migrate(&["--verify"]);
+    // With a token, the page takes it from its address (`/?token=`), as the README says.
+    const TOKEN: &str = "dash-T0ken";
+    let mut ferry: Ferry = pair.migrate(&["--verify", "--api-token", TOKEN]);
     let driver = chromedriver();
     let profile = tempfile::tempdir().unwrap();
     let mut capabilities = serde_json::Map::new();
@@ -477,7 +479,7 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
     };
 
     browser
-        .goto(&format!("http://{}/", ferry.api))
+        .goto(&format!("http://{}/?token={TOKEN}", ferry.api))
         .await
         .unwrap();
     wait_text("state", "RUNNING").await;
@@ -528,6 +530,30 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
     assert!(rows[0].text().await.unwrap().contains("dash.items"));
     // The verification's first pass runs during change application and the page follows it.
     wait_text("details", "re-checking (").await;
+    // Extend 24 h adds a day to the cutover window, as the API then reports it.
+    let left = || {
+        call_api(&ferry.api, "GET", "/api/v1/progress", Some(TOKEN))
+            .expect("the API answers")
+            .1["progress"]["cutoverWindowSecondsLeft"]
+            .as_u64()
+            .expect("the window is open once canCommit")
+    };
+    let before = tokio::task::block_in_place(left);
+    browser
+        .find(Locator::Id("extend"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::task::block_in_place(left) < before + 23 * 3600 {
+        assert!(
+            Instant::now() < deadline,
+            "Extend 24 h did not extend the window"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     std::fs::write(
         artifacts.join("2-ready-to-commit.png"),
         browser.screenshot().await.unwrap(),

@@ -255,3 +255,16 @@ async fn memory_does_not_grow_with_the_collection_and_a_killed_verification_resu
         "{text}"
     );
 }
+
+#[test]
+fn a_verification_that_cannot_run_exits_3_with_one_line() {
+    let closed = testkit::server::free_port().unwrap();
+    let source = format!("mongodb://127.0.0.1:{closed}/?serverSelectionTimeoutMS=1000");
+    let (code, output) =
+        crate::harness::run_ferry(&["verify", "--source", &source, "--destination", &source]);
+    assert_eq!(code, 3, "{output}");
+    assert_eq!(
+        output.trim(),
+        format!("error: listing the source's databases: cannot reach 127.0.0.1:{closed}: connection refused")
+    );
+}
