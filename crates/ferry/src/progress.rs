@@ -8,6 +8,7 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::lifecycle::{Direction, Phase, State};
+use crate::source::info::Version;
 
 /// Copy progress of one namespace.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -95,6 +96,9 @@ pub struct Snapshot {
     pub state: State,
     /// Forward, or a reverse (`ferry reverse`) after a forward migration's commit.
     pub direction: Direction,
+    /// The source's version as Ferry treats it, once known.
+    #[serde(skip)]
+    pub source_version: Option<Version>,
     pub phase: Phase,
     pub can_commit: bool,
     pub can_write: bool,
@@ -167,6 +171,10 @@ impl Snapshot {
                 "estimatedCopiedBytes": self.copied_bytes(),
             },
             "direction": self.direction.as_str(),
+            "source": self.source_version.map(|v| serde_json::json!({
+                "version": v.to_string(),
+                "expandedEvents": v.expanded_events(),
+            })),
             "directionMapping": match self.direction {
                 Direction::Forward => serde_json::json!({ "Source": "cluster0: source", "Destination": "cluster1: destination" }),
                 Direction::Reverse => serde_json::json!({ "Source": "cluster1: destination", "Destination": "cluster0: source" }),
@@ -219,6 +227,7 @@ impl Default for Progress {
         Self(Arc::new(Mutex::new(Snapshot {
             state: State::Idle,
             direction: Direction::Forward,
+            source_version: None,
             phase: Phase::Validating,
             can_commit: false,
             can_write: false,

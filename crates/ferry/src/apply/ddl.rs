@@ -140,7 +140,18 @@ impl Applier {
         let from_wanted = self.filter.wants(&event.db, coll);
         let to_wanted = self.filter.wants(&to_db, &to_coll);
         let Some(uuid) = event.collection_uuid.clone() else {
-            bail!("the rename event of {from_ns} has no collection UUID (showExpandedEvents is required)");
+            // Before 6.0 a rename carries no UUID, so whether the destination holds the renamed
+            // incarnation is unknown: rather than guess, the target is copied again.
+            if from_wanted {
+                majority::drop(&self.destination.database(&event.db), coll)
+                    .await
+                    .with_context(|| format!("dropping {from_ns} on the destination"))?;
+                self.incarnations.release(&from_ns);
+            }
+            if to_wanted {
+                self.recopy(&to_db, &to_coll, event.cluster_time).await?;
+            }
+            return Ok(());
         };
         if from_wanted && self.incarnations.applies(&from_ns, Some(&uuid)) {
             if to_wanted && to_db == event.db {
@@ -178,7 +189,7 @@ impl Applier {
 
     /// Replaces the destination's `db.coll` with a fresh copy of the source's current one, read
     /// at or after `at` (the rename that asked for it).
-    async fn recopy(&mut self, db: &str, coll: &str, at: Timestamp) -> Result<()> {
+    pub(super) async fn recopy(&mut self, db: &str, coll: &str, at: Timestamp) -> Result<()> {
         let ns = Namespace::new(db, coll).to_string();
         tracing::info!(namespace = %ns, "copying a renamed collection again from the source");
         majority::drop(&self.destination.database(db), coll)
@@ -283,7 +294,7 @@ impl Applier {
 
 /// A view's definition from an event's description: `viewOn`, `pipeline` (named
 /// `viewPipeline` by some servers) and `collation`, and nothing else a description may hold.
-fn view_definition(description: &Document) -> Document {
+pub(super) fn view_definition(description: &Document) -> Document {
     let mut definition = Document::new();
     if let Some(on) = description.get("viewOn") {
         definition.insert("viewOn", on.clone());

@@ -7,6 +7,7 @@ mod batch;
 mod crud;
 mod ddl;
 mod lanes;
+mod reconcile;
 mod refetch;
 
 use std::collections::HashSet;
@@ -23,6 +24,7 @@ use crate::verify::ChangeTracker;
 
 pub use crud::Paths;
 use crud::Writes;
+pub use reconcile::Reconcile;
 
 /// Applies change events to the destination.
 pub struct Applier {

@@ -7,7 +7,7 @@ pub mod fragments;
 pub mod open;
 pub mod rounds;
 
-pub use open::{start_time, StreamFrom};
+pub use open::{start_time, Capture, StreamFrom};
 
 use anyhow::{bail, Context, Result};
 use mongodb::bson::{Bson, RawDocument, RawDocumentBuf, Timestamp};
@@ -170,6 +170,25 @@ mod tests {
         assert_eq!(event.collection_uuid, Some(vec![1; 16]));
         assert_eq!(event.rename_target().unwrap(), ("shop".into(), "b".into()));
         assert_eq!(event.raw, raw);
+    }
+
+    #[test]
+    fn events_of_sources_before_6_0_carry_no_collection_uuid() {
+        // As 4.2 to 5.0 report a rename: its target, and no collectionUUID (the applier then
+        // copies the target again rather than guess which incarnation it holds).
+        let rename = rawdoc! {
+            "_id": { "_data": "x" },
+            "operationType": "rename",
+            "clusterTime": Timestamp { time: 7, increment: 2 },
+            "ns": { "db": "shop", "coll": "a" },
+            "to": { "db": "shop", "coll": "b" },
+        };
+        let event = ChangeEvent::decode(rename).unwrap();
+        assert_eq!(
+            (event.op.clone(), event.collection_uuid.clone()),
+            (Op::Rename, None)
+        );
+        assert_eq!(event.rename_target().unwrap(), ("shop".into(), "b".into()));
     }
 
     #[test]

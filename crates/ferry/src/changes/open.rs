@@ -11,6 +11,8 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::options::{ReadPreference, SelectionCriteria};
 use mongodb::Client;
 
+use crate::source::info::Version;
+
 /// How long one `getMore` waits for new events before answering with an empty batch.
 const MAX_AWAIT: Duration = Duration::from_millis(500);
 
@@ -29,15 +31,35 @@ pub async fn start_time(source: &Client) -> Result<Timestamp> {
     Ok(crate::source::clock::read(source).await?.majority)
 }
 
-/// Opens the cluster-wide change stream with expanded (DDL) events on the source's primary, from
-/// `from`. With `split`, events over 16 MiB arrive in fragments (`$changeStreamSplitLargeEvent`)
-/// for `fragments` to join. Events come as raw BSON.
+/// What the source's version lets its change stream carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// Events over 16 MiB arrive in fragments (`$changeStreamSplitLargeEvent`, 6.0.9+, 7.0+).
+    pub split: bool,
+    /// Expanded events (6.0+): `create`, `createIndexes`, `dropIndexes`, `modify`, and the
+    /// collection UUID on every event. Without them, the catalog is reconciled instead
+    /// (`apply::reconcile`) and events are attributed by name.
+    pub expanded: bool,
+}
+
+impl Capture {
+    pub fn of(version: Version) -> Self {
+        Self {
+            split: version.splits_large_events(),
+            expanded: version.expanded_events(),
+        }
+    }
+}
+
+/// Opens the cluster-wide change stream on the source's primary, from `from`, with expanded
+/// (DDL) events where the source has them. With `capture.split`, events over 16 MiB arrive in
+/// fragments for `fragments` to join. Events come as raw BSON.
 pub async fn open(
     source: &Client,
     from: &StreamFrom,
-    split: bool,
+    capture: Capture,
 ) -> Result<ChangeStream<RawDocumentBuf>> {
-    let pipeline = if split {
+    let pipeline = if capture.split {
         vec![doc! { "$changeStreamSplitLargeEvent": {} }]
     } else {
         Vec::new()
@@ -45,7 +67,7 @@ pub async fn open(
     let watch = source
         .watch()
         .pipeline(pipeline)
-        .show_expanded_events(true)
+        .show_expanded_events(capture.expanded)
         .max_await_time(MAX_AWAIT)
         .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
     let watch = match from {

@@ -25,7 +25,7 @@ use mongodb::change_stream::ChangeStream;
 use mongodb::Client;
 
 use super::fragments::Fragments;
-use super::open::{self, StreamFrom};
+use super::open::{self, Capture, StreamFrom};
 use super::ChangeEvent;
 use crate::server_error::{
     self, BSON_OBJECT_TOO_LARGE, CHANGE_STREAM_FATAL, CHANGE_STREAM_HISTORY_LOST,
@@ -87,18 +87,18 @@ pub fn just_before(t: Timestamp) -> Timestamp {
 
 /// Reads rounds from `from` on, one round ahead of the caller: run the returned work beside the
 /// caller (`background::beside`) and take the rounds from the receiver; the first error ends it.
-/// With `split`, events over 16 MiB are read in fragments and joined.
+/// With `capture.split`, events over 16 MiB are read in fragments and joined.
 pub fn read_ahead(
     source: Client,
     from: StreamFrom,
-    split: bool,
+    capture: Capture,
 ) -> (
     impl std::future::Future<Output = ()>,
     tokio::sync::mpsc::Receiver<Result<Round>>,
 ) {
     let (rounds, received) = tokio::sync::mpsc::channel(1);
     let reader = async move {
-        let mut reader = match Reader::open(source, from, split).await {
+        let mut reader = match Reader::open(source, from, capture).await {
             Ok(reader) => reader,
             Err(e) => {
                 let _ = rounds.send(Err(e)).await;
@@ -125,21 +125,21 @@ pub struct Reader {
     /// in hand, so the first round after an opening may claim no later majority time.
     opened: Option<SourceClock>,
     from: StreamFrom,
-    split: bool,
+    capture: Capture,
     fragments: Fragments,
 }
 
 impl Reader {
     /// Opens the stream on the primary, from `from`.
-    pub async fn open(source: Client, from: StreamFrom, split: bool) -> Result<Self> {
-        let (stream, opened) = open_on_primary(&source, &from, split).await?;
+    pub async fn open(source: Client, from: StreamFrom, capture: Capture) -> Result<Self> {
+        let (stream, opened) = open_on_primary(&source, &from, capture).await?;
         Ok(Self {
             source,
             stream,
             node: opened.node.clone(),
             opened: Some(opened),
             from,
-            split,
+            capture,
             fragments: Fragments::default(),
         })
     }
@@ -155,7 +155,7 @@ impl Reader {
             if let Some(token) = self.stream.resume_token() {
                 self.from = StreamFrom::Token(mongodb::bson::to_bson(&token)?);
             }
-            let (stream, opened) = open_on_primary(&self.source, &self.from, self.split).await?;
+            let (stream, opened) = open_on_primary(&self.source, &self.from, self.capture).await?;
             self.stream = stream;
             self.node = opened.node.clone();
             clock = opened;
@@ -163,7 +163,7 @@ impl Reader {
         let (events, caught_up) = self
             .read_round()
             .await
-            .map_err(|e| explain(e, self.split))?;
+            .map_err(|e| explain(e, self.capture.split))?;
         let after = clock::read(&self.source).await?;
         Ok(Round {
             same_node: after.node == self.node,
@@ -212,13 +212,13 @@ impl Reader {
 async fn open_on_primary(
     source: &Client,
     from: &StreamFrom,
-    split: bool,
+    capture: Capture,
 ) -> Result<(ChangeStream<RawDocumentBuf>, SourceClock)> {
     for _ in 0..OPEN_ATTEMPTS {
         let before = clock::read(source).await?;
-        let stream = open::open(source, from, split)
+        let stream = open::open(source, from, capture)
             .await
-            .map_err(|e| explain(e, split))?;
+            .map_err(|e| explain(e, capture.split))?;
         if clock::read(source).await?.node == before.node {
             return Ok((stream, before));
         }

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use mongodb::bson::{doc, Timestamp};
 
 use super::{restore, reverse, strays, Migration};
-use crate::changes::StreamFrom;
+use crate::changes::{Capture, StreamFrom};
 use crate::lifecycle::{Direction, Phase, State};
 use crate::server_error::{self, COMMAND_NOT_FOUND, UNAUTHORIZED};
 use crate::source::clock;
@@ -105,7 +105,7 @@ impl Migration<'_> {
         let stray = strays::after(
             &self.source,
             from,
-            version.splits_large_events(),
+            Capture::of(version),
             commit.time,
             &self.plan.filter,
         )

@@ -182,7 +182,7 @@ struct Migration<'a> {
     first_attempt: bool,
 }
 
-/// The version to assume of a source that does not report one: the oldest the pre-flight admits.
+/// The version to assume of a source that does not report one: the oldest with expanded events.
 const OLDEST_SOURCE: Version = Version::new(6, 0, 0);
 impl Migration<'_> {
     /// One attempt: start, then every stage not done yet.
@@ -190,9 +190,9 @@ impl Migration<'_> {
         let (stored, sizes) = self.start().await?;
         // Reconnected: no longer retrying (the retry window still counts from the last progress).
         self.progress.update(|s| s.retrying = None);
-        let version = info::source_version(&self.source)
-            .await
-            .unwrap_or(OLDEST_SOURCE);
+        let reported = info::source_version(&self.source).await;
+        let version = reported.unwrap_or(OLDEST_SOURCE);
+        self.progress.update(|s| s.source_version = reported);
         let writes_open = preflight::checks::writes_open_at_commit(self.plan.block_writes, version);
         self.progress
             .update(|s| s.writes_open_at_commit = writes_open.clone());

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use crate::changes::rounds::Reader;
-use crate::changes::{ChangeEvent, StreamFrom};
+use crate::changes::{Capture, ChangeEvent, StreamFrom};
 use crate::filter::NamespaceFilter;
 pub use crate::progress::StrayWrites;
 use anyhow::Result;
@@ -21,11 +21,11 @@ const SCAN_TIME: Duration = Duration::from_secs(10);
 pub async fn after(
     source: &Client,
     from: StreamFrom,
-    split: bool,
+    capture: Capture,
     point: Timestamp,
     filter: &NamespaceFilter,
 ) -> Result<Vec<StrayWrites>> {
-    let mut reader = Reader::open(source.clone(), from, split).await?;
+    let mut reader = Reader::open(source.clone(), from, capture).await?;
     let started = Instant::now();
     let mut found = BTreeMap::new();
     loop {

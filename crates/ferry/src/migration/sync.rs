@@ -9,13 +9,13 @@ use anyhow::{Context, Result};
 use mongodb::bson::{Bson, Timestamp};
 
 use super::{Migration, Outcome};
-use crate::apply::{Applier, Paths};
+use crate::apply::{Applier, Paths, Reconcile};
 use tokio::sync::mpsc::Receiver;
 
 use crate::background::beside;
 use crate::catalog::CollectionSpec;
 use crate::changes::rounds::{self, Round};
-use crate::changes::StreamFrom;
+use crate::changes::{Capture, StreamFrom};
 use crate::incarnations::Incarnations;
 use crate::lifecycle;
 use crate::source::clock::seconds_between;
@@ -27,6 +27,8 @@ use crate::verify;
 const CHECKPOINT_INTERVAL: Duration = Duration::from_secs(1);
 /// How often the source's featureCompatibilityVersion is compared with its value at start.
 const FCV_CHECK_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the catalog is reconciled on a source without expanded change events.
+const RECONCILE_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Where change application starts.
 pub(super) struct StreamStart {
@@ -55,8 +57,11 @@ impl Migration<'_> {
         specs: &[CollectionSpec],
         version: Version,
     ) -> Result<Outcome> {
-        let split = version.splits_large_events();
-        let (reader, rounds) = rounds::read_ahead(self.source.clone(), start.from.clone(), split);
+        let (reader, rounds) = rounds::read_ahead(
+            self.source.clone(),
+            start.from.clone(),
+            Capture::of(version),
+        );
         let mut applier = Applier::new(
             self.source.clone(),
             self.destination.clone(),
@@ -118,7 +123,15 @@ impl Migration<'_> {
         let mut last_checkpoint = Instant::now();
         let fcv = info::fcv(&self.source).await;
         let mut last_fcv_check = Instant::now();
+        // Without expanded events, catalog changes are found by comparing catalogs (from the
+        // start: the copy's catalog may be behind already).
+        let reconciling = !Capture::of(version).expanded;
+        let mut last_reconcile: Option<Instant> = None;
         loop {
+            if reconciling && last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_INTERVAL) {
+                applier.reconcile(Reconcile::WhileSyncing).await?;
+                last_reconcile = Some(Instant::now());
+            }
             if last_fcv_check.elapsed() >= FCV_CHECK_INTERVAL {
                 last_fcv_check = Instant::now();
                 let now = info::fcv(&self.source).await;
@@ -181,6 +194,9 @@ impl Migration<'_> {
                 last_checkpoint = Instant::now();
             }
             if let Some(point) = commit.take_if(|c| settled >= c.time) {
+                if reconciling {
+                    applier.reconcile(Reconcile::AtCommit(point.time)).await?;
+                }
                 return Ok(Ended::Commit(point));
             }
         }

@@ -52,6 +52,11 @@ impl Version {
         self >= Version::new(7, 0, 0) || (self.major == 6 && self.minor == 0 && self.patch >= 9)
     }
 
+    /// The change stream reports DDL and collection UUIDs (`showExpandedEvents`).
+    pub fn expanded_events(self) -> bool {
+        self >= Version::new(6, 0, 0)
+    }
+
     /// Writes can be blocked cluster-wide (`setUserWriteBlockMode`).
     pub fn blocks_user_writes(self) -> bool {
         self >= Version::new(6, 0, 0)

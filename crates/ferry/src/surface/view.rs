@@ -111,8 +111,12 @@ pub fn render(s: &Snapshot) -> String {
         Direction::Forward => "",
         Direction::Reverse => "reverse  ·  ",
     };
+    let source = match s.source_version {
+        Some(v) if !v.expanded_events() => format!("  ·  source {v}, catalog reconciled"),
+        _ => String::new(),
+    };
     out.push_str(&format!(
-        "Ferry  {direction}{}  ·  {}  ·  {:02}:{:02}:{:02}\n",
+        "Ferry  {direction}{}  ·  {}  ·  {:02}:{:02}:{:02}{source}\n",
         s.state.as_str(),
         s.phase.as_str(),
         elapsed / 3600,

@@ -8,6 +8,7 @@ mod faults;
 mod harness;
 mod live;
 mod messages;
+mod old_sources;
 mod operator;
 mod preflight;
 mod replica;

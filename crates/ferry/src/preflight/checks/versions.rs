@@ -5,8 +5,8 @@ use mongodb::Client;
 use crate::preflight::report::Check;
 use crate::source::info::{self, build_version, fcv, Version};
 
-/// The supported version matrix: source 6.0 or newer (expanded change events), destination
-/// not older than the source, and a destination featureCompatibilityVersion not below the
+/// The supported version matrix: source 4.2 or newer (before 6.0 without expanded change
+/// events, which the pre-flight warns about), destination not older than the source, and a destination featureCompatibilityVersion not below the
 /// source's. The source's version is the one Ferry treats it as (see `source::info`).
 pub async fn versions(source: &Client, destination: &Client) -> Check {
     const ID: &str = "versions";
@@ -44,8 +44,8 @@ pub async fn versions(source: &Client, destination: &Client) -> Check {
             "check by hand that the destination is not older than the source",
         );
     };
-    if s < Version::new(6, 0, 0) {
-        return Check::fail(ID, found, "upgrade the source to MongoDB 6.0 or newer: Ferry needs its expanded change events to follow DDL");
+    if s < Version::new(4, 2, 0) {
+        return Check::fail(ID, found, "upgrade the source in place to MongoDB 4.2 first (a rolling upgrade, member by member): the driver Ferry uses reads servers from 4.2 on");
     }
     if (d.major, d.minor) < (s.major, s.minor) {
         return Check::fail(
@@ -61,6 +61,13 @@ pub async fn versions(source: &Client, destination: &Client) -> Check {
         if df < sf {
             return Check::fail(ID, found, "raise the destination's featureCompatibilityVersion to at least the source's (setFeatureCompatibilityVersion)");
         }
+    }
+    if !s.expanded_events() {
+        return Check::warn(
+            ID,
+            format!("{found}: before 6.0 the change stream reports no catalog changes but drops, renames and dropDatabase, so Ferry reconciles the catalog instead (collections' options, indexes, validators and views every few seconds while syncing, exactly at commit); a rename copies its target again"),
+            "expect catalog changes on the destination a few seconds after the source's, and a commit that may copy renamed or re-created collections again; upgrading the source to 6.0+ avoids both",
+        );
     }
     Check::pass(ID, found)
 }
