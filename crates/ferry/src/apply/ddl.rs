@@ -188,44 +188,73 @@ impl Applier {
     }
 
     /// Replaces the destination's `db.coll` with a fresh copy of the source's current one, read
-    /// at or after `at` (the rename that asked for it).
+    /// at or after `at` (the rename or the commit that asked for it). A collection is copied
+    /// into a scratch collection and renamed over the target only once complete, so a crash or
+    /// fault midway leaves the target as it was, and whatever asked for the copy asks again.
     pub(super) async fn recopy(&mut self, db: &str, coll: &str, at: Timestamp) -> Result<()> {
         let ns = Namespace::new(db, coll).to_string();
-        tracing::info!(namespace = %ns, "copying a renamed collection again from the source");
-        majority::drop(&self.destination.database(db), coll)
-            .await
-            .with_context(|| format!("dropping {ns} on the destination"))?;
-        self.incarnations.release(&ns);
+        let database = self.destination.database(db);
         let Some(spec) = catalog::describe_one(&self.source, db, coll).await? else {
+            majority::drop(&database, coll)
+                .await
+                .with_context(|| format!("dropping {ns} on the destination"))?;
+            self.incarnations.release(&ns);
             return Ok(());
         };
+        tracing::info!(namespace = %ns, "copying a collection again from the source");
         if spec.is_collated() {
             self.collated.insert(ns.clone());
         }
-        copy::create_namespace(&self.destination, &spec).await?;
-        if spec.kind == Kind::Collection {
-            copy::copy_documents(
-                &self.source,
-                &self.destination,
-                &self.progress,
-                copy::RangeCopy {
-                    spec: &spec,
-                    target: coll,
-                    range: &Default::default(),
-                    at,
-                    resume: None,
-                    limit: None,
-                },
-            )
-            .await?;
-            indexes::build(&self.destination, db, coll, &spec.indexes, Build::Relaxed).await?;
-            if let Some(Bson::Binary(uuid)) = &spec.uuid {
-                self.incarnations.hold(&ns, uuid.bytes.clone());
-            }
+        if spec.kind != Kind::Collection {
+            majority::drop(&database, coll)
+                .await
+                .with_context(|| format!("dropping {ns} on the destination"))?;
+            self.incarnations.release(&ns);
+            return copy::create_namespace(&self.destination, &spec).await;
+        }
+        let scratch = format!("{coll}{RECOPY_SUFFIX}");
+        majority::drop(&database, &scratch).await?;
+        let mut target = spec.clone();
+        target.name = scratch.clone();
+        copy::create_namespace(&self.destination, &target).await?;
+        copy::copy_documents(
+            &self.source,
+            &self.destination,
+            &self.progress,
+            copy::RangeCopy {
+                spec: &spec,
+                target: &scratch,
+                range: &Default::default(),
+                at,
+                resume: None,
+                limit: None,
+            },
+        )
+        .await?;
+        indexes::build(
+            &self.destination,
+            db,
+            &scratch,
+            &spec.indexes,
+            Build::Relaxed,
+        )
+        .await?;
+        majority::command(
+            &self.destination.database("admin"),
+            doc! { "renameCollection": format!("{db}.{scratch}"), "to": &ns, "dropTarget": true },
+        )
+        .await
+        .with_context(|| format!("putting the new copy of {ns} in place"))?;
+        self.incarnations.release(&ns);
+        if let Some(Bson::Binary(uuid)) = &spec.uuid {
+            self.incarnations.hold(&ns, uuid.bytes.clone());
         }
         Ok(())
     }
 }
+
+/// Suffix of the scratch collection a collection is copied again in.
+const RECOPY_SUFFIX: &str = ".__ferry_recopy";
 
 /// Whether a `modify` event changed a view: its description is the view's definition, or (on
 /// servers that describe the change by the state before it) that state was a view.

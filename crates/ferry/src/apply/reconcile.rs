@@ -67,6 +67,9 @@ impl Applier {
                 (Kind::View, Some(view))
                     if view.kind == Kind::View
                         && view_definition(&view.options) == view_definition(&spec.options) => {}
+                // Writes to the collection may still be on their way: settled at commit.
+                (Kind::View, Some(d))
+                    if d.kind != Kind::View && when == Reconcile::WhileSyncing => {}
                 (Kind::View, there) => {
                     tracing::info!(namespace = %spec.ns(), "reconciling a view with the source's");
                     if there.is_some() {
@@ -87,13 +90,21 @@ impl Applier {
                         (_, Reconcile::AtCommit(at)) => {
                             self.recopy(&spec.db, &spec.name, at).await?;
                         }
-                        (None, Reconcile::WhileSyncing) => {
+                        // A view holds no documents: one the source replaced by a collection
+                        // goes now, before the collection's writes arrive.
+                        (_, Reconcile::WhileSyncing)
+                            if there.is_none_or(|d| d.kind == Kind::View) =>
+                        {
                             tracing::info!(namespace = %spec.ns(), "creating a collection the source created");
+                            if there.is_some() {
+                                majority::drop(&self.destination.database(&spec.db), &spec.name)
+                                    .await?;
+                            }
                             copy::create_namespace(&self.destination, spec).await?;
                             self.reconcile_indexes(spec, &[]).await?;
                         }
                         // Settled at commit: replacing it now would lose the changes applied.
-                        (Some(_), Reconcile::WhileSyncing) => {}
+                        (_, Reconcile::WhileSyncing) => {}
                     }
                 }
             }
@@ -146,7 +157,7 @@ impl Applier {
         let name = |i: &Document| i.get_str("name").unwrap_or_default().to_string();
         for index in held.iter().filter(|i| !catalog::is_implicit_index(i)) {
             let wanted = spec.indexes.iter().find(|s| name(s) == name(index));
-            if wanted.is_none_or(|s| s.get("key") != index.get("key")) {
+            if wanted.is_none_or(|s| !same_index(s, index)) {
                 tracing::info!(namespace = %spec.ns(), index = %name(index), "dropping an index the source no longer has");
                 let dropped = majority::command(
                     &database,
@@ -163,11 +174,7 @@ impl Applier {
         let missing: Vec<Document> = spec
             .indexes
             .iter()
-            .filter(|s| {
-                !held
-                    .iter()
-                    .any(|h| name(h) == name(s) && h.get("key") == s.get("key"))
-            })
+            .filter(|s| !held.iter().any(|h| name(h) == name(s) && same_index(s, h)))
             .cloned()
             .collect();
         if missing.iter().any(|i| !catalog::is_implicit_index(i)) {
@@ -182,6 +189,29 @@ impl Applier {
         }
         Ok(())
     }
+}
+
+/// Index options that make two indexes of one name and key different indexes (uniqueness and
+/// expiry are relaxed while syncing and restored at commit).
+const INDEX_OPTIONS: [&str; 6] = [
+    "key",
+    "partialFilterExpression",
+    "sparse",
+    "hidden",
+    "collation",
+    "weights",
+];
+
+/// Whether the destination's index is the source's, as far as it is built while syncing.
+fn same_index(source: &Document, destination: &Document) -> bool {
+    INDEX_OPTIONS.iter().all(|option| {
+        let held = destination.get(*option);
+        match (source.get(*option), held) {
+            // Servers omit `hidden: false` and `sparse: false`.
+            (None, Some(Bson::Boolean(false))) | (Some(Bson::Boolean(false)), None) => true,
+            (wanted, held) => wanted == held,
+        }
+    })
 }
 
 /// Whether a collection's options fixed at creation differ between the two sides.

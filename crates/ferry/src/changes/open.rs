@@ -67,9 +67,14 @@ pub async fn open(
     let watch = source
         .watch()
         .pipeline(pipeline)
-        .show_expanded_events(capture.expanded)
         .max_await_time(MAX_AWAIT)
         .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+    // Only where the server knows the option: before 6.0 `$changeStream` refuses unknown fields.
+    let watch = if capture.expanded {
+        watch.show_expanded_events(true)
+    } else {
+        watch
+    };
     let watch = match from {
         StreamFrom::Time(time) => watch.start_at_operation_time(*time),
         StreamFrom::Token(token) => watch.resume_after(Some(

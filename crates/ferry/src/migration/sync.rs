@@ -128,7 +128,12 @@ impl Migration<'_> {
         let reconciling = !Capture::of(version).expanded;
         let mut last_reconcile: Option<Instant> = None;
         loop {
-            if reconciling && last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_INTERVAL) {
+            // Once the commit point is taken, only the exact pass at it runs: an early pass
+            // after a restart would create, empty, what the exact pass must copy.
+            if reconciling
+                && commit.is_none()
+                && last_reconcile.is_none_or(|t| t.elapsed() >= RECONCILE_INTERVAL)
+            {
                 applier.reconcile(Reconcile::WhileSyncing).await?;
                 last_reconcile = Some(Instant::now());
             }

@@ -87,7 +87,7 @@ async fn an_old_source_an_unreachable_destination_and_users_are_reported() {
             &pair.source.uri(),
             &pair.destination.uri(),
             &[],
-            &[("FERRY_TEST_SOURCE_VERSION", "4.0")],
+            &[("FERRY_TEST_SOURCE_VERSION", "4.2")],
         )
     });
     assert_eq!(code, 2, "{report}");
@@ -97,7 +97,7 @@ async fn an_old_source_an_unreachable_destination_and_users_are_reported() {
         versions["fix"]
             .as_str()
             .unwrap()
-            .contains("upgrade the source in place to MongoDB 4.2 first"),
+            .contains("upgrade the source in place to MongoDB 4.4.2 or newer first"),
         "{versions}"
     );
     let users = named(&report, "source.not-migrated");

@@ -5,7 +5,10 @@ use mongodb::Client;
 use crate::preflight::report::Check;
 use crate::source::info::{self, build_version, fcv, Version};
 
-/// The supported version matrix: source 4.2 or newer (before 6.0 without expanded change
+/// The oldest source Ferry reads: the driver's minimum (4.4), with `hello` (4.4.2).
+const OLDEST_SOURCE: Version = Version::new(4, 4, 2);
+
+/// The supported version matrix: source 4.4.2 or newer (before 6.0 without expanded change
 /// events, which the pre-flight warns about), destination not older than the source, and a destination featureCompatibilityVersion not below the
 /// source's. The source's version is the one Ferry treats it as (see `source::info`).
 pub async fn versions(source: &Client, destination: &Client) -> Check {
@@ -44,8 +47,8 @@ pub async fn versions(source: &Client, destination: &Client) -> Check {
             "check by hand that the destination is not older than the source",
         );
     };
-    if s < Version::new(4, 2, 0) {
-        return Check::fail(ID, found, "upgrade the source in place to MongoDB 4.2 first (a rolling upgrade, member by member): the driver Ferry uses reads servers from 4.2 on");
+    if s < OLDEST_SOURCE {
+        return Check::fail(ID, found, "upgrade the source in place to MongoDB 4.4.2 or newer first (a rolling upgrade, member by member): the driver Ferry uses reads servers from 4.4 on, and Ferry asks `hello`, which 4.4 answers from 4.4.2");
     }
     if (d.major, d.minor) < (s.major, s.minor) {
         return Check::fail(
