@@ -8,6 +8,8 @@
 //! as one client can, the steady lag, and the catch-up after a one-minute backlog
 //! (`FERRY_BENCH_APPLY=0` leaves that out, for quick copy measurements).
 //! `FERRY_BENCH_FERRY_ARGS` adds arguments to `ferry migrate` (`--apply-lanes 1`, say).
+//! `FERRY_BENCH_BASELINE=path/to/ferry` also runs another build on the same data, to canCommit,
+//! just before this one (after the naive copy has warmed the caches for both).
 
 use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
@@ -313,6 +315,8 @@ struct SizeResult {
     copy_seconds: f64,
     index_seconds: f64,
     naive_seconds: f64,
+    /// Another build's launch to canCommit on the same data (`FERRY_BENCH_BASELINE`).
+    baseline_seconds: Option<f64>,
     /// Ferry's peak memory over the whole run, and up to `canCommit`.
     peak_memory: Option<u64>,
     copy_memory: Option<u64>,
@@ -368,6 +372,29 @@ pub fn run() -> Result<()> {
         }
         eprintln!("bench: naive single-stream copy");
         let naive_seconds = runtime.block_on(naive_copy(&src, &dst))?;
+        // Another build of Ferry (`FERRY_BENCH_BASELINE=path/to/ferry`) on the same data, into
+        // a destination of its own, just before this one: a change measured in one run.
+        let baseline_seconds = match std::env::var_os("FERRY_BENCH_BASELINE") {
+            Some(baseline) => {
+                eprintln!(
+                    "bench: baseline ferry ({}), launch to canCommit",
+                    baseline.to_string_lossy()
+                );
+                let other = Server::start()?;
+                let log = ferry.with_file_name(format!("bench-baseline-{documents}.log"));
+                let started = Instant::now();
+                let mut run =
+                    FerryRun::start(std::path::Path::new(&baseline), &source, &other, &log)?;
+                run.wait_for("canCommit", Duration::from_secs(3600), |p| {
+                    p["canCommit"] == true
+                })?;
+                let seconds = started.elapsed().as_secs_f64();
+                let _ = run.child.kill();
+                let _ = run.child.wait();
+                Some(seconds)
+            }
+            None => None,
+        };
         eprintln!("bench: ferry copy, launch to canCommit");
         let started = Instant::now();
         let log = ferry.with_file_name(format!("bench-ferry-{documents}.log"));
@@ -401,6 +428,7 @@ pub fn run() -> Result<()> {
             copy_seconds: index_started - copy_started,
             index_seconds: apply_started - index_started,
             naive_seconds,
+            baseline_seconds,
             peak_memory,
             copy_memory,
             data_bytes,
@@ -535,6 +563,18 @@ fn render(
             megabytes(r.copy_memory),
             megabytes(r.peak_memory)
         );
+    }
+    for r in results {
+        if let Some(baseline) = r.baseline_seconds {
+            let _ = writeln!(
+                out,
+                "\n{} documents, the baseline build (`FERRY_BENCH_BASELINE`) in the same run: {:.1} s to canCommit, this build {:.1} s ({:.2}× the speed).",
+                r.documents,
+                baseline,
+                r.ferry_seconds,
+                baseline / r.ferry_seconds
+            );
+        }
     }
     let _ = writeln!(
         out,

@@ -30,6 +30,91 @@ pub fn range_count(spec: &CollectionSpec, bytes: u64) -> u64 {
     }
 }
 
+/// The `_id`s that split a collection into `count` ranges, from its first and last `_id` (two
+/// reads of the `_id` index, nothing scanned) where their type lets the space between be cut
+/// by value: numbers and ObjectIds (time first, so inserts spread over it). `None` when it does
+/// not, or the collection is empty; the caller then samples.
+pub async fn value_bounds(
+    source: &Client,
+    spec: &CollectionSpec,
+    count: u64,
+) -> Result<Option<Vec<Bson>>> {
+    let collection = source.database(&spec.db).collection::<Document>(&spec.name);
+    let mut ends = Vec::with_capacity(2);
+    for order in [1, -1] {
+        let end = collection
+            .find_one(doc! {})
+            .sort(doc! { "_id": order })
+            .projection(doc! { "_id": 1 })
+            .await
+            .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
+        match end.and_then(|d| d.get("_id").cloned()) {
+            Some(id) => ends.push(id),
+            None => return Ok(None),
+        }
+    }
+    Ok(split_between(&ends[0], &ends[1], count))
+}
+
+/// `count - 1` bounds evenly between `first` and `last`, when both are ObjectIds or both
+/// numbers.
+fn split_between(first: &Bson, last: &Bson, count: u64) -> Option<Vec<Bson>> {
+    let steps = 1..count;
+    let mut bounds: Vec<Bson> = match (first, last) {
+        (Bson::ObjectId(a), Bson::ObjectId(b)) => {
+            let (a, b) = (oid_number(a), oid_number(b));
+            steps
+                .map(|i| oid_from(a + (b.saturating_sub(a)) * u128::from(i) / u128::from(count)))
+                .collect()
+        }
+        (a, b) => match (integer(a), integer(b), number(a), number(b)) {
+            (Some(a), Some(b), _, _) => steps
+                .map(|i| {
+                    let at = a + (b - a) * i128::from(i) / i128::from(count);
+                    Bson::Int64(at as i64)
+                })
+                .collect(),
+            (_, _, Some(a), Some(b)) if a.is_finite() && b.is_finite() => steps
+                .map(|i| Bson::Double(a + (b - a) * i as f64 / count as f64))
+                .collect(),
+            _ => return None,
+        },
+    };
+    bounds.dedup();
+    (!bounds.is_empty()).then_some(bounds)
+}
+
+fn integer(id: &Bson) -> Option<i128> {
+    match id {
+        Bson::Int32(n) => Some(i128::from(*n)),
+        Bson::Int64(n) => Some(i128::from(*n)),
+        _ => None,
+    }
+}
+
+fn number(id: &Bson) -> Option<f64> {
+    match id {
+        Bson::Int32(n) => Some(f64::from(*n)),
+        Bson::Int64(n) => Some(*n as f64),
+        Bson::Double(n) => Some(*n),
+        _ => None,
+    }
+}
+
+/// An ObjectId's 12 bytes as one number, in the order the server compares them.
+fn oid_number(id: &mongodb::bson::oid::ObjectId) -> u128 {
+    id.bytes()
+        .iter()
+        .fold(0u128, |n, byte| (n << 8) | u128::from(*byte))
+}
+
+fn oid_from(n: u128) -> Bson {
+    let bytes = n.to_be_bytes();
+    let mut id = [0u8; 12];
+    id.copy_from_slice(&bytes[4..]);
+    Bson::ObjectId(mongodb::bson::oid::ObjectId::from_bytes(id))
+}
+
 /// The `_id`s that split a collection into `count` ranges of about equal size, in `_id` order,
 /// from a random sample of its `_id`s (any mix of `_id` types).
 pub async fn sample_bounds(
@@ -125,6 +210,42 @@ mod tests {
         assert_eq!(
             remaining(&resumed, resumed.last_id.as_ref()),
             doc! { "_id": { "$gt": 15, "$lte": 20 } }
+        );
+    }
+
+    #[test]
+    fn numbers_and_object_ids_are_split_by_value() {
+        let ints = split_between(&Bson::Int32(0), &Bson::Int64(1_000), 4).unwrap();
+        assert_eq!(ints, [Bson::Int64(250), Bson::Int64(500), Bson::Int64(750)]);
+        let wide = split_between(&Bson::Int64(i64::MIN), &Bson::Int64(i64::MAX), 2).unwrap();
+        assert_eq!(wide, [Bson::Int64(-1)]);
+        let mixed = split_between(&Bson::Int32(0), &Bson::Double(1.0), 2).unwrap();
+        assert_eq!(mixed, [Bson::Double(0.5)]);
+        // A range narrower than the count gives fewer, distinct bounds.
+        assert_eq!(
+            split_between(&Bson::Int32(0), &Bson::Int32(2), 4).unwrap(),
+            [Bson::Int64(0), Bson::Int64(1)]
+        );
+        let oid = |hex: &str| Bson::ObjectId(mongodb::bson::oid::ObjectId::parse_str(hex).unwrap());
+        let ids = split_between(
+            &oid("650000000000000000000000"),
+            &oid("660000000000000000000000"),
+            2,
+        )
+        .unwrap();
+        assert_eq!(ids, [oid("658000000000000000000000")]);
+        // The bounds sort between the ends, as the server compares them.
+        let sorted = |a: &Bson, b: &Bson| compare_bson(a, b) == std::cmp::Ordering::Less;
+        assert!(sorted(&oid("650000000000000000000000"), &ids[0]));
+        assert!(sorted(&ids[0], &oid("660000000000000000000000")));
+        // Other types, or two types, are sampled instead.
+        assert_eq!(
+            split_between(&Bson::String("a".into()), &Bson::String("z".into()), 4),
+            None
+        );
+        assert_eq!(
+            split_between(&Bson::Int32(1), &oid("650000000000000000000000"), 4),
+            None
         );
     }
 

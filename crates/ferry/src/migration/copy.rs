@@ -314,9 +314,13 @@ impl Migration<'_> {
         }
         let ranges = match copy::ranges::range_count(spec, bytes) {
             1 => vec![Partition::default()],
-            count => copy::ranges::ranges_between(
-                &copy::ranges::sample_bounds(&self.source, spec, count).await?,
-            ),
+            count => {
+                let bounds = match copy::ranges::value_bounds(&self.source, spec, count).await? {
+                    Some(bounds) => bounds,
+                    None => copy::ranges::sample_bounds(&self.source, spec, count).await?,
+                };
+                copy::ranges::ranges_between(&bounds)
+            }
         };
         if ranges.len() > 1 {
             tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
