@@ -4,11 +4,13 @@
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
-use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
+use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
+use mongodb::options::{CollectionOptions, ReadConcern};
 use mongodb::Client;
 
 use crate::catalog::CollectionSpec;
 use crate::id_order;
+use crate::source::reads;
 use crate::state::Partition;
 
 /// Bytes per range of a large collection, and the most ranges one collection gets.
@@ -33,19 +35,30 @@ pub fn range_count(spec: &CollectionSpec, bytes: u64) -> u64 {
 /// The `_id`s that split a collection into `count` ranges, from its first and last `_id` (two
 /// reads of the `_id` index, nothing scanned) where their type lets the space between be cut
 /// by value: numbers and ObjectIds (time first, so inserts spread over it). `None` when it does
-/// not, or the collection is empty; the caller then samples.
+/// not, or the collection is empty; the caller then samples. Read like the copy, at or after
+/// `at` (T0), though a bound only decides where a range ends.
 pub async fn value_bounds(
     source: &Client,
     spec: &CollectionSpec,
     count: u64,
+    at: Timestamp,
 ) -> Result<Option<Vec<Bson>>> {
-    let collection = source.database(&spec.db).collection::<Document>(&spec.name);
+    let collection = source
+        .database(&spec.db)
+        .collection_with_options::<Document>(
+            &spec.name,
+            CollectionOptions::builder()
+                .read_concern(ReadConcern::majority())
+                .build(),
+        );
+    let mut session = reads::session_at(source, at).await?;
     let mut ends = Vec::with_capacity(2);
     for order in [1, -1] {
         let end = collection
             .find_one(doc! {})
             .sort(doc! { "_id": order })
             .projection(doc! { "_id": 1 })
+            .session(&mut session)
             .await
             .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
         match end.and_then(|d| d.get("_id").cloned()) {

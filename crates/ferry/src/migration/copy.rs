@@ -131,7 +131,7 @@ impl Migration<'_> {
             .map(|spec| {
                 let ns = spec.ns();
                 let bytes = sizes.get(&ns).map_or(0, |(_, bytes)| *bytes);
-                self.plan_ranges(spec, stored.get(&ns), bytes, &left, jobs.clone())
+                self.plan_ranges(spec, stored.get(&ns), bytes, at, &left, jobs.clone())
             })
             .collect();
         drop(jobs);
@@ -171,12 +171,13 @@ impl Migration<'_> {
         spec: &'a CollectionSpec,
         stored: Option<&'a CollectionState>,
         bytes: u64,
+        at: Timestamp,
         left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
         jobs: Jobs<'a>,
     ) -> futures_util::future::BoxFuture<'a, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some(ranges) = self.plan_copy(spec, stored, bytes).await? else {
+            let Some(ranges) = self.plan_copy(spec, stored, bytes, at).await? else {
                 return Ok(());
             };
             copy::create_namespace(&self.destination, spec).await?;
@@ -294,6 +295,7 @@ impl Migration<'_> {
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         bytes: u64,
+        at: Timestamp,
     ) -> Result<Option<Vec<Partition>>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
@@ -315,7 +317,8 @@ impl Migration<'_> {
         let ranges = match copy::ranges::range_count(spec, bytes) {
             1 => vec![Partition::default()],
             count => {
-                let bounds = match copy::ranges::value_bounds(&self.source, spec, count).await? {
+                let bounds = match copy::ranges::value_bounds(&self.source, spec, count, at).await?
+                {
                     Some(bounds) => bounds,
                     None => copy::ranges::sample_bounds(&self.source, spec, count).await?,
                 };
