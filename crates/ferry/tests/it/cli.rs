@@ -83,13 +83,7 @@ fn commit_without_a_running_migration_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_empty_destination_is_refused_unless_drop_is_given() {
-    let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .insert_one(doc! { "_id": 1 })
-        .await
-        .unwrap();
+    let pair = Pair::with_one_order().await;
     let stale = pair.dst.database("shop").collection::<Document>("orders");
     stale.insert_one(doc! { "_id": "stale" }).await.unwrap();
 
@@ -191,13 +185,7 @@ fn ferry_with_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn flags_win_over_ferry_variables_which_win_over_the_config_file() {
-    let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .insert_one(doc! { "_id": 1 })
-        .await
-        .unwrap();
+    let pair = Pair::with_one_order().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("ferry.toml");
     std::fs::write(

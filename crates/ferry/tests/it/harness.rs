@@ -44,6 +44,18 @@ impl Pair {
         }
     }
 
+    /// A pair whose source holds one document in `shop.orders`: the smallest migration.
+    pub async fn with_one_order() -> Pair {
+        let pair = Self::start().await;
+        pair.src
+            .database("shop")
+            .collection::<Document>("orders")
+            .insert_one(doc! { "_id": 1 })
+            .await
+            .unwrap();
+        pair
+    }
+
     /// Fault proxies in front of the source and the destination (see `testkit::proxy`).
     pub async fn proxies(&self) -> (Proxy, Proxy) {
         let proxy = |server: &Server| {

@@ -263,13 +263,7 @@ fn a_bad_connection_string_and_a_bad_flag_are_one_line_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_error_during_a_migration_is_one_line_in_the_log_and_at_exit() {
-    let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<mongodb::bson::Document>("orders")
-        .insert_one(mongodb::bson::doc! { "_id": 1 })
-        .await
-        .unwrap();
+    let pair = Pair::with_one_order().await;
     let (_, destination) = pair.proxies().await;
     // A transient refusal is retried with its reason, shown in the API while it lasts; a
     // lasting one fails the migration.

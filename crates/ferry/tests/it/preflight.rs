@@ -25,13 +25,7 @@ fn check(source: &str, destination: &str, extra: &[&str]) -> (i32, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ready_pair_passes_every_check() {
-    let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .insert_one(doc! { "_id": 1 })
-        .await
-        .unwrap();
+    let pair = Pair::with_one_order().await;
     let (code, report) =
         tokio::task::block_in_place(|| check(&pair.source.uri(), &pair.destination.uri(), &[]));
     assert_eq!(code, 0, "{report}");
@@ -175,13 +169,7 @@ async fn a_standalone_source_the_same_server_twice_and_an_unreachable_port_are_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_occupied_destination_blocks_and_drop_says_what_it_will_drop() {
-    let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .insert_one(doc! { "_id": 1 })
-        .await
-        .unwrap();
+    let pair = Pair::with_one_order().await;
     pair.dst
         .database("shop")
         .collection::<Document>("orders")
@@ -475,13 +463,7 @@ async fn tls_is_checked_with_the_ca_given() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_refused_with_exit_2_and_nothing_written() {
-    let pair = Pair::start().await;
-    pair.src
-        .database("shop")
-        .collection::<Document>("orders")
-        .insert_one(doc! { "_id": 1 })
-        .await
-        .unwrap();
+    let pair = Pair::with_one_order().await;
     let (src, dst) = (pair.source.uri(), pair.destination.uri());
     let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let busy_addr = busy.local_addr().unwrap().to_string();

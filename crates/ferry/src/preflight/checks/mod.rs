@@ -6,6 +6,7 @@ mod blocking;
 mod capacity;
 mod connection;
 mod privileges;
+mod reverse;
 mod scope;
 mod versions;
 
@@ -13,5 +14,6 @@ pub use blocking::{write_blocking, writes_open_at_commit};
 pub use capacity::{destination_disk, oplog_window, read_oplog};
 pub use connection::{reachable, source_replica_set};
 pub use privileges::{destination_privileges, source_privileges};
+pub use reverse::{reverse_ready, reversible};
 pub use scope::{filters_match, not_migrated};
 pub use versions::versions;
