@@ -78,9 +78,16 @@ impl Applier {
                     copy::create_namespace(&self.destination, spec).await?;
                 }
                 (Kind::Collection, there) => {
+                    let at_commit = matches!(when, Reconcile::AtCommit(_));
                     let replace = match there {
                         None => true,
-                        Some(d) => d.kind != Kind::Collection || fixed_options_differ(spec, d),
+                        Some(d) => {
+                            d.kind != Kind::Collection
+                                || fixed_options_differ(spec, d)
+                                // At commit, exactly: `collMod` cannot take an option away, and
+                                // servers spell out defaults after it differently.
+                                || (at_commit && mutable_options_differ(spec, d))
+                        }
                     };
                     match (there, when) {
                         (Some(d), _) if !replace => {
@@ -212,6 +219,13 @@ fn same_index(source: &Document, destination: &Document) -> bool {
             (wanted, held) => wanted == held,
         }
     })
+}
+
+/// Whether the two sides' validator options differ as listed (not only in effect).
+fn mutable_options_differ(source: &CollectionSpec, destination: &CollectionSpec) -> bool {
+    MUTABLE_OPTIONS
+        .iter()
+        .any(|option| source.options.get(*option) != destination.options.get(*option))
 }
 
 /// Whether a collection's options fixed at creation differ between the two sides.
