@@ -212,39 +212,16 @@ impl Applier {
             self.incarnations.release(&ns);
             return copy::create_namespace(&self.destination, &spec).await;
         }
-        let scratch = format!("{coll}{RECOPY_SUFFIX}");
-        majority::drop(&database, &scratch).await?;
-        let mut target = spec.clone();
-        target.name = scratch.clone();
-        copy::create_namespace(&self.destination, &target).await?;
-        copy::copy_documents(
+        copy::replace_with_copy(
             &self.source,
             &self.destination,
             &self.progress,
-            copy::RangeCopy {
-                spec: &spec,
-                target: &scratch,
-                range: &Default::default(),
-                at,
-                resume: None,
-                limit: None,
-            },
-        )
-        .await?;
-        indexes::build(
-            &self.destination,
-            db,
-            &scratch,
-            &spec.indexes,
+            &spec,
+            at,
+            RECOPY_SUFFIX,
             Build::Relaxed,
         )
         .await?;
-        majority::command(
-            &self.destination.database("admin"),
-            doc! { "renameCollection": format!("{db}.{scratch}"), "to": &ns, "dropTarget": true },
-        )
-        .await
-        .with_context(|| format!("putting the new copy of {ns} in place"))?;
         self.incarnations.release(&ns);
         if let Some(Bson::Binary(uuid)) = &spec.uuid {
             self.incarnations.hold(&ns, uuid.bytes.clone());

@@ -128,55 +128,20 @@ async fn rebuild_capped(
     progress: &Progress,
     at: Timestamp,
 ) -> Result<()> {
-    let database = destination.database(&spec.db);
     if capped_in_place(destination, spec).await? {
         return Ok(());
     }
-    let scratch = format!("{}{CAPPED_REBUILD_SUFFIX}", spec.name);
-    majority::drop(&database, &scratch).await?;
-    let mut exact = spec.clone();
-    exact.name = scratch.clone();
-    majority::command(&database, exact.create_command(false))
-        .await
-        .with_context(|| format!("creating capped {} with its exact options", spec.ns()))?;
-    copy::copy_documents(
+    copy::replace_with_copy(
         source,
         destination,
         progress,
-        copy::RangeCopy {
-            spec,
-            target: &scratch,
-            range: &Default::default(),
-            at,
-            resume: None,
-            limit: None,
-        },
+        spec,
+        at,
+        CAPPED_REBUILD_SUFFIX,
+        Build::Exact,
     )
-    .await?;
-    indexes::build(destination, &spec.db, &scratch, &spec.indexes, Build::Exact)
-        .await
-        .with_context(|| format!("building the indexes of capped {}", spec.ns()))?;
-    let swapped = majority::command(
-        &destination.database("admin"),
-        doc! {
-            "renameCollection": format!("{}.{scratch}", spec.db),
-            "to": spec.ns(),
-            "dropTarget": true,
-        },
-    )
-    .await;
-    match swapped {
-        // Sent again after an unconfirmed first attempt that did the swap.
-        Err(e)
-            if is_code(&e, &[NAMESPACE_NOT_FOUND])
-                && capped_in_place(destination, spec).await? =>
-        {
-            Ok(())
-        }
-        other => other
-            .map(drop)
-            .with_context(|| format!("putting rebuilt capped {} in place", spec.ns())),
-    }
+    .await
+    .with_context(|| format!("rebuilding capped {} with its exact options", spec.ns()))
 }
 
 /// Whether the destination's collection is capped with the source's limits: rebuilt already.

@@ -13,10 +13,11 @@ use mongodb::Client;
 use super::Migration;
 use crate::catalog::indexes::{self, Build};
 use crate::catalog::{self, Kind};
+use crate::copy;
 use crate::filter::NamespaceFilter;
 use crate::incarnations::Incarnations;
 use crate::majority;
-use crate::server_error::{already, is_code, Already, COMMAND_NOT_FOUND, NAMESPACE_NOT_FOUND};
+use crate::server_error::{already, is_code, Already, COMMAND_NOT_FOUND};
 use crate::source::clock;
 use crate::state::{ReversePoint, StateStore};
 
@@ -128,18 +129,9 @@ async fn uncap(old_source: &Client, db: &str, name: &str) -> Result<()> {
         .run_command(doc! { "aggregate": name, "pipeline": [{ "$out": &scratch }], "cursor": {} })
         .await
         .with_context(|| format!("copying capped {db}.{name} into an uncapped collection"))?;
-    let renamed = majority::command(
-        &old_source.database("admin"),
-        doc! { "renameCollection": format!("{db}.{scratch}"), "to": format!("{db}.{name}"), "dropTarget": true },
-    )
-    .await;
-    match renamed {
-        // Sent again after an unconfirmed first attempt that did the rename.
-        Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => Ok(()),
-        other => other
-            .map(drop)
-            .with_context(|| format!("putting uncapped {db}.{name} in place")),
-    }
+    copy::swap_in(old_source, db, &scratch, name)
+        .await
+        .with_context(|| format!("putting uncapped {db}.{name} in place"))
 }
 
 /// Suffix of the scratch collection a capped collection is uncapped in.
