@@ -19,6 +19,31 @@ pub async fn beside<T>(stage: impl Future<Output = T>, work: impl Future<Output 
     }
 }
 
+/// Runs the futures `work` yields, at most `limit` at a time, in the caller's task; stops at the
+/// first error. Per-collection work (probes, sizes, plans, index builds) goes through this: with
+/// tens of thousands of collections, all at once would queue on the connection pool and hold
+/// every future's state in memory, one after the other would wait on each round trip.
+pub async fn at_most<F>(limit: usize, work: impl IntoIterator<Item = F>) -> Result<()>
+where
+    F: Future<Output = Result<()>>,
+{
+    use futures_util::StreamExt;
+    let mut work = work.into_iter();
+    let mut running = futures_util::stream::FuturesUnordered::new();
+    loop {
+        while running.len() < limit.max(1) {
+            match work.next() {
+                Some(next) => running.push(next),
+                None => break,
+            }
+        }
+        match running.next().await {
+            Some(done) => done?,
+            None => return Ok(()),
+        }
+    }
+}
+
 /// A spawned task that is owned like a future: dropping it aborts the task.
 pub struct Owned<T>(JoinHandle<T>);
 
@@ -86,5 +111,45 @@ mod tests {
             "the task was aborted and dropped its sender"
         );
         assert_eq!(spawn_owned(async { 9 }).join().await.unwrap(), 9);
+    }
+
+    #[tokio::test]
+    async fn at_most_runs_everything_within_its_limit_and_stops_at_an_error() {
+        use std::sync::atomic::AtomicUsize;
+        let (now, most, ran) = (
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+            AtomicUsize::new(0),
+        );
+        let work = (0..50u64).map(|i| {
+            let (now, most, ran) = (&now, &most, &ran);
+            async move {
+                most.fetch_max(now.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(std::time::Duration::from_millis(i % 3)).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                ran.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        });
+        at_most(4, work).await.unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), 50);
+        assert_eq!(most.load(Ordering::SeqCst), 4);
+        let started = AtomicUsize::new(0);
+        let failing = (0..50).map(|i| {
+            let started = &started;
+            async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                if i == 5 {
+                    anyhow::bail!("the sixth failed");
+                }
+                std::future::pending::<Result<()>>().await
+            }
+        });
+        let error = at_most(8, failing).await.unwrap_err();
+        assert_eq!(error.to_string(), "the sixth failed");
+        assert!(
+            started.load(Ordering::SeqCst) <= 8,
+            "no more started after it"
+        );
     }
 }

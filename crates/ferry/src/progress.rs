@@ -2,6 +2,7 @@
 //! HTTP API, the terminal view and the log lines read. Its JSON follows mongosync's
 //! `/api/v1/progress` reply so that runbooks written for mongosync keep working.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -20,10 +21,80 @@ pub struct CollectionProgress {
     pub copied_bytes: u64,
     pub copied_documents: u64,
     pub done: bool,
-    /// `pending`, `copying`, `copied` or `indexed`.
+    /// `pending`, `copying`, `copied`, `indexing` or `indexed`.
     pub phase: &'static str,
     /// Indexes built on the destination (besides `_id`).
     pub indexes_built: u64,
+    /// Indexes being built on the destination now (besides `_id`).
+    pub indexes_building: u64,
+}
+
+/// The collections in flight the progress reply lists at most; the rest are paged in
+/// `GET /api/v1/collections`.
+pub const IN_FLIGHT_ROWS: usize = 32;
+
+/// Every namespace's copy progress in the order first seen, found by name in constant time and
+/// shared between snapshots until changed: with tens of thousands of collections, each copied
+/// batch must not scan them all, nor each snapshot copy them all.
+#[derive(Clone, Debug, Default)]
+pub struct Collections(Arc<Rows>);
+
+#[derive(Clone, Debug, Default)]
+struct Rows {
+    rows: Vec<CollectionProgress>,
+    by_name: HashMap<String, usize>,
+}
+
+impl Collections {
+    /// Adds a namespace's row, or replaces the one it has.
+    pub fn set(&mut self, row: CollectionProgress) {
+        let rows = Arc::make_mut(&mut self.0);
+        match rows.by_name.get(&row.namespace) {
+            Some(&at) => rows.rows[at] = row,
+            None => {
+                rows.by_name.insert(row.namespace.clone(), rows.rows.len());
+                rows.rows.push(row);
+            }
+        }
+    }
+
+    pub fn get_mut(&mut self, namespace: &str) -> Option<&mut CollectionProgress> {
+        let at = *self.0.by_name.get(namespace)?;
+        Some(&mut Arc::make_mut(&mut self.0).rows[at])
+    }
+
+    pub fn iter(&self) -> std::slice::Iter<'_, CollectionProgress> {
+        self.0.rows.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.rows.len()
+    }
+
+    /// The rows from `offset` on, at most `limit` of them.
+    pub fn page(&self, offset: usize, limit: usize) -> &[CollectionProgress] {
+        let rows = &self.0.rows;
+        &rows[offset.min(rows.len())..offset.saturating_add(limit).min(rows.len())]
+    }
+
+    /// How many collections are in each phase.
+    pub fn counts(&self) -> serde_json::Value {
+        let mut counts = serde_json::json!({ "total": self.len() });
+        for phase in ["pending", "copying", "copied", "indexing", "indexed"] {
+            counts[phase] = self.iter().filter(|c| c.phase == phase).count().into();
+        }
+        counts
+    }
+}
+
+impl FromIterator<CollectionProgress> for Collections {
+    fn from_iter<I: IntoIterator<Item = CollectionProgress>>(rows: I) -> Self {
+        let mut collections = Self::default();
+        for row in rows {
+            collections.set(row);
+        }
+        collections
+    }
 }
 
 /// Counts of applied change events by kind.
@@ -104,7 +175,8 @@ pub struct Snapshot {
     pub can_write: bool,
     pub lag_time_seconds: Option<u64>,
     pub error: Option<String>,
-    pub collections: Vec<CollectionProgress>,
+    #[serde(skip)]
+    pub collections: Collections,
     pub events: EventCounts,
     pub commit_requested: bool,
     /// Why the migration is retrying, while it rides out a transient fault.
@@ -181,7 +253,9 @@ impl Snapshot {
             },
             "commitRequested": self.commit_requested,
             "eventsApplied": self.events,
-            "collections": self.collections,
+            "collectionCounts": self.collections.counts(),
+            "collections": self.collections.iter().filter(|c| c.phase == "copying" || c.phase == "indexing").take(IN_FLIGHT_ROWS).collect::<Vec<_>>(),
+            "indexBuilding": self.collections.iter().filter(|c| c.phase == "indexing").map(|c| serde_json::json!({ "namespace": c.namespace, "indexes": c.indexes_building })).collect::<Vec<_>>(),
             "elapsedSeconds": self.started.elapsed().as_secs(),
             "oplogWindowSeconds": self.oplog_window_seconds,
             "verification": self.verification,
@@ -233,7 +307,7 @@ impl Default for Progress {
             can_write: false,
             lag_time_seconds: None,
             error: None,
-            collections: Vec::new(),
+            collections: Collections::default(),
             events: EventCounts::default(),
             commit_requested: false,
             retrying: None,
@@ -276,7 +350,7 @@ impl Progress {
     /// Adds copied documents to one namespace's counters.
     pub fn add_copied(&self, namespace: &str, documents: u64, bytes: u64) {
         self.update(|s| {
-            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == namespace) {
+            if let Some(c) = s.collections.get_mut(namespace) {
                 c.copied_documents += documents;
                 c.copied_bytes += bytes;
             }
@@ -294,7 +368,7 @@ mod tests {
         progress.update(|s| {
             s.state = State::Running;
             s.phase = Phase::CollectionCopy;
-            s.collections.push(CollectionProgress {
+            s.collections.set(CollectionProgress {
                 namespace: "a.b".into(),
                 estimated_total_bytes: 100,
                 copied_bytes: 40,
@@ -315,5 +389,41 @@ mod tests {
             40
         );
         assert!(json["progress"].get("error").is_none());
+    }
+
+    #[test]
+    fn the_reply_stays_small_with_many_collections() {
+        let progress = Progress::default();
+        progress.update(|s| {
+            for i in 0..20_000 {
+                s.collections.set(CollectionProgress {
+                    namespace: format!("tenant{i:05}.orders_with_a_long_name"),
+                    estimated_total_bytes: 1000,
+                    phase: match i % 500 {
+                        0 => "copying",
+                        1 => "indexing",
+                        _ => "indexed",
+                    },
+                    indexes_building: 1,
+                    ..Default::default()
+                });
+            }
+        });
+        progress.add_copied("tenant00500.orders_with_a_long_name", 3, 30);
+        let snapshot = progress.snapshot();
+        let reply = snapshot.to_api_json();
+        let size = reply.to_string().len();
+        assert!(size < 64 * 1024, "{size} bytes");
+        let p = &reply["progress"];
+        assert_eq!(p["collectionCounts"]["total"], 20_000);
+        assert_eq!(p["collectionCounts"]["copying"], 40);
+        assert_eq!(p["collectionCounts"]["indexing"], 40);
+        assert_eq!(p["collections"].as_array().unwrap().len(), IN_FLIGHT_ROWS);
+        assert_eq!(p["indexBuilding"].as_array().unwrap().len(), 40);
+        assert_eq!(p["collectionCopy"]["estimatedCopiedBytes"], 30);
+        let page = snapshot.collections.page(19_990, 500);
+        assert_eq!(page.len(), 10);
+        assert_eq!(page[0].namespace, "tenant19990.orders_with_a_long_name");
+        assert!(snapshot.collections.page(30_000, 500).is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use futures_util::StreamExt;
 use mongodb::bson::doc;
 use mongodb::Client;
 
@@ -19,11 +20,22 @@ pub async fn estimate_sizes<'a>(
         .into_iter()
         .filter(|s| s.kind == Kind::Collection)
         .collect();
-    let sizes =
-        futures_util::future::join_all(collections.iter().map(|spec| estimate_size(source, spec)))
-            .await;
-    collections.iter().map(|s| s.ns()).zip(sizes).collect()
+    // A few at a time: with thousands of collections, all at once would only queue on the
+    // connection pool. By position: a closure over borrowed specs cannot be proven `Send` for
+    // every lifetime, which spawning the migration needs.
+    let collections = &collections;
+    futures_util::stream::iter(0..collections.len())
+        .map(|at| async move {
+            let spec = collections[at];
+            (spec.ns(), estimate_size(source, spec).await)
+        })
+        .buffer_unordered(AT_ONCE)
+        .collect()
+        .await
 }
+
+/// Collections measured at the same time.
+const AT_ONCE: usize = 16;
 
 /// The source's size estimate of a collection: (documents, bytes).
 async fn estimate_size(source: &Client, spec: &CollectionSpec) -> (u64, u64) {

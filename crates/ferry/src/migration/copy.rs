@@ -1,7 +1,8 @@
 //! The copy stage: every collection not copied yet is planned (its `_id` ranges, from a
 //! sample when it is large, or the stored ones when resuming) and its ranges run in one bounded
 //! pool with the other collections'; each range checkpoints its last `_id`, the last range of a
-//! collection marks it copied, and the indexes are built (relaxed) once the data is in.
+//! collection marks it copied, and its indexes are then built beside the other copies
+//! (`indexing`).
 
 use std::collections::HashMap;
 
@@ -10,7 +11,7 @@ use futures_util::{FutureExt, StreamExt};
 use mongodb::bson::{Bson, Timestamp};
 
 use super::Migration;
-use crate::catalog::indexes::{self, Build};
+use crate::background;
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::copy::{self, write_limit};
 use crate::incarnations::Incarnations;
@@ -23,9 +24,22 @@ use crate::state::{CollectionState, CopyStatus, Partition};
 /// adapted to the destination (`write_limit`). More ranges than that only add source reads.
 const COPY_CONCURRENCY: usize = write_limit::MAX;
 
+/// Collections planned at the same time (their first reads, creation and stored ranges).
+const PLAN_CONCURRENCY: usize = 8;
+
+/// Index builds running beside the copy (each builds one collection's indexes).
+const INDEX_CONCURRENCY: usize = 2;
+
 /// The `_id` ranges handed to the copy pool: the collection, the range's index in its stored
 /// state, and the range.
 type Jobs<'a> = tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition)>;
+
+/// What the copy pool's ranges share: each collection's unfinished ranges and the documents
+/// copied so far, and where a collection whose copy ended is announced, for its index build.
+pub(super) struct Pool<'a> {
+    left: std::sync::Mutex<HashMap<String, (usize, u64)>>,
+    copied: tokio::sync::mpsc::UnboundedSender<&'a CollectionSpec>,
+}
 
 /// What a collection's copy does, given what is stored of it.
 #[derive(Debug, PartialEq)]
@@ -97,8 +111,7 @@ impl Migration<'_> {
             let (documents, bytes) = sizes.get(&ns).copied().unwrap_or_default();
             let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
             self.progress.update(|s| {
-                s.collections.retain(|c| c.namespace != ns);
-                s.collections.push(CollectionProgress {
+                s.collections.set(CollectionProgress {
                     namespace: ns.clone(),
                     estimated_total_documents: documents,
                     estimated_total_bytes: bytes,
@@ -111,7 +124,7 @@ impl Migration<'_> {
                         Some(CopyStatus::Copying) => "copying",
                         None => "pending",
                     },
-                    indexes_built: 0,
+                    ..Default::default()
                 })
             });
         }
@@ -120,37 +133,60 @@ impl Migration<'_> {
         }
         // Every `_id` range left to copy, across all collections, runs in one bounded pool,
         // which takes a collection's ranges as soon as they are planned: the small collections
-        // are copied while a large one's `_id`s are still being sampled.
-        let left = std::sync::Mutex::new(HashMap::<String, (usize, u64)>::new());
+        // are copied while a large one's ranges are still being planned. A collection whose
+        // copy ends has its indexes built at once, beside the copies still running.
+        let (copied, finished) = tokio::sync::mpsc::unbounded_channel();
+        let pool = Pool {
+            left: std::sync::Mutex::new(HashMap::new()),
+            copied,
+        };
+        // Bound after the pool, so dropped before it: it holds what the pool lends.
+        let mut finished = finished;
         let limit = std::sync::Arc::new(write_limit::WriteLimit::new());
         let (jobs, mut planned) = tokio::sync::mpsc::unbounded_channel();
-        // Collected first: a lazy map over borrowed specs cannot be proven `Send` for every
-        // lifetime, which spawning the migration needs.
-        let plans: Vec<futures_util::future::BoxFuture<'_, Result<()>>> = collections
-            .iter()
-            .map(|spec| {
+        let planning = {
+            let (pool, sizes, stored) = (&pool, &sizes, &stored);
+            // The plans hold the only senders: the pool sees the end of planning when they end.
+            // By position: a closure over borrowed specs cannot be proven `Send` for every
+            // lifetime, which spawning the migration needs.
+            let collections = &collections;
+            let plans = (0..collections.len()).map(move |at_position| {
+                let spec = collections[at_position];
                 let ns = spec.ns();
                 let bytes = sizes.get(&ns).map_or(0, |(_, bytes)| *bytes);
-                self.plan_ranges(spec, stored.get(&ns), bytes, at, &left, jobs.clone())
-            })
-            .collect();
-        drop(jobs);
-        let planning = futures_util::future::try_join_all(plans);
+                self.plan_ranges(spec, stored.get(&ns), bytes, at, pool, jobs.clone())
+            });
+            background::at_most(PLAN_CONCURRENCY, plans)
+        };
         let copying = async {
             let mut running = futures_util::stream::FuturesUnordered::new();
+            let mut indexing = futures_util::stream::FuturesUnordered::new();
+            let mut to_index = std::collections::VecDeque::new();
             let mut planning = true;
             loop {
+                while let Ok(spec) = finished.try_recv() {
+                    to_index.push_back(spec);
+                }
+                while indexing.len() < INDEX_CONCURRENCY {
+                    let Some(spec) = to_index.pop_front() else {
+                        break;
+                    };
+                    indexing.push(self.index_collection(spec, true));
+                }
                 tokio::select! {
                     job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
                         match job {
                             Some((spec, index, range)) => {
-                                running.push(self.copy_range(spec, index, range, at, &left, limit.clone()));
+                                running.push(self.copy_range(spec, index, range, at, &pool, limit.clone()));
                             }
                             None => planning = false,
                         }
                     }
                     Some(copied) = running.next(), if !running.is_empty() => copied?,
-                    else => return Ok::<(), anyhow::Error>(()),
+                    Some(built) = indexing.next(), if !indexing.is_empty() => built?,
+                    else => if finished.is_empty() {
+                        return Ok::<(), anyhow::Error>(());
+                    },
                 }
             }
         };
@@ -166,15 +202,15 @@ impl Migration<'_> {
     }
 
     /// Plans one collection's copy and hands its unfinished `_id` ranges to the copy pool.
-    pub(super) fn plan_ranges<'a>(
-        &'a self,
+    pub(super) fn plan_ranges<'a: 'p, 'p>(
+        &'p self,
         spec: &'a CollectionSpec,
-        stored: Option<&'a CollectionState>,
+        stored: Option<&'p CollectionState>,
         bytes: u64,
         at: Timestamp,
-        left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        pool: &'p Pool<'a>,
         jobs: Jobs<'a>,
-    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+    ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
             let Some(ranges) = self.plan_copy(spec, stored, bytes, at).await? else {
@@ -188,9 +224,10 @@ impl Migration<'_> {
                 .filter(|(_, r)| !r.done)
                 .collect();
             if remaining.is_empty() {
-                return self.finish_copy(&ns, 0).await;
+                return self.finish_copy(spec, 0, pool).await;
             }
-            left.lock()
+            pool.left
+                .lock()
                 .expect("copy tracker lock")
                 .insert(ns, (remaining.len(), 0));
             for (index, range) in remaining {
@@ -203,17 +240,16 @@ impl Migration<'_> {
     }
 
     /// Copies one `_id` range of a collection; the last range of a collection to finish
-    /// records the collection as copied. `left` counts each collection's unfinished ranges and
-    /// the documents copied so far.
-    pub(super) fn copy_range<'a>(
-        &'a self,
+    /// records the collection as copied.
+    pub(super) fn copy_range<'a: 'p, 'p>(
+        &'p self,
         spec: &'a CollectionSpec,
         index: usize,
         range: Partition,
         at: Timestamp,
-        left: &'a std::sync::Mutex<HashMap<String, (usize, u64)>>,
+        pool: &'p Pool<'a>,
         limit: std::sync::Arc<write_limit::WriteLimit>,
-    ) -> futures_util::future::BoxFuture<'a, Result<()>> {
+    ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
             let copied = copy::copy_documents(
@@ -236,14 +272,14 @@ impl Migration<'_> {
             self.store.partition_done(&ns, index).await?;
             self.progress.checkpointed();
             let finished = {
-                let mut left = left.lock().expect("copy tracker lock");
+                let mut left = pool.left.lock().expect("copy tracker lock");
                 let entry = left.get_mut(&ns).expect("a tracked collection");
                 entry.0 -= 1;
                 entry.1 += copied;
                 (entry.0 == 0).then_some(entry.1)
             };
             if let Some(total) = finished {
-                self.finish_copy(&ns, total).await?;
+                self.finish_copy(spec, total, pool).await?;
             }
             Ok(())
         }
@@ -257,7 +293,7 @@ impl Migration<'_> {
         indexes_built: Option<u64>,
     ) {
         self.progress.update(|s| {
-            if let Some(c) = s.collections.iter_mut().find(|c| c.namespace == ns) {
+            if let Some(c) = s.collections.get_mut(ns) {
                 c.phase = phase;
                 c.done = phase != "copying";
                 if let Some(built) = indexes_built {
@@ -281,7 +317,7 @@ impl Migration<'_> {
                     copied_bytes: c.copied_bytes,
                     done: true,
                     phase: "indexed",
-                    indexes_built: 0,
+                    ..Default::default()
                 })
                 .collect();
         });
@@ -334,45 +370,20 @@ impl Migration<'_> {
         Ok(Some(ranges))
     }
 
-    /// Records a collection's copy as finished.
-    pub(super) async fn finish_copy(&self, ns: &str, copied: u64) -> Result<()> {
-        self.store.set_copy_status(ns, CopyStatus::Copied).await?;
+    /// Records a collection's copy as finished and hands it to the index builds.
+    async fn finish_copy<'a>(
+        &self,
+        spec: &'a CollectionSpec,
+        copied: u64,
+        pool: &Pool<'a>,
+    ) -> Result<()> {
+        let ns = spec.ns();
+        self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
         self.progress.checkpointed();
-        self.set_collection_phase(ns, "copied", None);
+        self.set_collection_phase(&ns, "copied", None);
         tracing::info!(namespace = %ns, documents = copied, "collection copied");
-        Ok(())
-    }
-
-    pub(super) async fn build_indexes(&self, specs: &[CollectionSpec]) -> Result<()> {
-        let stored = self.store.collections().await?;
-        for spec in specs.iter().filter(|s| s.kind == Kind::Collection) {
-            let state = stored
-                .iter()
-                .find(|c| c.ns == spec.ns() && c.uuid == spec.uuid);
-            if state.is_some_and(|c| c.status == CopyStatus::Indexed) {
-                continue;
-            }
-            indexes::build(
-                &self.destination,
-                &spec.db,
-                &spec.name,
-                &spec.indexes,
-                Build::Relaxed,
-            )
-            .await?;
-            let built = spec
-                .indexes
-                .iter()
-                .filter(|i| !catalog::is_implicit_index(i))
-                .count();
-            self.set_collection_phase(&spec.ns(), "indexed", Some(built as u64));
-            if state.is_some() {
-                self.store
-                    .set_copy_status(&spec.ns(), CopyStatus::Indexed)
-                    .await?;
-            }
-            self.progress.checkpointed();
-        }
+        // The pool runs until every range has ended, so the receiver is still there.
+        let _ = pool.copied.send(spec);
         Ok(())
     }
 

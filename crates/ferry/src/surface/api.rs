@@ -110,9 +110,38 @@ async fn progress(AxumState(app): AxumState<App>) -> Json<Value> {
     Json(app.controller.progress().snapshot().to_api_json())
 }
 
-async fn collections(AxumState(app): AxumState<App>) -> Json<Value> {
+/// The collections' rows a page of `GET /api/v1/collections` holds unless `limit` says fewer,
+/// and at most.
+const PAGE_ROWS: usize = 500;
+const MAX_PAGE_ROWS: usize = 5000;
+
+/// Per-collection progress, a page at a time (`?offset=N&limit=N`): the progress reply lists
+/// only the collections in flight, so that it stays small with any number of collections.
+async fn collections(
+    AxumState(app): AxumState<App>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let number = |name: &str, default: usize| match query.get(name) {
+        None => Ok(default),
+        Some(text) => text
+            .parse::<usize>()
+            .map_err(|_| format!("{name} must be a whole number, not {text:?}")),
+    };
+    let (offset, limit) = match (number("offset", 0), number("limit", PAGE_ROWS)) {
+        (Ok(offset), Ok(limit)) => (offset, limit.min(MAX_PAGE_ROWS)),
+        (Err(why), _) | (_, Err(why)) => {
+            return refusal(StatusCode::BAD_REQUEST, "InvalidParameter", why)
+        }
+    };
     let snapshot = app.controller.progress().snapshot();
-    Json(json!({ "collections": snapshot.collections }))
+    Json(json!({
+        "collections": snapshot.collections.page(offset, limit),
+        "total": snapshot.collections.len(),
+        "offset": offset,
+        "limit": limit,
+        "counts": snapshot.collections.counts(),
+    }))
+    .into_response()
 }
 
 async fn metrics(AxumState(app): AxumState<App>) -> Response {

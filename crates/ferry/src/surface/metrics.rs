@@ -39,8 +39,10 @@ pub fn render(s: &Snapshot) -> String {
             })
             .collect();
         if s.collections.len() > MAX_NAMESPACE_LABELS {
-            let rest: u64 = s.collections[MAX_NAMESPACE_LABELS..]
+            let rest: u64 = s
+                .collections
                 .iter()
+                .skip(MAX_NAMESPACE_LABELS)
                 .map(value)
                 .sum();
             samples.push(("{namespace=\"other\"}".into(), rest as f64));
@@ -165,7 +167,7 @@ mod tests {
         let progress = Progress::default();
         progress.update(|s| {
             for i in 0..(MAX_NAMESPACE_LABELS + 5) {
-                s.collections.push(CollectionProgress {
+                s.collections.set(CollectionProgress {
                     namespace: format!("db.c{i}"),
                     copied_documents: 2,
                     ..Default::default()

@@ -85,7 +85,7 @@ mod tests {
     fn rates_and_estimates_follow_the_counters() {
         let progress = Progress::default();
         progress.update(|s| {
-            s.collections.push(CollectionProgress {
+            s.collections.set(CollectionProgress {
                 namespace: "a.b".into(),
                 estimated_total_bytes: 1000,
                 copied_bytes: 400,
@@ -96,8 +96,9 @@ mod tests {
         });
         let before = Sample::of(&progress.snapshot());
         progress.update(|s| {
-            s.collections[0].copied_bytes = 600;
-            s.collections[0].copied_documents = 6;
+            let c = s.collections.get_mut("a.b").expect("the row");
+            c.copied_bytes = 600;
+            c.copied_documents = 6;
             s.events.update = 50;
             s.lag_time_seconds = Some(8);
         });

@@ -256,7 +256,7 @@ mod tests {
             s.phase = Phase::ChangeEventApplication;
             s.can_commit = true;
             s.lag_time_seconds = Some(1);
-            s.collections.push(CollectionProgress {
+            s.collections.set(CollectionProgress {
                 namespace: "shop.orders".into(),
                 estimated_total_bytes: 2048,
                 copied_bytes: 1024,
@@ -282,7 +282,7 @@ mod tests {
         progress.update(|s| {
             s.state = State::Running;
             s.phase = Phase::CollectionCopy;
-            s.collections.push(CollectionProgress {
+            s.collections.set(CollectionProgress {
                 namespace: "shop.orders".into(),
                 estimated_total_bytes: 1000,
                 copied_bytes: 1000,
@@ -293,7 +293,14 @@ mod tests {
         assert!(view.contains("1000 B of 1000 B (99%)"), "{view}");
         progress.update(|s| {
             s.phase = Phase::ChangeEventApplication;
-            s.collections[0].copied_bytes = 990;
+            let ns = s
+                .collections
+                .iter()
+                .next()
+                .expect("a row")
+                .namespace
+                .clone();
+            s.collections.get_mut(&ns).expect("the row").copied_bytes = 990;
             s.can_commit = true;
             s.cutover_deadline = Some(Instant::now() + Duration::from_secs(3 * 3600 + 125));
         });

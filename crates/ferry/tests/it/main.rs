@@ -13,4 +13,5 @@ mod operator;
 mod preflight;
 mod replica;
 mod reverse;
+mod scale;
 mod verify;

@@ -427,6 +427,15 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
         .await
         .unwrap();
     }
+    // More collections than the table's page holds: the page shows them 100 at a time.
+    for t in 0..150 {
+        pair.src
+            .database("dash")
+            .collection::<Document>(&format!("t{t:03}"))
+            .insert_one(doc! { "_id": t })
+            .await
+            .unwrap();
+    }
     // With a token, the page takes it from its address (`/?token=`), as the README says.
     const TOKEN: &str = "dash-T0ken";
     let mut ferry: Ferry = pair.migrate(&["--verify", "--api-token", TOKEN]);
@@ -526,8 +535,23 @@ async fn the_dashboard_shows_progress_and_commits_in_headless_chromium() {
         .find_all(Locator::Css("#collections tr"))
         .await
         .unwrap();
-    assert_eq!(rows.len(), 1);
+    assert_eq!(rows.len(), 100);
     assert!(rows[0].text().await.unwrap().contains("dash.items"));
+    assert_eq!(text_of("rows").await, "collections 1–100 of 151");
+    browser
+        .find(Locator::Id("next"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text("rows", "collections 101–151 of 151").await;
+    let rows = browser
+        .find_all(Locator::Css("#collections tr"))
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 51);
+    assert!(rows[50].text().await.unwrap().contains("dash.t149"));
     // The verification's first pass runs during change application and the page follows it.
     wait_text("details", "re-checking (").await;
     // Extend 24 h adds a day to the cutover window, as the API then reports it.

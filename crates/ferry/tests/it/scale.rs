@@ -1,0 +1,162 @@
+//! The copy at scale: a collection's indexes are built as soon as its copy ends, beside the
+//! copies still running, and reported while they build; many collections keep the progress
+//! reply small, with their detail paged.
+
+use std::time::{Duration, Instant};
+
+use mongodb::bson::{doc, Document};
+use serde_json::Value;
+use testkit::proxy::{on, Action, Rule};
+
+use crate::harness::{call_api, fill, http, unique_index, Ferry, Pair};
+
+/// Whether the reply's array `field` holds a row for `namespace` matching `also`.
+fn lists(p: &Value, field: &str, namespace: &str, also: impl Fn(&Value) -> bool) -> bool {
+    p[field]
+        .as_array()
+        .is_some_and(|rows| rows.iter().any(|r| r["namespace"] == namespace && also(r)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collections_indexes_are_built_while_others_still_copy() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "big", "items", 20_000).await;
+    let small = pair.src.database("small").collection::<Document>("c");
+    small
+        .insert_many((0..100).map(|i| doc! { "_id": i, "n": i, "k": format!("k{i}") }))
+        .await
+        .unwrap();
+    unique_index(&pair.src, "small", "c", "k").await;
+    // The large copy's writes are slowed down, and so is the small collection's index build,
+    // so that the build is seen while it runs.
+    let (_, destination) = pair.proxies().await;
+    destination.add_rule(Rule::new(
+        on("insert", "big.items"),
+        Action::Delay(Duration::from_millis(150)),
+    ));
+    destination.add_rule(
+        Rule::new(
+            on("createIndexes", "small.c"),
+            Action::Delay(Duration::from_millis(1500)),
+        )
+        .times(1),
+    );
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    let seen = tokio::task::block_in_place(|| {
+        ferry.wait_for(
+            "small.c's index build while big.items copies",
+            Duration::from_secs(120),
+            |p| {
+                lists(p, "indexBuilding", "small.c", |r| r["indexes"] == 1)
+                    && lists(p, "collections", "big.items", |r| r["phase"] == "copying")
+            },
+        )
+    });
+    assert_eq!(seen["collectionCounts"]["indexing"], 1, "{seen}");
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("after indexes built beside the copy")
+        .await;
+    // On the wire: the small collection's index was created before the large copy's last write.
+    let commands = destination.commands();
+    let built = commands
+        .iter()
+        .find(|c| c.name == "createIndexes" && c.namespace().as_deref() == Some("small.c"))
+        .expect("small.c's indexes were built")
+        .at;
+    let last_insert = commands
+        .iter()
+        .filter(|c| c.name == "insert" && c.namespace().as_deref() == Some("big.items"))
+        .map(|c| c.at)
+        .max()
+        .expect("big.items was copied");
+    assert!(
+        built + Duration::from_millis(500) < last_insert,
+        "small.c's indexes were built {:?} after big.items' last insert",
+        built.saturating_duration_since(last_insert)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_collections_keep_the_progress_reply_small_and_page_their_detail() {
+    const COLLECTIONS: usize = 600;
+    let pair = Pair::start().await;
+    let db = pair.src.database("tenants");
+    for t in 0..COLLECTIONS {
+        let name = format!("tenant{t:04}");
+        db.collection::<Document>(&name)
+            .insert_many((0..3).map(|i| doc! { "_id": i, "email": format!("{t}-{i}@x") }))
+            .await
+            .unwrap();
+        unique_index(&pair.src, "tenants", &name, "email").await;
+    }
+    let mut ferry = pair.migrate(&[]);
+    // Every reply along the way stays small: with each collection's row in it, this many
+    // collections would make it about 120 KB.
+    let (ready, largest) = tokio::task::block_in_place(|| {
+        let started = Instant::now();
+        let mut largest = 0;
+        loop {
+            let (status, body) =
+                http(&ferry.api, "GET", "/api/v1/progress", "", None).unwrap_or((0, String::new()));
+            if status == 200 {
+                largest = largest.max(body.len());
+                let p = serde_json::from_str::<Value>(&body).unwrap()["progress"].clone();
+                assert_ne!(p["state"], "FAILED", "{p}");
+                if p["canCommit"] == true {
+                    return (p, largest);
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "{}",
+                ferry.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(largest < 16 * 1024, "a progress reply of {largest} bytes");
+    assert_eq!(ready["collectionCounts"]["total"], COLLECTIONS, "{ready}");
+    assert_eq!(ready["collectionCounts"]["indexed"], COLLECTIONS, "{ready}");
+    // The detail, a page at a time.
+    let (_, page) = tokio::task::block_in_place(|| {
+        call_api(
+            &ferry.api,
+            "GET",
+            "/api/v1/collections?offset=500&limit=300",
+            None,
+        )
+        .expect("the API answers")
+    });
+    let rows = page["collections"].as_array().unwrap();
+    assert_eq!(
+        (page["total"].as_u64(), rows.len()),
+        (Some(COLLECTIONS as u64), 100)
+    );
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["namespace"].as_str().unwrap())
+        .collect();
+    assert!(names.contains(&"tenants.tenant0599"), "{names:?}");
+    assert!(
+        rows.iter()
+            .all(|r| r["phase"] == "indexed" && r["indexesBuilt"] == 1),
+        "{page}"
+    );
+    let (status, body) = tokio::task::block_in_place(|| {
+        http(
+            &ferry.api,
+            "GET",
+            "/api/v1/collections?offset=ten",
+            "",
+            None,
+        )
+        .unwrap()
+    });
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("offset must be a whole number, not \\\"ten\\\""),
+        "{body}"
+    );
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("after many collections").await;
+}
