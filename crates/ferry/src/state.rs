@@ -356,6 +356,30 @@ impl StateStore {
         Ok(())
     }
 
+    /// Records a cut of partition `index` of `ns` at `cut`: it now ends there, and partition
+    /// `taken` (the next free index) holds the rest, up to `hi`. One update, so that a crash
+    /// leaves both or neither.
+    pub async fn split_partition(
+        &self,
+        ns: &str,
+        index: usize,
+        cut: &Bson,
+        taken: usize,
+        hi: Option<&Bson>,
+    ) -> Result<()> {
+        self.collections
+            .update_one(
+                doc! { "_id": ns },
+                doc! { "$set": {
+                    format!("partitions.{index}.hi"): cut.clone(),
+                    format!("partitions.{taken}"): { "lo": cut.clone(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false },
+                } },
+            )
+            .await
+            .with_context(|| format!("recording the copy progress of {ns}"))?;
+        Ok(())
+    }
+
     /// Records that partition `index` of `ns` is copied.
     pub async fn partition_done(&self, ns: &str, index: usize) -> Result<()> {
         self.collections

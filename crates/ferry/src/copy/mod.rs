@@ -5,6 +5,7 @@
 
 pub mod ranges;
 pub mod reader;
+pub mod split;
 pub mod write_limit;
 
 use std::sync::Arc;
@@ -79,6 +80,7 @@ pub async fn replace_with_copy(
             at,
             resume: None,
             limit: None,
+            running: None,
         },
     )
     .await?;
@@ -129,6 +131,8 @@ pub struct RangeCopy<'a> {
     pub resume: Option<Resume<'a>>,
     /// The shared adaptive limit each insert waits its turn under.
     pub limit: Option<Arc<WriteLimit>>,
+    /// The position and end shared with the copy pool, which may cut the range while it runs.
+    pub running: Option<Arc<split::Running>>,
 }
 
 /// How often a capped collection's natural-order read starts over after the collection
@@ -160,6 +164,7 @@ pub async fn copy_documents(
         at,
         resume,
         limit,
+        running,
     } = job;
     let ns = spec.ns();
     let writer = destination
@@ -227,20 +232,23 @@ pub async fn copy_documents(
         let mut name = incarnation_name(source, &mut session, spec).await?;
         while let Some(reading) = name.clone() {
             let filter = if ordered {
-                ranges::remaining(range, after.as_ref())
+                // Up to the range's end now: a cut may have lowered it since it began.
+                let range = Partition {
+                    hi: running.as_ref().map_or(range.hi.clone(), |r| r.end()),
+                    ..range.clone()
+                };
+                ranges::remaining(&range, after.as_ref())
             } else {
                 doc! {}
             };
-            let read = read_collection(
-                &mut session,
-                source,
-                spec,
-                &reading,
-                filter,
-                &batches,
-                &mut after,
-            )
-            .await;
+            let mut handoff = Handoff {
+                batches: &batches,
+                after: &mut after,
+                running: running.as_deref(),
+                ordered,
+            };
+            let read =
+                read_collection(&mut session, source, spec, &reading, filter, &mut handoff).await;
             match read {
                 Ok(Read::ToTheEnd) => {
                     name = incarnation_name(source, &mut session, spec).await?;
@@ -275,6 +283,9 @@ pub async fn copy_documents(
             }
         }
         drop(batches);
+        if let Some(running) = &running {
+            running.finish();
+        }
         Ok::<(), anyhow::Error>(())
     };
     let read = read.await;
@@ -305,7 +316,8 @@ enum Read {
 }
 
 /// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
-/// `batches`, recording the last `_id` read in `after`. The name is checked again once the
+/// `batches`, recording the last `_id` read in `after`, and stopping at the end of `running`
+/// when the pool cut it. The name is checked again once the
 /// cursor is open, before its first document is handed on: a cursor stays on the collection it
 /// opened on (a rename or drop kills it), so this proves every document came from the spec's
 /// incarnation.
@@ -315,8 +327,7 @@ async fn read_collection(
     spec: &CollectionSpec,
     name: &str,
     filter: Document,
-    batches: &mpsc::Sender<Vec<RawDocumentBuf>>,
-    after: &mut Option<Bson>,
+    handoff: &mut Handoff<'_>,
 ) -> Result<Read> {
     let ns = spec.ns();
     let ordered = !spec.is_capped();
@@ -349,34 +360,43 @@ async fn read_collection(
         if batch.len() >= BATCH_DOCUMENTS || batch_bytes >= BATCH_BYTES {
             batch_bytes = 0;
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_DOCUMENTS));
-            if !send(batches, full, after, ordered).await {
-                // The writer failed; the caller reports its error.
+            // The writer failed (the caller reports its error), or a cut ended the range.
+            if !handoff.hand_on(full).await {
                 return Ok(Read::ToTheEnd);
             }
         }
     }
-    if !batch.is_empty() {
-        send(batches, batch, after, ordered).await;
-    }
+    handoff.hand_on(batch).await;
     Ok(Read::ToTheEnd)
 }
 
-/// Hands a batch to the writer and records its last `_id`; false when the writer is gone.
-async fn send(
-    batches: &mpsc::Sender<Vec<RawDocumentBuf>>,
-    batch: Vec<RawDocumentBuf>,
-    after: &mut Option<Bson>,
+/// Where a read hands its batches: the writer, the last `_id` handed on, and the running range
+/// whose end a cut may lower.
+struct Handoff<'x> {
+    batches: &'x mpsc::Sender<Vec<RawDocumentBuf>>,
+    after: &'x mut Option<Bson>,
+    running: Option<&'x split::Running>,
     ordered: bool,
-) -> bool {
-    let last = batch
-        .last()
-        .and_then(|d| d.get("_id").ok().flatten())
-        .and_then(|id| Bson::try_from(id.to_raw_bson()).ok());
-    if batches.send(batch).await.is_err() {
-        return false;
+}
+
+impl Handoff<'_> {
+    /// Hands a batch to the writer, without what lies past the range's end, and records its last
+    /// `_id`; false when reading must stop: the writer is gone, or the range ended in the batch.
+    async fn hand_on(&mut self, mut batch: Vec<RawDocumentBuf>) -> bool {
+        let ended = self.running.is_some_and(|r| r.admit(&mut batch));
+        if batch.is_empty() {
+            return !ended;
+        }
+        let last = batch
+            .last()
+            .and_then(|d| d.get("_id").ok().flatten())
+            .and_then(|id| Bson::try_from(id.to_raw_bson()).ok());
+        if self.batches.send(batch).await.is_err() {
+            return false;
+        }
+        if self.ordered {
+            *self.after = last.or(self.after.take());
+        }
+        !ended
     }
-    if ordered {
-        *after = last.or(after.take());
-    }
-    true
 }

@@ -35,14 +35,15 @@ pub fn range_count(spec: &CollectionSpec, bytes: u64) -> u64 {
 /// The `_id`s that split a collection into `count` ranges, from its first and last `_id` (two
 /// reads of the `_id` index, nothing scanned) where their type lets the space between be cut
 /// by value: numbers and ObjectIds (time first, so inserts spread over it). `None` when it does
-/// not, or the collection is empty; the caller then samples. Read like the copy, at or after
-/// `at` (T0), though a bound only decides where a range ends.
+/// not, or the collection is empty; the caller then samples. With them, the last `_id`: how far
+/// the open-ended last range reaches, for cutting it while it runs (`split`). Read like the
+/// copy, at or after `at` (T0), though a bound only decides where a range ends.
 pub async fn value_bounds(
     source: &Client,
     spec: &CollectionSpec,
     count: u64,
     at: Timestamp,
-) -> Result<Option<Vec<Bson>>> {
+) -> Result<Option<(Vec<Bson>, Bson)>> {
     let collection = source
         .database(&spec.db)
         .collection_with_options::<Document>(
@@ -66,7 +67,7 @@ pub async fn value_bounds(
             None => return Ok(None),
         }
     }
-    Ok(split_between(&ends[0], &ends[1], count))
+    Ok(split_between(&ends[0], &ends[1], count).map(|bounds| (bounds, ends[1].clone())))
 }
 
 /// `count - 1` bounds evenly between `first` and `last`, when both are ObjectIds or both
@@ -95,6 +96,20 @@ fn split_between(first: &Bson, last: &Bson, count: u64) -> Option<Vec<Bson>> {
     };
     bounds.dedup();
     (!bounds.is_empty()).then_some(bounds)
+}
+
+/// Where an `_id` lies on the line its range is cut along: numbers by value, ObjectIds by their
+/// 12 bytes as one number; `None` for the types cut by sampling only.
+pub fn value_of(id: &Bson) -> Option<f64> {
+    match id {
+        Bson::ObjectId(oid) => Some(oid_number(oid) as f64),
+        other => number(other).filter(|n| n.is_finite()),
+    }
+}
+
+/// A value halfway between two `_id`s of the types [`value_of`] places.
+pub fn midpoint(a: &Bson, b: &Bson) -> Option<Bson> {
+    split_between(a, b, 2)?.into_iter().next()
 }
 
 fn integer(id: &Bson) -> Option<i128> {

@@ -7,39 +7,22 @@
 use std::collections::HashMap;
 
 use anyhow::Result;
-use futures_util::{FutureExt, StreamExt};
+use futures_util::FutureExt;
 use mongodb::bson::{Bson, Timestamp};
 
+use super::pool::{Job, Pool, Tracked};
 use super::Migration;
 use crate::background;
 use crate::catalog::{self, CollectionSpec, Kind};
-use crate::copy::{self, write_limit};
+use crate::copy;
 use crate::incarnations::Incarnations;
 use crate::majority;
 use crate::namespace::Namespace;
 use crate::progress::CollectionProgress;
 use crate::state::{CollectionState, CopyStatus, Partition};
 
-/// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
-/// adapted to the destination (`write_limit`). More ranges than that only add source reads.
-const COPY_CONCURRENCY: usize = write_limit::MAX;
-
 /// Collections planned at the same time (their first reads, creation and stored ranges).
 const PLAN_CONCURRENCY: usize = 8;
-
-/// Index builds running beside the copy (each builds one collection's indexes).
-const INDEX_CONCURRENCY: usize = 2;
-
-/// The `_id` ranges handed to the copy pool: the collection, the range's index in its stored
-/// state, and the range.
-type Jobs<'a> = tokio::sync::mpsc::UnboundedSender<(&'a CollectionSpec, usize, Partition)>;
-
-/// What the copy pool's ranges share: each collection's unfinished ranges and the documents
-/// copied so far, and where a collection whose copy ended is announced, for its index build.
-pub(super) struct Pool<'a> {
-    left: std::sync::Mutex<HashMap<String, (usize, u64)>>,
-    copied: tokio::sync::mpsc::UnboundedSender<&'a CollectionSpec>,
-}
 
 /// What a collection's copy does, given what is stored of it.
 #[derive(Debug, PartialEq)]
@@ -133,17 +116,9 @@ impl Migration<'_> {
         }
         // Every `_id` range left to copy, across all collections, runs in one bounded pool,
         // which takes a collection's ranges as soon as they are planned: the small collections
-        // are copied while a large one's ranges are still being planned. A collection whose
-        // copy ends has its indexes built at once, beside the copies still running.
-        let (copied, finished) = tokio::sync::mpsc::unbounded_channel();
-        let pool = Pool {
-            left: std::sync::Mutex::new(HashMap::new()),
-            copied,
-        };
-        // Bound after the pool, so dropped before it: it holds what the pool lends.
-        let mut finished = finished;
-        let limit = std::sync::Arc::new(write_limit::WriteLimit::new());
-        let (jobs, mut planned) = tokio::sync::mpsc::unbounded_channel();
+        // are copied while a large one's ranges are still being planned.
+        let (pool, finished) = Pool::new();
+        let (jobs, planned) = tokio::sync::mpsc::unbounded_channel();
         let planning = {
             let (pool, sizes, stored) = (&pool, &sizes, &stored);
             // The plans hold the only senders: the pool sees the end of planning when they end.
@@ -158,41 +133,9 @@ impl Migration<'_> {
             });
             background::at_most(PLAN_CONCURRENCY, plans)
         };
-        let copying = async {
-            let mut running = futures_util::stream::FuturesUnordered::new();
-            let mut indexing = futures_util::stream::FuturesUnordered::new();
-            let mut to_index = std::collections::VecDeque::new();
-            let mut planning = true;
-            loop {
-                while let Ok(spec) = finished.try_recv() {
-                    to_index.push_back(spec);
-                }
-                while indexing.len() < INDEX_CONCURRENCY {
-                    let Some(spec) = to_index.pop_front() else {
-                        break;
-                    };
-                    indexing.push(self.index_collection(spec, true));
-                }
-                tokio::select! {
-                    job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
-                        match job {
-                            Some((spec, index, range)) => {
-                                running.push(self.copy_range(spec, index, range, at, &pool, limit.clone()));
-                            }
-                            None => planning = false,
-                        }
-                    }
-                    Some(copied) = running.next(), if !running.is_empty() => copied?,
-                    Some(built) = indexing.next(), if !indexing.is_empty() => built?,
-                    else => if finished.is_empty() {
-                        return Ok::<(), anyhow::Error>(());
-                    },
-                }
-            }
-        };
-        tokio::try_join!(planning, copying)?;
+        tokio::try_join!(planning, self.run_pool(&pool, planned, finished, at))?;
         tracing::info!(
-            concurrent_writes = limit.limit(),
+            concurrent_writes = pool.write_concurrency(),
             "copy write concurrency at the end of the copy"
         );
         for view in specs.iter().filter(|s| s.kind == Kind::View) {
@@ -209,13 +152,14 @@ impl Migration<'_> {
         bytes: u64,
         at: Timestamp,
         pool: &'p Pool<'a>,
-        jobs: Jobs<'a>,
+        jobs: tokio::sync::mpsc::UnboundedSender<Job<'a>>,
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some(ranges) = self.plan_copy(spec, stored, bytes, at).await? else {
+            let Some((ranges, last)) = self.plan_copy(spec, stored, bytes, at).await? else {
                 return Ok(());
             };
+            let recorded = ranges.len();
             copy::create_namespace(&self.destination, spec).await?;
             self.set_collection_phase(&ns, "copying", None);
             let remaining: Vec<(usize, Partition)> = ranges
@@ -226,60 +170,18 @@ impl Migration<'_> {
             if remaining.is_empty() {
                 return self.finish_copy(spec, 0, pool).await;
             }
-            pool.left
-                .lock()
-                .expect("copy tracker lock")
-                .insert(ns, (remaining.len(), 0));
+            pool.track(
+                ns,
+                Tracked {
+                    unfinished: remaining.len(),
+                    copied: 0,
+                    ranges: recorded,
+                    last,
+                },
+            );
             for (index, range) in remaining {
                 // The pool runs until every sender is gone, so the receiver is still there.
                 let _ = jobs.send((spec, index, range));
-            }
-            Ok(())
-        }
-        .boxed()
-    }
-
-    /// Copies one `_id` range of a collection; the last range of a collection to finish
-    /// records the collection as copied.
-    pub(super) fn copy_range<'a: 'p, 'p>(
-        &'p self,
-        spec: &'a CollectionSpec,
-        index: usize,
-        range: Partition,
-        at: Timestamp,
-        pool: &'p Pool<'a>,
-        limit: std::sync::Arc<write_limit::WriteLimit>,
-    ) -> futures_util::future::BoxFuture<'p, Result<()>> {
-        async move {
-            let ns = spec.ns();
-            let copied = copy::copy_documents(
-                &self.source,
-                &self.destination,
-                &self.progress,
-                copy::RangeCopy {
-                    spec,
-                    target: &spec.name,
-                    range: &range,
-                    at,
-                    resume: Some(copy::Resume {
-                        store: &self.store,
-                        partition: index,
-                    }),
-                    limit: Some(limit),
-                },
-            )
-            .await?;
-            self.store.partition_done(&ns, index).await?;
-            self.progress.checkpointed();
-            let finished = {
-                let mut left = pool.left.lock().expect("copy tracker lock");
-                let entry = left.get_mut(&ns).expect("a tracked collection");
-                entry.0 -= 1;
-                entry.1 += copied;
-                (entry.0 == 0).then_some(entry.1)
-            };
-            if let Some(total) = finished {
-                self.finish_copy(spec, total, pool).await?;
             }
             Ok(())
         }
@@ -325,14 +227,15 @@ impl Migration<'_> {
     }
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
-    /// incarnation, new ones otherwise; `None` when it is copied already.
+    /// incarnation, new ones otherwise; `None` when it is copied already. With them, the
+    /// collection's last `_id` when it was cut by value.
     pub(super) async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         bytes: u64,
         at: Timestamp,
-    ) -> Result<Option<Vec<Partition>>> {
+    ) -> Result<Option<(Vec<Partition>, Option<Bson>)>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
             CopyPlan::Done => {
@@ -342,7 +245,7 @@ impl Migration<'_> {
             CopyPlan::Resume(partitions) => {
                 let done = partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
-                return Ok(Some(partitions));
+                return Ok(Some((partitions, None)));
             }
             CopyPlan::StartOver => {
                 // The source holds a new incarnation: start this collection over.
@@ -350,16 +253,15 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let ranges = match copy::ranges::range_count(spec, bytes) {
-            1 => vec![Partition::default()],
-            count => {
-                let bounds = match copy::ranges::value_bounds(&self.source, spec, count, at).await?
-                {
-                    Some(bounds) => bounds,
-                    None => copy::ranges::sample_bounds(&self.source, spec, count).await?,
-                };
-                copy::ranges::ranges_between(&bounds)
-            }
+        let (ranges, last) = match copy::ranges::range_count(spec, bytes) {
+            1 => (vec![Partition::default()], None),
+            count => match copy::ranges::value_bounds(&self.source, spec, count, at).await? {
+                Some((bounds, last)) => (copy::ranges::ranges_between(&bounds), Some(last)),
+                None => {
+                    let bounds = copy::ranges::sample_bounds(&self.source, spec, count).await?;
+                    (copy::ranges::ranges_between(&bounds), None)
+                }
+            },
         };
         if ranges.len() > 1 {
             tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
@@ -367,24 +269,7 @@ impl Migration<'_> {
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        Ok(Some(ranges))
-    }
-
-    /// Records a collection's copy as finished and hands it to the index builds.
-    async fn finish_copy<'a>(
-        &self,
-        spec: &'a CollectionSpec,
-        copied: u64,
-        pool: &Pool<'a>,
-    ) -> Result<()> {
-        let ns = spec.ns();
-        self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
-        self.progress.checkpointed();
-        self.set_collection_phase(&ns, "copied", None);
-        tracing::info!(namespace = %ns, documents = copied, "collection copied");
-        // The pool runs until every range has ended, so the receiver is still there.
-        let _ = pool.copied.send(spec);
-        Ok(())
+        Ok(Some((ranges, last)))
     }
 
     /// The incarnations the copy left on the destination: each copied namespace holds the

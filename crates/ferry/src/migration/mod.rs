@@ -1,5 +1,6 @@
 //! The migration's flow, one stage a file: `start` (validate, resume or begin, T0), `copy`
-//! (sizes, ranges, the pool, checkpoints), `indexing` (each collection's indexes, as its copy
+//! (sizes, ranges, checkpoints), `pool` (the ranges copied at once, cut when a worker is idle),
+//! `indexing` (each collection's indexes, as its copy
 //! ends), `sync` (change rounds, lag, the cutover
 //! window), `commit` (write blocking, the commit point, the drain, `restore`, the final
 //! verification, `strays`). This file wires them and rides out faults.
@@ -13,6 +14,7 @@
 mod commit;
 mod copy;
 mod indexing;
+mod pool;
 mod restore;
 mod reverse;
 mod start;

@@ -10,6 +10,18 @@ use testkit::proxy::{on, Action, Rule};
 
 use crate::harness::{call_api, fill, http, unique_index, Ferry, Pair};
 
+/// The ranges of `ns` recorded in Ferry's state on the destination.
+async fn recorded_ranges(pair: &Pair, ns: &str) -> usize {
+    pair.dst
+        .database("__ferry")
+        .collection::<Document>("collections")
+        .find_one(doc! { "_id": ns })
+        .await
+        .unwrap()
+        .and_then(|c| c.get_array("partitions").ok().map(Vec::len))
+        .unwrap_or(0)
+}
+
 /// Whether the reply's array `field` holds a row for `namespace` matching `also`.
 fn lists(p: &Value, field: &str, namespace: &str, also: impl Fn(&Value) -> bool) -> bool {
     p[field]
@@ -159,4 +171,59 @@ async fn many_collections_keep_the_progress_reply_small_and_page_their_detail() 
     );
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("after many collections").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn idle_workers_take_over_half_of_a_running_range_and_a_crash_keeps_every_half() {
+    let pair = Pair::start().await;
+    // 40,000 documents of ~1 KB whose `_id`s crowd the top of their span: cut evenly by value
+    // in advance, the first range holds five of them and the second all the rest.
+    let items = pair.src.database("big").collection::<Document>("items");
+    items
+        .insert_many((0..5).map(|i| doc! { "_id": i, "pad": "x".repeat(1000) }))
+        .await
+        .unwrap();
+    for chunk in 0..20 {
+        items
+            .insert_many((0..2000).map(|i| {
+                doc! { "_id": 1_000_000 + chunk * 2000 + i, "pad": "x".repeat(1000) }
+            }))
+            .await
+            .unwrap();
+    }
+    let (source, destination) = pair.proxies().await;
+    destination.add_rule(Rule::new(
+        on("insert", "big.items"),
+        Action::Delay(Duration::from_millis(30)),
+    ));
+    let mut first = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    // Killed once a cut is recorded: every half must be copied after the restart.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while recorded_ranges(&pair, "big.items").await < 4 {
+        assert!(
+            first.copied("big.items").is_none() && Instant::now() < deadline,
+            "no range was cut before the copy ended:\n{}",
+            first.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill9();
+    // On the wire: more range reads of the collection than the two planned.
+    let range_reads = source
+        .commands()
+        .iter()
+        .filter(|c| {
+            c.name == "find"
+                && c.namespace().as_deref() == Some("big.items")
+                && c.body
+                    .get_document("sort")
+                    .is_ok_and(|s| s.contains_key("_id"))
+                && !c.body.contains_key("limit")
+        })
+        .count();
+    assert!(range_reads >= 4, "{range_reads} range reads");
+    let mut second = pair.migrate(&[]);
+    tokio::task::block_in_place(|| second.commit_and_finish());
+    pair.assert_equal("after cuts of running ranges and a crash")
+        .await;
 }

@@ -1,0 +1,252 @@
+//! The copy pool: every `_id` range left to copy, across all collections, runs in one bounded
+//! pool that takes a collection's ranges as soon as they are planned. A worker left idle cuts
+//! the running range with the most left and takes its back half (`copy::split`); a collection
+//! whose last range ends has its indexes built at once, beside the copies still running.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use anyhow::Result;
+use futures_util::{FutureExt, StreamExt};
+use mongodb::bson::{Bson, Timestamp};
+use tokio::sync::mpsc;
+
+use super::Migration;
+use crate::catalog::CollectionSpec;
+use crate::copy::split::Running;
+use crate::copy::{self, write_limit};
+use crate::state::{CopyStatus, Partition};
+
+/// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
+/// adapted to the destination (`write_limit`). More ranges than that only add source reads.
+const COPY_CONCURRENCY: usize = write_limit::MAX;
+
+/// How often an idle worker looks for a range to cut.
+const CUT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Index builds running beside the copy (each builds one collection's indexes).
+const INDEX_CONCURRENCY: usize = 2;
+
+/// A range for the pool: the collection, the range's index in its stored state, and the range.
+pub(super) type Job<'a> = (&'a CollectionSpec, usize, Partition);
+
+/// What the pool knows of one collection being copied.
+pub(super) struct Tracked {
+    /// Ranges not finished, and the documents the finished ones copied.
+    pub unfinished: usize,
+    pub copied: u64,
+    /// Ranges recorded in the collection's state: the next cut's index.
+    pub ranges: usize,
+    /// The collection's last `_id` when planned, how far its open-ended range reaches.
+    pub last: Option<Bson>,
+}
+
+/// What the pool's ranges share.
+pub(super) struct Pool<'a> {
+    tracked: Mutex<HashMap<String, Tracked>>,
+    /// The ranges being read now, which an idle worker may cut.
+    running: Mutex<Vec<(&'a CollectionSpec, usize, Arc<Running>)>>,
+    /// Where a collection whose copy ended is announced, for its index build.
+    copied: mpsc::UnboundedSender<&'a CollectionSpec>,
+    limit: Arc<write_limit::WriteLimit>,
+}
+
+impl<'a> Pool<'a> {
+    /// A pool, and where the collections it finished copying arrive.
+    pub fn new() -> (Self, mpsc::UnboundedReceiver<&'a CollectionSpec>) {
+        let (copied, finished) = mpsc::unbounded_channel();
+        let pool = Pool {
+            tracked: Mutex::new(HashMap::new()),
+            running: Mutex::new(Vec::new()),
+            copied,
+            limit: Arc::new(write_limit::WriteLimit::new()),
+        };
+        (pool, finished)
+    }
+
+    /// Starts tracking a collection whose unfinished ranges are about to be handed on.
+    pub fn track(&self, ns: String, tracked: Tracked) {
+        self.tracked.lock().expect("pool lock").insert(ns, tracked);
+    }
+
+    /// How many inserts were in flight at once at the end.
+    pub fn write_concurrency(&self) -> usize {
+        self.limit.limit()
+    }
+}
+
+impl Migration<'_> {
+    /// Runs the pool until planning has ended and every range is copied and indexed: ranges
+    /// arrive on `planned`, copied collections on `finished`.
+    pub(super) async fn run_pool<'a>(
+        &self,
+        pool: &Pool<'a>,
+        mut planned: mpsc::UnboundedReceiver<Job<'a>>,
+        mut finished: mpsc::UnboundedReceiver<&'a CollectionSpec>,
+        at: Timestamp,
+    ) -> Result<()> {
+        let mut running = futures_util::stream::FuturesUnordered::new();
+        let mut indexing = futures_util::stream::FuturesUnordered::new();
+        let mut to_index = VecDeque::new();
+        let mut planning = true;
+        loop {
+            while let Ok(spec) = finished.try_recv() {
+                to_index.push_back(spec);
+            }
+            while indexing.len() < INDEX_CONCURRENCY {
+                let Some(spec) = to_index.pop_front() else {
+                    break;
+                };
+                indexing.push(self.index_collection(spec, true));
+            }
+            // A worker with nothing queued takes over half of the largest running range.
+            while running.len() < COPY_CONCURRENCY && planned.is_empty() {
+                let Some((spec, index, range)) = self.cut_largest(pool).await? else {
+                    break;
+                };
+                running.push(self.copy_range(spec, index, range, at, pool));
+            }
+            tokio::select! {
+                job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
+                    match job {
+                        Some((spec, index, range)) => {
+                            running.push(self.copy_range(spec, index, range, at, pool));
+                        }
+                        None => planning = false,
+                    }
+                }
+                Some(copied) = running.next(), if !running.is_empty() => copied?,
+                Some(built) = indexing.next(), if !indexing.is_empty() => built?,
+                // A worker is idle: look again for a range to cut once the running ones have
+                // read a little (their density tells how much is left).
+                () = tokio::time::sleep(CUT_RETRY), if running.len() < COPY_CONCURRENCY && !running.is_empty() => {}
+                else => if finished.is_empty() {
+                    return Ok(());
+                },
+            }
+        }
+    }
+
+    /// Cuts the running range with the most left, when that is worth another reader: the cut
+    /// is recorded first (the new range, and the old one's end), then the reader's end lowered.
+    async fn cut_largest<'a>(&self, pool: &Pool<'a>) -> Result<Option<Job<'a>>> {
+        let largest = {
+            let running = pool.running.lock().expect("pool lock");
+            running
+                .iter()
+                .filter_map(|(spec, index, range)| {
+                    Some((range.left()?, *spec, *index, range.clone()))
+                })
+                .max_by(|a, b| a.0.total_cmp(&b.0))
+        };
+        let Some((_, spec, index, range)) = largest else {
+            return Ok(None);
+        };
+        let Some(cut) = range.cut() else {
+            return Ok(None);
+        };
+        let ns = spec.ns();
+        let hi = range.end();
+        // Counted before it is recorded: the collection is not finished while either half runs.
+        let taken = {
+            let mut tracked = pool.tracked.lock().expect("pool lock");
+            let Some(t) = tracked.get_mut(&ns) else {
+                return Ok(None);
+            };
+            t.unfinished += 1;
+            t.ranges += 1;
+            t.ranges - 1
+        };
+        self.store
+            .split_partition(&ns, index, &cut, taken, hi.as_ref())
+            .await?;
+        range.lower_end(cut.clone());
+        tracing::info!(namespace = %ns, at = %cut, "an idle copy worker takes over half of a running range");
+        let taken_range = Partition {
+            lo: Some(cut),
+            hi,
+            ..Default::default()
+        };
+        Ok(Some((spec, taken, taken_range)))
+    }
+
+    /// Copies one `_id` range of a collection; the last range of a collection to finish
+    /// records the collection as copied.
+    fn copy_range<'a: 'p, 'p>(
+        &'p self,
+        spec: &'a CollectionSpec,
+        index: usize,
+        range: Partition,
+        at: Timestamp,
+        pool: &'p Pool<'a>,
+    ) -> futures_util::future::BoxFuture<'p, Result<()>> {
+        async move {
+            let ns = spec.ns();
+            let last = pool
+                .tracked
+                .lock()
+                .expect("pool lock")
+                .get(&ns)
+                .and_then(|t| t.last.clone());
+            let running = Arc::new(Running::new(&range, last));
+            pool.running
+                .lock()
+                .expect("pool lock")
+                .push((spec, index, running.clone()));
+            let copied = copy::copy_documents(
+                &self.source,
+                &self.destination,
+                &self.progress,
+                copy::RangeCopy {
+                    spec,
+                    target: &spec.name,
+                    range: &range,
+                    at,
+                    resume: Some(copy::Resume {
+                        store: &self.store,
+                        partition: index,
+                    }),
+                    limit: Some(pool.limit.clone()),
+                    running: Some(running.clone()),
+                },
+            )
+            .await;
+            pool.running
+                .lock()
+                .expect("pool lock")
+                .retain(|(_, _, r)| !Arc::ptr_eq(r, &running));
+            let copied = copied?;
+            self.store.partition_done(&ns, index).await?;
+            self.progress.checkpointed();
+            let finished = {
+                let mut tracked = pool.tracked.lock().expect("pool lock");
+                let t = tracked.get_mut(&ns).expect("a tracked collection");
+                t.unfinished -= 1;
+                t.copied += copied;
+                (t.unfinished == 0).then_some(t.copied)
+            };
+            if let Some(total) = finished {
+                self.finish_copy(spec, total, pool).await?;
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+
+    /// Records a collection's copy as finished and hands it to the index builds.
+    pub(super) async fn finish_copy<'a>(
+        &self,
+        spec: &'a CollectionSpec,
+        copied: u64,
+        pool: &Pool<'a>,
+    ) -> Result<()> {
+        let ns = spec.ns();
+        self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
+        self.progress.checkpointed();
+        self.set_collection_phase(&ns, "copied", None);
+        tracing::info!(namespace = %ns, documents = copied, "collection copied");
+        // The pool runs until every range has ended, so the receiver is still there.
+        let _ = pool.copied.send(spec);
+        Ok(())
+    }
+}
