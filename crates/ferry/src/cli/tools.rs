@@ -26,6 +26,7 @@ pub async fn check(args: CheckArgs) -> Exit {
         block_writes: !args.no_block_writes,
         reversible: args.reversible,
         direction: crate::lifecycle::Direction::Forward,
+        measure: true,
     };
     let outcome = crate::preflight::run_checks(&clusters, options, &source, &destination).await;
     close([source, destination]).await;

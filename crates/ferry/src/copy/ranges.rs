@@ -1,6 +1,8 @@
-//! How a collection is cut into `_id` ranges for a parallel copy, and what is left of a range
-//! once part of it is copied. Bounds are sorted in MongoDB's cross-type `_id` order
-//! (`id_order`), which the range reader's simple collation shares.
+//! What a collection's `_id` ranges are made of: how far a collection reaches (its last `_id`,
+//! or a sample of its `_id`s when their type has no value to cut by), where between two `_id`s
+//! to cut, and what is left of a range once part of it is copied. Bounds are sorted in
+//! MongoDB's cross-type `_id` order (`id_order`), which the range reader's simple collation
+//! shares.
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
@@ -13,37 +15,13 @@ use crate::id_order;
 use crate::source::reads;
 use crate::state::Partition;
 
-/// Bytes per range of a large collection, and the most ranges one collection gets.
-const PARTITION_BYTES: u64 = 16 * 1024 * 1024;
-const MAX_PARTITIONS: u64 = 64;
-/// Sampled `_id`s per partition boundary.
-const SAMPLES_PER_PARTITION: u64 = 20;
-
-/// How many `_id` ranges a collection of `bytes` is copied in: about [`PARTITION_BYTES`] each.
-/// Small and capped collections are one range (a capped one is copied in natural order), and so
-/// is a collated one: its reads use the simple collation, which cannot use its `_id` index, so
-/// every range would scan the whole collection.
-pub fn range_count(spec: &CollectionSpec, bytes: u64) -> u64 {
-    let count = (bytes / PARTITION_BYTES).min(MAX_PARTITIONS);
-    if spec.is_capped() || spec.is_collated() || count < 2 {
-        1
-    } else {
-        count
-    }
-}
-
-/// The `_id`s that split a collection into `count` ranges, from its first and last `_id` (two
-/// reads of the `_id` index, nothing scanned) where their type lets the space between be cut
-/// by value: numbers and ObjectIds (time first, so inserts spread over it). `None` when it does
-/// not, or the collection is empty; the caller then samples. With them, the last `_id`: how far
-/// the open-ended last range reaches, for cutting it while it runs (`split`). Read like the
-/// copy, at or after `at` (T0), though a bound only decides where a range ends.
-pub async fn value_bounds(
+/// The collection's first and last `_id` in `_id` order (two reads of the `_id` index, nothing
+/// scanned): how far it reaches. Read like the copy, at or after `at` (T0).
+pub async fn ends(
     source: &Client,
     spec: &CollectionSpec,
-    count: u64,
     at: Timestamp,
-) -> Result<Option<(Vec<Bson>, Bson)>> {
+) -> Result<Option<(Bson, Bson)>> {
     let collection = source
         .database(&spec.db)
         .collection_with_options::<Document>(
@@ -67,7 +45,33 @@ pub async fn value_bounds(
             None => return Ok(None),
         }
     }
-    Ok(split_between(&ends[0], &ends[1], count).map(|bounds| (bounds, ends[1].clone())))
+    let last = ends.pop().expect("two ends");
+    Ok(Some((ends.pop().expect("two ends"), last)))
+}
+
+/// About `size` of the collection's `_id`s drawn at random, in `_id` order (any mix of types):
+/// where a range whose `_id`s have no value to cut by is cut (`split`).
+pub async fn sample_ids(source: &Client, spec: &CollectionSpec, size: u64) -> Result<Vec<Bson>> {
+    let sample: Vec<RawDocumentBuf> = source
+        .database(&spec.db)
+        .collection::<RawDocumentBuf>(&spec.name)
+        .aggregate([
+            doc! { "$sample": { "size": size as i64 } },
+            doc! { "$project": { "_id": 1 } },
+        ])
+        .with_type::<RawDocumentBuf>()
+        .await
+        .with_context(|| format!("sampling the _ids of {}", spec.ns()))?
+        .try_collect()
+        .await?;
+    let mut ids: Vec<Bson> = sample
+        .iter()
+        .filter_map(|d| d.get("_id").ok().flatten())
+        .filter_map(|id| id.to_raw_bson().try_into().ok())
+        .collect();
+    ids.sort_by(compare_ids);
+    ids.dedup();
+    Ok(ids)
 }
 
 /// `count - 1` bounds evenly between `first` and `last`, when both are ObjectIds or both
@@ -143,59 +147,8 @@ fn oid_from(n: u128) -> Bson {
     Bson::ObjectId(mongodb::bson::oid::ObjectId::from_bytes(id))
 }
 
-/// The `_id`s that split a collection into `count` ranges of about equal size, in `_id` order,
-/// from a random sample of its `_id`s (any mix of `_id` types).
-pub async fn sample_bounds(
-    source: &Client,
-    spec: &CollectionSpec,
-    count: u64,
-) -> Result<Vec<Bson>> {
-    let sample: Vec<RawDocumentBuf> = source
-        .database(&spec.db)
-        .collection::<RawDocumentBuf>(&spec.name)
-        .aggregate([
-            doc! { "$sample": { "size": (count * SAMPLES_PER_PARTITION) as i64 } },
-            doc! { "$project": { "_id": 1 } },
-        ])
-        .with_type::<RawDocumentBuf>()
-        .await
-        .with_context(|| format!("sampling the _ids of {}", spec.ns()))?
-        .try_collect()
-        .await?;
-    let mut ids: Vec<Bson> = sample
-        .iter()
-        .filter_map(|d| d.get("_id").ok().flatten())
-        .filter_map(|id| id.to_raw_bson().try_into().ok())
-        .collect();
-    ids.sort_by(compare_bson);
-    ids.dedup();
-    let mut bounds: Vec<Bson> = (1..count)
-        .filter_map(|i| ids.get((i * ids.len() as u64 / count) as usize).cloned())
-        .collect();
-    bounds.dedup();
-    Ok(bounds)
-}
-
-/// The ranges a collection is copied in, split at `bounds` (in `_id` order).
-pub fn ranges_between(bounds: &[Bson]) -> Vec<Partition> {
-    let mut ranges = Vec::with_capacity(bounds.len() + 1);
-    let mut lo: Option<Bson> = None;
-    for hi in bounds {
-        ranges.push(Partition {
-            lo: lo.clone(),
-            hi: Some(hi.clone()),
-            ..Default::default()
-        });
-        lo = Some(hi.clone());
-    }
-    ranges.push(Partition {
-        lo,
-        ..Default::default()
-    });
-    ranges
-}
-
-fn compare_bson(a: &Bson, b: &Bson) -> std::cmp::Ordering {
+/// Compares two `_id`s as the server sorts them.
+pub fn compare_ids(a: &Bson, b: &Bson) -> std::cmp::Ordering {
     let (a, b) = (
         mongodb::bson::RawBson::try_from(a.clone()),
         mongodb::bson::RawBson::try_from(b.clone()),
@@ -263,7 +216,7 @@ mod tests {
         .unwrap();
         assert_eq!(ids, [oid("658000000000000000000000")]);
         // The bounds sort between the ends, as the server compares them.
-        let sorted = |a: &Bson, b: &Bson| compare_bson(a, b) == std::cmp::Ordering::Less;
+        let sorted = |a: &Bson, b: &Bson| compare_ids(a, b) == std::cmp::Ordering::Less;
         assert!(sorted(&oid("650000000000000000000000"), &ids[0]));
         assert!(sorted(&ids[0], &oid("660000000000000000000000")));
         // Other types, or two types, are sampled instead.
@@ -275,28 +228,5 @@ mod tests {
             split_between(&Bson::Int32(1), &oid("650000000000000000000000"), 4),
             None
         );
-    }
-
-    #[test]
-    fn only_large_plain_collections_are_cut_into_ranges() {
-        let spec = |options: Document| CollectionSpec {
-            db: "d".into(),
-            name: "c".into(),
-            kind: crate::catalog::Kind::Collection,
-            options,
-            uuid: None,
-            indexes: vec![],
-        };
-        let large = 10 * PARTITION_BYTES;
-        assert_eq!(range_count(&spec(doc! {}), large), 10);
-        assert_eq!(range_count(&spec(doc! {}), PARTITION_BYTES), 1);
-        assert_eq!(
-            range_count(&spec(doc! {}), 1000 * PARTITION_BYTES),
-            MAX_PARTITIONS
-        );
-        let capped = doc! { "capped": true, "size": 1_i64 << 40 };
-        assert_eq!(range_count(&spec(capped), large), 1);
-        let collated = doc! { "collation": { "locale": "fr", "strength": 1 } };
-        assert_eq!(range_count(&spec(collated), large), 1);
     }
 }

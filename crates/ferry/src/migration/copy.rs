@@ -1,8 +1,9 @@
-//! The copy stage: every collection not copied yet is planned (its `_id` ranges, from a
-//! sample when it is large, or the stored ones when resuming) and its ranges run in one bounded
-//! pool with the other collections'; each range checkpoints its last `_id`, the last range of a
-//! collection marks it copied, and its indexes are then built beside the other copies
-//! (`indexing`).
+//! The copy stage: every collection not copied yet starts at once as one `_id` range (or
+//! continues its stored ranges), in one bounded pool with the other collections' ranges, which
+//! cuts the large ones as they run (`pool`); each range checkpoints its last `_id`, the last
+//! range of a collection marks it copied, and its indexes are then built beside the other
+//! copies (`indexing`). Nothing is measured before the first byte: the sizes, for the progress
+//! and the disk and oplog checks, are measured beside the copy (`measure`).
 
 use std::collections::HashMap;
 
@@ -13,8 +14,9 @@ use mongodb::bson::{Bson, Timestamp};
 use super::pool::{Job, Pool, Tracked};
 use super::Migration;
 use crate::background;
-use crate::catalog::{self, CollectionSpec, Kind};
+use crate::catalog::{CollectionSpec, Kind};
 use crate::copy;
+use crate::copy::split::Reach;
 use crate::incarnations::Incarnations;
 use crate::majority;
 use crate::namespace::Namespace;
@@ -51,14 +53,7 @@ fn copy_plan(spec: &CollectionSpec, stored: Option<&CollectionState>) -> CopyPla
 
 impl Migration<'_> {
     /// Copies every collection not yet copied, continuing each from its last checkpoint.
-    /// `sizes` are the pre-flight's estimates (documents, bytes) by namespace; missing ones are
-    /// measured here.
-    pub(super) async fn copy_all(
-        &self,
-        specs: &[CollectionSpec],
-        mut sizes: HashMap<String, (u64, u64)>,
-        at: Timestamp,
-    ) -> Result<()> {
+    pub(super) async fn copy_all(&self, specs: &[CollectionSpec], at: Timestamp) -> Result<()> {
         let collections: Vec<&CollectionSpec> = specs
             .iter()
             .filter(|s| s.kind == Kind::Collection)
@@ -83,21 +78,12 @@ impl Migration<'_> {
             }
             stored.insert(state.ns.clone(), state);
         }
-        let unmeasured: Vec<&CollectionSpec> = collections
-            .iter()
-            .copied()
-            .filter(|s| !sizes.contains_key(&s.ns()))
-            .collect();
-        sizes.extend(catalog::sizes::estimate_sizes(&self.source, unmeasured).await);
         for spec in &collections {
             let ns = spec.ns();
-            let (documents, bytes) = sizes.get(&ns).copied().unwrap_or_default();
             let resumed = stored.get(&ns).filter(|c| c.uuid == spec.uuid);
             self.progress.update(|s| {
                 s.collections.set(CollectionProgress {
                     namespace: ns.clone(),
-                    estimated_total_documents: documents,
-                    estimated_total_bytes: bytes,
                     copied_documents: resumed.map_or(0, |c| c.copied_documents),
                     copied_bytes: resumed.map_or(0, |c| c.copied_bytes),
                     done: resumed.is_some_and(|c| c.status != CopyStatus::Copying),
@@ -120,20 +106,23 @@ impl Migration<'_> {
         let (pool, finished) = Pool::new();
         let (jobs, planned) = tokio::sync::mpsc::unbounded_channel();
         let planning = {
-            let (pool, sizes, stored) = (&pool, &sizes, &stored);
+            let (pool, stored) = (&pool, &stored);
             // The plans hold the only senders: the pool sees the end of planning when they end.
             // By position: a closure over borrowed specs cannot be proven `Send` for every
             // lifetime, which spawning the migration needs.
             let collections = &collections;
             let plans = (0..collections.len()).map(move |at_position| {
                 let spec = collections[at_position];
-                let ns = spec.ns();
-                let bytes = sizes.get(&ns).map_or(0, |(_, bytes)| *bytes);
-                self.plan_ranges(spec, stored.get(&ns), bytes, at, pool, jobs.clone())
+                self.plan_ranges(spec, stored.get(&spec.ns()), pool, jobs.clone())
             });
             background::at_most(PLAN_CONCURRENCY, plans)
         };
-        tokio::try_join!(planning, self.run_pool(&pool, planned, finished, at))?;
+        let copying = async {
+            tokio::try_join!(planning, self.run_pool(&pool, planned, finished, at)).map(drop)
+        };
+        // A new migration (nothing stored of its copy) checks what the copy needs beside it.
+        let new = stored.is_empty();
+        self.measure_beside(copying, &collections, new).await?;
         tracing::info!(
             concurrent_writes = pool.write_concurrency(),
             "copy write concurrency at the end of the copy"
@@ -149,14 +138,12 @@ impl Migration<'_> {
         &'p self,
         spec: &'a CollectionSpec,
         stored: Option<&'p CollectionState>,
-        bytes: u64,
-        at: Timestamp,
         pool: &'p Pool<'a>,
         jobs: tokio::sync::mpsc::UnboundedSender<Job<'a>>,
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some((ranges, last)) = self.plan_copy(spec, stored, bytes, at).await? else {
+            let Some(ranges) = self.plan_copy(spec, stored).await? else {
                 return Ok(());
             };
             let recorded = ranges.len();
@@ -176,7 +163,8 @@ impl Migration<'_> {
                     unfinished: remaining.len(),
                     copied: 0,
                     ranges: recorded,
-                    last,
+                    reach: Reach::Unknown,
+                    looking: false,
                 },
             );
             for (index, range) in remaining {
@@ -227,15 +215,13 @@ impl Migration<'_> {
     }
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
-    /// incarnation, new ones otherwise; `None` when it is copied already. With them, the
-    /// collection's last `_id` when it was cut by value.
+    /// incarnation, else one range, the whole collection (the pool cuts it while it runs);
+    /// `None` when it is copied already.
     pub(super) async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
-        bytes: u64,
-        at: Timestamp,
-    ) -> Result<Option<(Vec<Partition>, Option<Bson>)>> {
+    ) -> Result<Option<Vec<Partition>>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
             CopyPlan::Done => {
@@ -245,7 +231,7 @@ impl Migration<'_> {
             CopyPlan::Resume(partitions) => {
                 let done = partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
-                return Ok(Some((partitions, None)));
+                return Ok(Some(partitions));
             }
             CopyPlan::StartOver => {
                 // The source holds a new incarnation: start this collection over.
@@ -253,23 +239,11 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let (ranges, last) = match copy::ranges::range_count(spec, bytes) {
-            1 => (vec![Partition::default()], None),
-            count => match copy::ranges::value_bounds(&self.source, spec, count, at).await? {
-                Some((bounds, last)) => (copy::ranges::ranges_between(&bounds), Some(last)),
-                None => {
-                    let bounds = copy::ranges::sample_bounds(&self.source, spec, count).await?;
-                    (copy::ranges::ranges_between(&bounds), None)
-                }
-            },
-        };
-        if ranges.len() > 1 {
-            tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
-        }
+        let ranges = vec![Partition::default()];
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        Ok(Some((ranges, last)))
+        Ok(Some(ranges))
     }
 
     /// The incarnations the copy left on the destination: each copied namespace holds the

@@ -1,7 +1,7 @@
 //! The migration's flow, one stage a file: `start` (validate, resume or begin, T0), `copy`
-//! (sizes, ranges, checkpoints), `pool` (the ranges copied at once, cut when a worker is idle),
-//! `indexing` (each collection's indexes, as its copy
-//! ends), `sync` (change rounds, lag, the cutover
+//! (ranges, checkpoints), `pool` (the ranges copied at once, cut when a worker is idle),
+//! `measure` (sizes and the checks that need them, beside the copy), `indexing` (each
+//! collection's indexes, as its copy ends), `sync` (change rounds, lag, the cutover
 //! window), `commit` (write blocking, the commit point, the drain, `restore`, the final
 //! verification, `strays`). This file wires them and rides out faults.
 //!
@@ -14,6 +14,7 @@
 mod commit;
 mod copy;
 mod indexing;
+mod measure;
 mod pool;
 mod restore;
 mod reverse;
@@ -21,7 +22,6 @@ mod start;
 mod strays;
 mod sync;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
@@ -191,7 +191,7 @@ const OLDEST_SOURCE: Version = Version::new(6, 0, 0);
 impl Migration<'_> {
     /// One attempt: start, then every stage not done yet.
     async fn attempt(&self) -> Result<Outcome> {
-        let (stored, sizes) = self.start().await?;
+        let stored = self.start().await?;
         // Reconnected: no longer retrying (the retry window still counts from the last progress).
         self.progress.update(|s| s.retrying = None);
         let reported = info::source_version(&self.source).await;
@@ -216,7 +216,7 @@ impl Migration<'_> {
             });
         }
         // Not progress: starting an attempt again must not hold the retry window open.
-        let stages = self.stages(stored, sizes, version);
+        let stages = self.stages(stored, version);
         beside(
             stages,
             watch_oplog(self.source.clone(), self.progress.clone()),
@@ -225,12 +225,7 @@ impl Migration<'_> {
     }
 
     /// The stages not done yet, from the stored state on.
-    async fn stages(
-        &self,
-        stored: Stored,
-        sizes: HashMap<String, (u64, u64)>,
-        version: Version,
-    ) -> Result<Outcome> {
+    async fn stages(&self, stored: Stored, version: Version) -> Result<Outcome> {
         let specs = catalog::list_namespaces(&self.source, &self.plan.filter).await?;
         if stored.phase > Phase::CollectionCopy {
             self.show_finished_copy().await?;
@@ -238,7 +233,7 @@ impl Migration<'_> {
         let forward = self.plan.direction == Direction::Forward;
         if forward && stored.phase <= Phase::CollectionCopy {
             self.enter(Phase::CollectionCopy).await?;
-            let copying = self.copy_all(&specs, sizes, stored.start_time);
+            let copying = self.copy_all(&specs, stored.start_time);
             if self.until_stopped(copying).await?.is_none() {
                 return Ok(Outcome::Stopped);
             }

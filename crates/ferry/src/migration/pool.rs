@@ -8,12 +8,12 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
 use futures_util::{FutureExt, StreamExt};
-use mongodb::bson::{Bson, Timestamp};
+use mongodb::bson::Timestamp;
 use tokio::sync::mpsc;
 
 use super::Migration;
 use crate::catalog::CollectionSpec;
-use crate::copy::split::Running;
+use crate::copy::split::{Reach, Running};
 use crate::copy::{self, write_limit};
 use crate::state::{CopyStatus, Partition};
 
@@ -37,9 +37,13 @@ pub(super) struct Tracked {
     pub copied: u64,
     /// Ranges recorded in the collection's state: the next cut's index.
     pub ranges: usize,
-    /// The collection's last `_id` when planned, how far its open-ended range reaches.
-    pub last: Option<Bson>,
+    /// How far its `_id`s reach, once looked at, and whether that is being looked at.
+    pub reach: Reach,
+    pub looking: bool,
 }
+
+/// `_id`s drawn to cut a collection whose `_id`s have no value to cut by.
+const SAMPLE_IDS: u64 = 20 * COPY_CONCURRENCY as u64;
 
 /// What the pool's ranges share.
 pub(super) struct Pool<'a> {
@@ -69,6 +73,34 @@ impl<'a> Pool<'a> {
         self.tracked.lock().expect("pool lock").insert(ns, tracked);
     }
 
+    /// A collection worth looking at: one of its ranges has read enough and goes on, and how
+    /// far it reaches is not known nor being looked at. Marked as being looked at.
+    fn to_look_at(&self) -> Option<&'a CollectionSpec> {
+        let running = self.running.lock().expect("pool lock");
+        let mut tracked = self.tracked.lock().expect("pool lock");
+        running.iter().find_map(|(spec, _, range)| {
+            let t = tracked.get_mut(&spec.ns())?;
+            let unknown = matches!(t.reach, Reach::Unknown) && !t.looking;
+            (unknown && range.worth_a_look()).then(|| {
+                t.looking = true;
+                *spec
+            })
+        })
+    }
+
+    /// Records how far a collection reaches, for its running ranges and those to come.
+    fn reached(&self, spec: &CollectionSpec, reach: Reach) {
+        let ns = spec.ns();
+        if let Some(t) = self.tracked.lock().expect("pool lock").get_mut(&ns) {
+            t.reach = reach.clone();
+        }
+        for (s, _, range) in self.running.lock().expect("pool lock").iter() {
+            if s.ns() == ns {
+                range.set_reach(reach.clone());
+            }
+        }
+    }
+
     /// How many inserts were in flight at once at the end.
     pub fn write_concurrency(&self) -> usize {
         self.limit.limit()
@@ -87,6 +119,7 @@ impl Migration<'_> {
     ) -> Result<()> {
         let mut running = futures_util::stream::FuturesUnordered::new();
         let mut indexing = futures_util::stream::FuturesUnordered::new();
+        let mut looks = futures_util::stream::FuturesUnordered::new();
         let mut to_index = VecDeque::new();
         let mut planning = true;
         loop {
@@ -99,9 +132,13 @@ impl Migration<'_> {
                 };
                 indexing.push(self.index_collection(spec, true));
             }
-            // A worker with nothing queued takes over half of the largest running range.
+            // A worker with nothing queued takes over half of the largest running range; a
+            // range that has read enough has its collection's reach looked at, beside.
             while running.len() < COPY_CONCURRENCY && planned.is_empty() {
                 let Some((spec, index, range)) = self.cut_largest(pool).await? else {
+                    if let Some(spec) = pool.to_look_at() {
+                        looks.push(self.look_at(spec, at));
+                    }
                     break;
                 };
                 running.push(self.copy_range(spec, index, range, at, pool));
@@ -117,6 +154,10 @@ impl Migration<'_> {
                 }
                 Some(copied) = running.next(), if !running.is_empty() => copied?,
                 Some(built) = indexing.next(), if !indexing.is_empty() => built?,
+                Some(looked) = looks.next(), if !looks.is_empty() => {
+                    let (spec, reach) = looked?;
+                    pool.reached(spec, reach);
+                }
                 // A worker is idle: look again for a range to cut once the running ones have
                 // read a little (their density tells how much is left).
                 () = tokio::time::sleep(CUT_RETRY), if running.len() < COPY_CONCURRENCY && !running.is_empty() => {}
@@ -170,6 +211,28 @@ impl Migration<'_> {
         Ok(Some((spec, taken, taken_range)))
     }
 
+    /// How far a collection's `_id`s reach: its last `_id` when the first and the last are both
+    /// numbers or both ObjectIds (two reads of the `_id` index), a sample of its `_id`s
+    /// otherwise.
+    async fn look_at<'a>(
+        &self,
+        spec: &'a CollectionSpec,
+        at: Timestamp,
+    ) -> Result<(&'a CollectionSpec, Reach)> {
+        let reach = match copy::ranges::ends(&self.source, spec, at).await? {
+            Some((first, last)) if copy::ranges::midpoint(&first, &last).is_some() => {
+                Reach::Last(last)
+            }
+            Some(_) => {
+                let ids = copy::ranges::sample_ids(&self.source, spec, SAMPLE_IDS).await?;
+                Reach::Sample(Arc::new(ids))
+            }
+            None => Reach::Unknown,
+        };
+        tracing::debug!(namespace = %spec.ns(), ?reach, "how far the collection reaches");
+        Ok((spec, reach))
+    }
+
     /// Copies one `_id` range of a collection; the last range of a collection to finish
     /// records the collection as copied.
     fn copy_range<'a: 'p, 'p>(
@@ -182,17 +245,23 @@ impl Migration<'_> {
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let last = pool
+            let reach = pool
                 .tracked
                 .lock()
                 .expect("pool lock")
                 .get(&ns)
-                .and_then(|t| t.last.clone());
-            let running = Arc::new(Running::new(&range, last));
-            pool.running
-                .lock()
-                .expect("pool lock")
-                .push((spec, index, running.clone()));
+                .map(|t| t.reach.clone())
+                .unwrap_or_default();
+            // A capped collection is read in natural order, and a collated one's every range
+            // would scan it whole (its reads cannot use the `_id` index): neither is cut.
+            let cuttable = !spec.is_capped() && !spec.is_collated();
+            let running = Arc::new(Running::new(&range, reach));
+            if cuttable {
+                pool.running
+                    .lock()
+                    .expect("pool lock")
+                    .push((spec, index, running.clone()));
+            }
             let copied = copy::copy_documents(
                 &self.source,
                 &self.destination,
@@ -207,7 +276,7 @@ impl Migration<'_> {
                         partition: index,
                     }),
                     limit: Some(pool.limit.clone()),
-                    running: Some(running.clone()),
+                    running: cuttable.then(|| running.clone()),
                 },
             )
             .await;

@@ -3,8 +3,6 @@
 //! a new one begun at T0, the source's majority time taken before the first document is read
 //! (for a reverse, at the reverse point the forward migration recorded).
 
-use std::collections::HashMap;
-
 use anyhow::Result;
 
 use super::Migration;
@@ -16,8 +14,8 @@ use crate::state::Stored;
 impl Migration<'_> {
     /// Validates both ends (every check on the first attempt), then resumes the migration
     /// stored on the destination or begins one: T0 is taken here, before the first document is
-    /// read. Returns the stored state and the pre-flight's size estimates.
-    pub(super) async fn start(&self) -> Result<(Stored, HashMap<String, (u64, u64)>)> {
+    /// read. Returns the stored state.
+    pub(super) async fn start(&self) -> Result<Stored> {
         let validated = preflight::validate(
             self.plan,
             &self.source,
@@ -54,6 +52,6 @@ impl Migration<'_> {
                 }
             }
         };
-        Ok((stored, validated.sizes))
+        Ok(stored)
     }
 }

@@ -11,8 +11,6 @@ pub mod checks;
 mod identity;
 pub mod report;
 
-use std::collections::HashMap;
-
 use anyhow::{Context, Result};
 use mongodb::bson::{doc, Document};
 use mongodb::Client;
@@ -34,8 +32,6 @@ pub struct Outcome {
     pub resume: Option<Stored>,
     /// The plan's identity, as stored with a new migration.
     pub identity: Document,
-    /// The source's size estimate of each included collection: (documents, bytes).
-    pub sizes: HashMap<String, (u64, u64)>,
 }
 
 /// How the migration the checks are for will run.
@@ -49,6 +45,9 @@ pub struct Options {
     pub reversible: bool,
     /// A reverse (`ferry reverse`): the destination is the old source, which holds the data.
     pub direction: Direction,
+    /// Measure the data for the oplog-window and disk checks here (`ferry check`); a migration
+    /// measures it beside its copy instead, which then starts at once.
+    pub measure: bool,
 }
 
 /// Runs every check.
@@ -83,7 +82,6 @@ pub async fn run_checks(
                 report,
                 resume: None,
                 identity: Document::new(),
-                sizes: HashMap::new(),
             };
         }
     };
@@ -170,7 +168,7 @@ pub async fn run_checks(
         .as_ref()
         .is_some_and(|s| other_identity(s, &identity).is_none());
     let sizing = async {
-        if resuming || options.direction == Direction::Reverse {
+        if resuming || options.direction == Direction::Reverse || !options.measure {
             return None;
         }
         Some(tokio::join!(
@@ -225,7 +223,6 @@ pub async fn run_checks(
     for check in checks {
         report.push(check);
     }
-    let mut sizes = HashMap::new();
     if let Some((measured, oplog)) = sizing {
         let data = measured.values().map(|(_, bytes)| *bytes).sum::<u64>() as f64;
         report.push(if source_member {
@@ -234,10 +231,16 @@ pub async fn run_checks(
             Check::skip("source.oplog-window", NEEDS_MEMBER)
         });
         report.push(checks::destination_disk(destination, data).await);
-        sizes = measured;
     } else if options.direction == Direction::Reverse {
         for id in ["source.oplog-window", "destination.disk"] {
             report.push(Check::skip(id, "a reverse copies nothing"));
+        }
+    } else if !resuming {
+        for id in ["source.oplog-window", "destination.disk"] {
+            report.push(Check::skip(
+                id,
+                "measured beside the copy, which starts at once",
+            ));
         }
     }
 
@@ -247,7 +250,6 @@ pub async fn run_checks(
         report,
         resume,
         identity,
-        sizes,
     }
 }
 
@@ -276,7 +278,7 @@ async fn destination_empty(
 /// The checks `ferry migrate` runs before anything else. On the first attempt every check runs
 /// and a failed one refuses the start (exit 2); with `--drop`, the included namespaces and any
 /// earlier state are then cleared. A retry after a transient fault only needs both ends to
-/// answer and the stored state (its size estimates are then left empty).
+/// answer and the stored state.
 pub async fn validate(
     plan: &Plan,
     source: &Client,
@@ -308,7 +310,6 @@ pub async fn validate(
             report: Report::default(),
             resume: stored,
             identity: identity(&clusters, &source_hello, plan.direction, reverse_from),
-            sizes: HashMap::new(),
         });
     }
     let options = Options {
@@ -316,6 +317,7 @@ pub async fn validate(
         block_writes: plan.block_writes,
         reversible: plan.reversible,
         direction: plan.direction,
+        measure: false,
     };
     let outcome = run_checks(&clusters, options, source, destination).await;
     for check in outcome

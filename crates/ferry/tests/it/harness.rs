@@ -521,6 +521,18 @@ pub async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
     }
 }
 
+/// The `_id` ranges of `ns` recorded in Ferry's state on the destination.
+pub async fn recorded_ranges(pair: &Pair, ns: &str) -> usize {
+    pair.dst
+        .database("__ferry")
+        .collection::<Document>("collections")
+        .find_one(doc! { "_id": ns })
+        .await
+        .unwrap()
+        .and_then(|c| c.get_array("partitions").ok().map(Vec::len))
+        .unwrap_or(0)
+}
+
 /// A writer that runs a seeded number of workload steps beside the test.
 pub struct App {
     task: tokio::task::JoinHandle<anyhow::Result<workload::Stats>>,

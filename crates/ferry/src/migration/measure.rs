@@ -1,0 +1,75 @@
+//! What the copy does not wait for: each collection's size (the progress bars and the copy's
+//! time left), and for a new migration the two checks that need the data's size, the source's
+//! oplog window against the copy's duration and the destination's free disk. On some servers
+//! measuring reads whole collections and the oplog (the test server's `collStats` scans), so
+//! it runs beside the copy instead of before its first byte; a warning is logged as the
+//! pre-flight's are, and a failed check stops the migration with the same line and fix.
+
+use std::future::Future;
+
+use anyhow::{anyhow, Result};
+use mongodb::bson::doc;
+
+use super::Migration;
+use crate::catalog::{self, CollectionSpec};
+use crate::preflight::{checks, Status};
+
+impl Migration<'_> {
+    /// Runs `copying` with the measurements beside it; `check` for a new migration. The
+    /// copy's result, or the failed check's.
+    pub(super) async fn measure_beside(
+        &self,
+        copying: impl Future<Output = Result<()>>,
+        collections: &[&CollectionSpec],
+        check: bool,
+    ) -> Result<()> {
+        let measuring = self.measure(collections, check);
+        tokio::pin!(copying, measuring);
+        tokio::select! {
+            biased;
+            copied = &mut copying => copied,
+            measured = &mut measuring => {
+                measured?;
+                copying.await
+            }
+        }
+    }
+
+    async fn measure(&self, collections: &[&CollectionSpec], check: bool) -> Result<()> {
+        let sizes = catalog::sizes::estimate_sizes(&self.source, collections.iter().copied()).await;
+        self.progress.update(|s| {
+            for (ns, (documents, bytes)) in &sizes {
+                if let Some(c) = s.collections.get_mut(ns) {
+                    c.estimated_total_documents = *documents;
+                    c.estimated_total_bytes = *bytes;
+                }
+            }
+        });
+        if !check {
+            return Ok(());
+        }
+        let data = sizes.values().map(|(_, bytes)| *bytes).sum::<u64>() as f64;
+        let hello = self
+            .source
+            .database("admin")
+            .run_command(doc! { "hello": 1 })
+            .await?;
+        let mut found = Vec::new();
+        if hello.contains_key("setName") {
+            let included: Vec<CollectionSpec> = collections.iter().map(|&s| s.clone()).collect();
+            let oplog = checks::read_oplog(&self.source, &included, &hello).await;
+            found.push(checks::oplog_window(&oplog, data));
+        }
+        found.push(checks::destination_disk(&self.destination, data).await);
+        for check in found {
+            let fix = check.fix.as_deref().unwrap_or("");
+            match check.status {
+                Status::Warn => tracing::warn!(check = check.id, fix, "{}", check.found),
+                Status::Fail => return Err(anyhow!("{}: {}", check.found, fix)),
+                Status::Pass => tracing::info!(check = check.id, "{}", check.found),
+                Status::Skip => {}
+            }
+        }
+        Ok(())
+    }
+}
