@@ -231,6 +231,8 @@ pub async fn copy_documents(
         let (mut capped_restarts, mut killed) = (0, 0);
         let mut name = incarnation_name(source, &mut session, spec).await?;
         while let Some(reading) = name.clone() {
+            // Taken before the end: a cut in between only makes the read reopen once more.
+            let cuts = running.as_ref().map_or(0, |r| r.cuts());
             let filter = if ordered {
                 // Up to the range's end now: a cut may have lowered it since it began.
                 let range = Partition {
@@ -245,6 +247,7 @@ pub async fn copy_documents(
                 batches: &batches,
                 after: &mut after,
                 running: running.as_deref(),
+                cuts,
                 ordered,
             };
             let read =
@@ -259,6 +262,7 @@ pub async fn copy_documents(
                         tracing::info!(namespace = %ns, now = %moved, "the collection was renamed during its copy; reading on under its new name");
                     }
                 }
+                Ok(Read::Cut) => {}
                 Ok(Read::Moved) => {
                     name = incarnation_name(source, &mut session, spec).await?;
                 }
@@ -313,6 +317,8 @@ enum Read {
     ToTheEnd,
     /// The name no longer held the incarnation when the read began: nothing was handed on.
     Moved,
+    /// The range's end was lowered during the read: read on up to the new end.
+    Cut,
 }
 
 /// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
@@ -360,9 +366,10 @@ async fn read_collection(
         if batch.len() >= BATCH_DOCUMENTS || batch_bytes >= BATCH_BYTES {
             batch_bytes = 0;
             let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH_DOCUMENTS));
-            // The writer failed (the caller reports its error), or a cut ended the range.
-            if !handoff.hand_on(full).await {
-                return Ok(Read::ToTheEnd);
+            match handoff.hand_on(full).await {
+                Next::Read => {}
+                Next::Stop => return Ok(Read::ToTheEnd),
+                Next::Reopen => return Ok(Read::Cut),
             }
         }
     }
@@ -371,32 +378,47 @@ async fn read_collection(
 }
 
 /// Where a read hands its batches: the writer, the last `_id` handed on, and the running range
-/// whose end a cut may lower.
+/// whose end a cut may lower (with how many cuts it had when the read began).
 struct Handoff<'x> {
     batches: &'x mpsc::Sender<Vec<RawDocumentBuf>>,
     after: &'x mut Option<Bson>,
     running: Option<&'x split::Running>,
+    cuts: u64,
     ordered: bool,
 }
 
+/// What reading does after handing a batch on.
+#[derive(PartialEq)]
+enum Next {
+    Read,
+    /// The writer is gone (the caller reports its error).
+    Stop,
+    /// The range's end was lowered: read on up to the new end, as the server bounds it.
+    Reopen,
+}
+
 impl Handoff<'_> {
-    /// Hands a batch to the writer, without what lies past the range's end, and records its last
-    /// `_id`; false when reading must stop: the writer is gone, or the range ended in the batch.
-    async fn hand_on(&mut self, mut batch: Vec<RawDocumentBuf>) -> bool {
-        let ended = self.running.is_some_and(|r| r.admit(&mut batch));
+    /// Hands a batch to the writer and records its last `_id`.
+    async fn hand_on(&mut self, batch: Vec<RawDocumentBuf>) -> Next {
         if batch.is_empty() {
-            return !ended;
+            return Next::Read;
+        }
+        if let Some(running) = self.running {
+            running.note(&batch);
         }
         let last = batch
             .last()
             .and_then(|d| d.get("_id").ok().flatten())
             .and_then(|id| Bson::try_from(id.to_raw_bson()).ok());
         if self.batches.send(batch).await.is_err() {
-            return false;
+            return Next::Stop;
         }
         if self.ordered {
             *self.after = last.or(self.after.take());
         }
-        !ended
+        match self.running {
+            Some(running) if running.cuts() != self.cuts => Next::Reopen,
+            _ => Next::Read,
+        }
     }
 }

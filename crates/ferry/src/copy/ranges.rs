@@ -10,10 +10,99 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf, Timestamp};
 use mongodb::options::{CollectionOptions, ReadConcern};
 use mongodb::Client;
 
+use std::sync::Arc;
+
 use crate::catalog::CollectionSpec;
 use crate::id_order;
 use crate::source::reads;
 use crate::state::Partition;
+
+/// How far a collection's `_id`s reach, as far as is known: what tells how much of a running
+/// range is left and where to cut it (`split`).
+#[derive(Clone, Debug, Default)]
+pub enum Reach {
+    /// Not looked at yet.
+    #[default]
+    Unknown,
+    /// Its last `_id`, a number or an ObjectId: ranges are cut by value.
+    Last(Bson),
+    /// `_id`s drawn at random, in order: ranges are cut at the sample's middle.
+    Sample(Arc<Vec<Bson>>),
+}
+
+/// Documents per range a large collection is cut into before its copy, and the most ranges it
+/// gets then: on servers that sort a read's documents before answering (the test server does),
+/// a bounded range keeps every read small.
+const RANGE_DOCUMENTS: u64 = 16_384;
+const MAX_RANGES: u64 = 64;
+/// Sampled `_id`s per range bound, where `_id`s have no value to cut by.
+const SAMPLES_PER_RANGE: u64 = 20;
+
+/// How many `_id` ranges a collection of about `documents` is cut into before its copy. Capped
+/// collections are one range (read in natural order), and so are collated ones: their reads use
+/// the simple collation, which cannot use the `_id` index, so every range would scan the whole
+/// collection.
+pub fn range_count(spec: &CollectionSpec, documents: u64) -> u64 {
+    let count = documents.div_ceil(RANGE_DOCUMENTS).min(MAX_RANGES);
+    if spec.is_capped() || spec.is_collated() || count < 2 {
+        1
+    } else {
+        count
+    }
+}
+
+/// The server's count of a collection's documents from its metadata (no scan on a real
+/// server); 0 when it cannot say.
+pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> u64 {
+    source
+        .database(&spec.db)
+        .collection::<Document>(&spec.name)
+        .estimated_document_count()
+        .await
+        .unwrap_or(0)
+}
+
+/// Cuts a collection into `count` ranges before its copy: by value between its first and last
+/// `_id` when both are numbers or both ObjectIds, else at quantiles of a sample of its `_id`s.
+/// With the bounds, how far it reaches, for cutting its ranges again as they run.
+pub async fn plan(
+    source: &Client,
+    spec: &CollectionSpec,
+    count: u64,
+    at: Timestamp,
+) -> Result<(Vec<Bson>, Reach)> {
+    let Some((first, last)) = ends(source, spec, at).await? else {
+        return Ok((Vec::new(), Reach::Unknown));
+    };
+    if let Some(bounds) = split_between(&first, &last, count) {
+        return Ok((bounds, Reach::Last(last)));
+    }
+    let ids = sample_ids(source, spec, count * SAMPLES_PER_RANGE).await?;
+    let mut bounds: Vec<Bson> = (1..count)
+        .filter_map(|i| ids.get((i * ids.len() as u64 / count) as usize).cloned())
+        .collect();
+    bounds.dedup();
+    Ok((bounds, Reach::Sample(Arc::new(ids))))
+}
+
+/// The ranges a collection is copied in, split at `bounds` (in `_id` order).
+pub fn ranges_between(bounds: &[Bson]) -> Vec<Partition> {
+    let mut ranges = Vec::with_capacity(bounds.len() + 1);
+    let mut lo: Option<Bson> = None;
+    for hi in bounds {
+        ranges.push(Partition {
+            lo: lo.clone(),
+            hi: Some(hi.clone()),
+            ..Default::default()
+        });
+        lo = Some(hi.clone());
+    }
+    ranges.push(Partition {
+        lo,
+        ..Default::default()
+    });
+    ranges
+}
 
 /// The collection's first and last `_id` in `_id` order (two reads of the `_id` index, nothing
 /// scanned): how far it reaches. Read like the copy, at or after `at` (T0).
@@ -228,5 +317,28 @@ mod tests {
             split_between(&Bson::Int32(1), &oid("650000000000000000000000"), 4),
             None
         );
+    }
+
+    #[test]
+    fn only_large_plain_collections_are_cut_before_their_copy() {
+        let spec = |options: Document| CollectionSpec {
+            db: "d".into(),
+            name: "c".into(),
+            kind: crate::catalog::Kind::Collection,
+            options,
+            uuid: None,
+            indexes: vec![],
+        };
+        let large = 10 * RANGE_DOCUMENTS;
+        assert_eq!(range_count(&spec(doc! {}), large), 10);
+        assert_eq!(range_count(&spec(doc! {}), RANGE_DOCUMENTS), 1);
+        assert_eq!(
+            range_count(&spec(doc! {}), 1000 * RANGE_DOCUMENTS),
+            MAX_RANGES
+        );
+        let capped = doc! { "capped": true, "size": 1_i64 << 40 };
+        assert_eq!(range_count(&spec(capped), large), 1);
+        let collated = doc! { "collation": { "locale": "fr", "strength": 1 } };
+        assert_eq!(range_count(&spec(collated), large), 1);
     }
 }

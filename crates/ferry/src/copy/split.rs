@@ -4,39 +4,31 @@
 //! the last ranges of a copy would otherwise run alone.
 //!
 //! A cut is safe at any moment: the pool records the new range and the old one's lower end
-//! before it lowers the end the reader sees, so a crash between the two resumes both; a reader
-//! that passed the cut meanwhile only hands on documents the new range copies again, which the
-//! destination refuses as duplicates.
+//! before it lowers the end the reader sees, so a crash between the two resumes both. The reader
+//! never compares `_id`s itself (the client's order of embedded documents is not the server's):
+//! seeing the end lowered, it hands on the batch it holds and reads on with the new end as the
+//! server's bound. What it handed past the cut the new range copies again, and the destination
+//! refuses as duplicates.
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
-use mongodb::bson::{Bson, RawBson, RawDocumentBuf};
+use mongodb::bson::{Bson, RawDocumentBuf};
 
-use super::ranges;
-use crate::id_order;
+use super::ranges::{self, Reach};
 use crate::state::Partition;
 
 /// Batches over which a range's density is measured: the recent ones, since `_id`s are seldom
 /// spread evenly (a few old ones far below the rest, say).
 const DENSITY_BATCHES: usize = 8;
 
+/// Documents a range reads before its collection is looked at: enough to tell a collection
+/// that may be worth cutting from the many small ones.
+const LOOK_AFTER_DOCUMENTS: u64 = 2 * super::reader::BATCH as u64;
+
 /// A range with fewer documents left than this is not worth another reader.
 const MIN_SPLIT_DOCUMENTS: f64 = 8.0 * super::reader::BATCH as f64;
-
-/// How far a collection's `_id`s reach, as far as the pool has looked: what tells how much of a
-/// range is left and where to cut it.
-#[derive(Clone, Debug, Default)]
-pub enum Reach {
-    /// Not looked at yet.
-    #[default]
-    Unknown,
-    /// Its last `_id`, a number or an ObjectId: ranges are cut by value.
-    Last(Bson),
-    /// `_id`s drawn at random, in order: ranges are cut at the sample's middle.
-    Sample(Arc<Vec<Bson>>),
-}
 
 /// What a running range's reader shares with the pool.
 pub struct Running {
@@ -56,10 +48,8 @@ struct Inner {
     hi: Option<Bson>,
     reach: Reach,
     ended: bool,
-}
-
-fn raw(id: &Bson) -> Option<RawBson> {
-    RawBson::try_from(id.clone()).ok()
+    /// How many times the end was lowered: the reader reads on with the new end when it changes.
+    cuts: u64,
 }
 
 fn id_of(document: &RawDocumentBuf) -> Option<Bson> {
@@ -78,6 +68,7 @@ impl Running {
                 hi: range.hi.clone(),
                 reach,
                 ended: false,
+                cuts: 0,
             }),
         }
     }
@@ -90,7 +81,7 @@ impl Running {
     /// Whether the range has read enough, and goes on, for its collection to be looked at.
     pub fn worth_a_look(&self) -> bool {
         let inner = self.lock();
-        !inner.ended && inner.handed as f64 >= MIN_SPLIT_DOCUMENTS
+        !inner.ended && inner.handed >= LOOK_AFTER_DOCUMENTS
     }
 
     /// The range's end now.
@@ -98,22 +89,14 @@ impl Running {
         self.lock().hi.clone()
     }
 
-    /// Takes a batch about to be handed on: drops the documents past the range's end and
-    /// records the position. True when the range ends within the batch (stop reading).
-    pub fn admit(&self, batch: &mut Vec<RawDocumentBuf>) -> bool {
+    /// How many times the end was lowered so far.
+    pub fn cuts(&self) -> u64 {
+        self.lock().cuts
+    }
+
+    /// Records a batch handed on: the position, and the density of the last batches.
+    pub fn note(&self, batch: &[RawDocumentBuf]) {
         let mut inner = self.lock();
-        let mut ended = false;
-        if let Some(hi) = inner.hi.as_ref().and_then(raw) {
-            let past = batch.iter().position(|d| {
-                d.get("_id").ok().flatten().is_some_and(|id| {
-                    id_order::compare(id, hi.as_raw_bson_ref()) == Ordering::Greater
-                })
-            });
-            if let Some(past) = past {
-                batch.truncate(past);
-                ended = true;
-            }
-        }
         if inner.start.is_none() {
             inner.start = batch.first().and_then(id_of);
         }
@@ -121,15 +104,13 @@ impl Running {
         if let Some(last) = batch.last().and_then(id_of) {
             if let Some(value) = ranges::value_of(&last) {
                 let handed = inner.handed;
-                if inner.marks.len() > DENSITY_BATCHES {
+                if inner.marks.len() >= DENSITY_BATCHES {
                     inner.marks.pop_front();
                 }
                 inner.marks.push_back((value, handed));
             }
             inner.position = Some(last);
         }
-        inner.ended |= ended;
-        ended
     }
 
     /// Records that the reader has read the whole range.
@@ -206,9 +187,12 @@ impl Running {
         }
     }
 
-    /// Lowers the range's end to `cut` (recorded by the caller first): the reader stops there.
+    /// Lowers the range's end to `cut` (recorded by the caller first): the reader reads on
+    /// up to there.
     pub fn lower_end(&self, cut: Bson) {
-        self.lock().hi = Some(cut);
+        let mut inner = self.lock();
+        inner.hi = Some(cut);
+        inner.cuts += 1;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -238,13 +222,14 @@ impl Inner {
 mod tests {
     use super::*;
     use mongodb::bson::rawdoc;
+    use std::sync::Arc;
 
     fn batch(ids: std::ops::Range<i64>) -> Vec<RawDocumentBuf> {
         ids.map(|id| rawdoc! { "_id": id }).collect()
     }
 
     #[test]
-    fn a_cut_range_stops_at_its_new_end_and_the_back_half_is_shared() {
+    fn a_cut_lowers_the_end_the_reader_reads_on_to_and_is_not_repeated_once_ended() {
         // The last range of a collection whose last `_id` is 100,000, read from the start.
         let running = Running::new(
             &Partition {
@@ -254,8 +239,7 @@ mod tests {
             Reach::Last(Bson::Int64(100_000)),
         );
         assert_eq!(running.cut(), None, "nothing read yet: no density");
-        let mut first = batch(1..10_001);
-        assert!(!running.admit(&mut first));
+        running.note(&batch(1..10_001));
         let left = running.left().unwrap();
         assert!((left - 90_000.0).abs() < 100.0, "{left}");
         assert_eq!(
@@ -265,28 +249,26 @@ mod tests {
         );
         let cut = running.cut().unwrap();
         assert_eq!(cut, Bson::Int64(55_000));
+        assert_eq!(running.cuts(), 0);
         running.lower_end(cut.clone());
-        assert_eq!(running.end(), Some(cut));
-        // The reader had read past the cut: what lies beyond it is dropped, and the range ends.
-        let mut crossing = batch(54_990..56_000);
-        assert!(running.admit(&mut crossing));
-        assert_eq!(crossing.len(), 11);
+        assert_eq!((running.end(), running.cuts()), (Some(cut), 1));
+        running.finish();
         assert_eq!(running.left(), None, "an ended range is not cut again");
     }
 
     #[test]
     fn small_or_unsplittable_ranges_are_left_alone() {
         let running = Running::new(&Partition::default(), Reach::Last(Bson::Int64(8_000)));
-        running.admit(&mut batch(0..1000));
+        running.note(&batch(0..1000));
         assert_eq!(running.cut(), None, "about 7,000 left, too few to share");
         let strings = Running::new(
             &Partition::default(),
             Reach::Last(Bson::String("zz".into())),
         );
-        let mut named: Vec<RawDocumentBuf> = (0..10_000)
+        let named: Vec<RawDocumentBuf> = (0..10_000)
             .map(|i| rawdoc! { "_id": format!("k{i:05}") })
             .collect();
-        strings.admit(&mut named);
+        strings.note(&named);
         assert_eq!(strings.left(), None, "strings have no value to cut by");
         assert_eq!(
             Running::new(&Partition::default(), Reach::Unknown).cut(),
@@ -301,10 +283,10 @@ mod tests {
         // Every hundredth of 100,000 keys sampled.
         let sample: Vec<Bson> = (0..1000).map(|i| key(i * 100)).collect();
         let running = Running::new(&Partition::default(), Reach::Unknown);
-        let mut first: Vec<RawDocumentBuf> = (0..10_000)
+        let first: Vec<RawDocumentBuf> = (0..10_000)
             .map(|i| rawdoc! { "_id": format!("k{i:06}") })
             .collect();
-        running.admit(&mut first);
+        running.note(&first);
         assert_eq!(running.cut(), None, "not looked at yet");
         assert!(running.worth_a_look());
         running.set_reach(Reach::Sample(Arc::new(sample)));
@@ -327,10 +309,10 @@ mod tests {
     fn the_density_is_that_of_the_last_batches() {
         // Five old `_id`s far below the rest, then the dense ones: 40,000 up to 1,040,000.
         let running = Running::new(&Partition::default(), Reach::Last(Bson::Int64(1_039_999)));
-        running.admit(&mut batch(0..5));
+        running.note(&batch(0..5));
         for chunk in 0..10 {
             let from = 1_000_000 + chunk * 1000;
-            running.admit(&mut batch(from..from + 1000));
+            running.note(&batch(from..from + 1000));
         }
         let left = running.left().unwrap();
         assert!((left - 30_000.0).abs() < 500.0, "{left}");

@@ -1,9 +1,11 @@
-//! The copy stage: every collection not copied yet starts at once as one `_id` range (or
-//! continues its stored ranges), in one bounded pool with the other collections' ranges, which
-//! cuts the large ones as they run (`pool`); each range checkpoints its last `_id`, the last
-//! range of a collection marks it copied, and its indexes are then built beside the other
-//! copies (`indexing`). Nothing is measured before the first byte: the sizes, for the progress
-//! and the disk and oplog checks, are measured beside the copy (`measure`).
+//! The copy stage: every collection not copied yet is planned, a few at a time, and its ranges
+//! join one bounded pool with the other collections' at once (`pool`): a small collection is
+//! one `_id` range, a large one (by the server's document count) is cut into bounded ranges
+//! first, and the pool cuts ranges again as they run; a resumed one continues its stored
+//! ranges. Each range checkpoints its last `_id`, the last range of a collection marks it
+//! copied, and its indexes are then built beside the other copies (`indexing`). The pre-flight
+//! measures nothing for the copy: the sizes, for the progress and the disk and oplog checks,
+//! are measured beside it (`measure`).
 
 use std::collections::HashMap;
 
@@ -16,7 +18,7 @@ use super::Migration;
 use crate::background;
 use crate::catalog::{CollectionSpec, Kind};
 use crate::copy;
-use crate::copy::split::Reach;
+use crate::copy::ranges::Reach;
 use crate::incarnations::Incarnations;
 use crate::majority;
 use crate::namespace::Namespace;
@@ -113,16 +115,14 @@ impl Migration<'_> {
             let collections = &collections;
             let plans = (0..collections.len()).map(move |at_position| {
                 let spec = collections[at_position];
-                self.plan_ranges(spec, stored.get(&spec.ns()), pool, jobs.clone())
+                self.plan_ranges(spec, stored.get(&spec.ns()), at, pool, jobs.clone())
             });
             background::at_most(PLAN_CONCURRENCY, plans)
         };
         let copying = async {
             tokio::try_join!(planning, self.run_pool(&pool, planned, finished, at)).map(drop)
         };
-        // A new migration (nothing stored of its copy) checks what the copy needs beside it.
-        let new = stored.is_empty();
-        self.measure_beside(copying, &collections, new).await?;
+        self.measure_beside(copying, &collections).await?;
         tracing::info!(
             concurrent_writes = pool.write_concurrency(),
             "copy write concurrency at the end of the copy"
@@ -138,12 +138,13 @@ impl Migration<'_> {
         &'p self,
         spec: &'a CollectionSpec,
         stored: Option<&'p CollectionState>,
+        at: Timestamp,
         pool: &'p Pool<'a>,
         jobs: tokio::sync::mpsc::UnboundedSender<Job<'a>>,
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some(ranges) = self.plan_copy(spec, stored).await? else {
+            let Some((ranges, reach)) = self.plan_copy(spec, stored, at).await? else {
                 return Ok(());
             };
             let recorded = ranges.len();
@@ -163,7 +164,7 @@ impl Migration<'_> {
                     unfinished: remaining.len(),
                     copied: 0,
                     ranges: recorded,
-                    reach: Reach::Unknown,
+                    reach,
                     looking: false,
                 },
             );
@@ -215,13 +216,14 @@ impl Migration<'_> {
     }
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
-    /// incarnation, else one range, the whole collection (the pool cuts it while it runs);
+    /// incarnation, else new ones, with how far the collection reaches when that was read;
     /// `None` when it is copied already.
     pub(super) async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
-    ) -> Result<Option<Vec<Partition>>> {
+        at: Timestamp,
+    ) -> Result<Option<(Vec<Partition>, Reach)>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
             CopyPlan::Done => {
@@ -231,7 +233,7 @@ impl Migration<'_> {
             CopyPlan::Resume(partitions) => {
                 let done = partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
-                return Ok(Some(partitions));
+                return Ok(Some((partitions, Reach::Unknown)));
             }
             CopyPlan::StartOver => {
                 // The source holds a new incarnation: start this collection over.
@@ -239,11 +241,21 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let ranges = vec![Partition::default()];
+        let documents = copy::ranges::estimated_count(&self.source, spec).await;
+        let (ranges, reach) = match copy::ranges::range_count(spec, documents) {
+            1 => (vec![Partition::default()], Reach::Unknown),
+            count => {
+                let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, at).await?;
+                (copy::ranges::ranges_between(&bounds), reach)
+            }
+        };
+        if ranges.len() > 1 {
+            tracing::info!(namespace = %ns, partitions = ranges.len(), "copying in parallel _id ranges");
+        }
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        Ok(Some(ranges))
+        Ok(Some((ranges, reach)))
     }
 
     /// The incarnations the copy left on the destination: each copied namespace holds the

@@ -1,6 +1,7 @@
 //! What the copy does not wait for: each collection's size (the progress bars and the copy's
-//! time left), and for a new migration the two checks that need the data's size, the source's
-//! oplog window against the copy's duration and the destination's free disk. On some servers
+//! time left), and the two checks that need the size of the data left to copy, the source's
+//! oplog window against the copy's duration and the destination's free disk (on every attempt
+//! of the copy: a fault or a stop before they end must not skip them). On some servers
 //! measuring reads whole collections and the oplog (the test server's `collStats` scans), so
 //! it runs beside the copy instead of before its first byte; a warning is logged as the
 //! pre-flight's are, and a failed check stops the migration with the same line and fix.
@@ -15,15 +16,14 @@ use crate::catalog::{self, CollectionSpec};
 use crate::preflight::{checks, Status};
 
 impl Migration<'_> {
-    /// Runs `copying` with the measurements beside it; `check` for a new migration. The
-    /// copy's result, or the failed check's.
+    /// Runs `copying` with the measurements beside it: the copy's result, or the failed
+    /// check's.
     pub(super) async fn measure_beside(
         &self,
         copying: impl Future<Output = Result<()>>,
         collections: &[&CollectionSpec],
-        check: bool,
     ) -> Result<()> {
-        let measuring = self.measure(collections, check);
+        let measuring = self.measure(collections);
         tokio::pin!(copying, measuring);
         tokio::select! {
             biased;
@@ -35,20 +35,22 @@ impl Migration<'_> {
         }
     }
 
-    async fn measure(&self, collections: &[&CollectionSpec], check: bool) -> Result<()> {
+    async fn measure(&self, collections: &[&CollectionSpec]) -> Result<()> {
         let sizes = catalog::sizes::estimate_sizes(&self.source, collections.iter().copied()).await;
-        self.progress.update(|s| {
+        // What is left to copy: a resumed copy needs room and history for the rest only.
+        let data = self.progress.update(|s| {
+            let mut left = 0;
             for (ns, (documents, bytes)) in &sizes {
                 if let Some(c) = s.collections.get_mut(ns) {
                     c.estimated_total_documents = *documents;
                     c.estimated_total_bytes = *bytes;
+                    if !c.done {
+                        left += bytes.saturating_sub(c.copied_bytes);
+                    }
                 }
             }
+            left as f64
         });
-        if !check {
-            return Ok(());
-        }
-        let data = sizes.values().map(|(_, bytes)| *bytes).sum::<u64>() as f64;
         let hello = self
             .source
             .database("admin")

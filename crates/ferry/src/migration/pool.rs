@@ -13,7 +13,8 @@ use tokio::sync::mpsc;
 
 use super::Migration;
 use crate::catalog::CollectionSpec;
-use crate::copy::split::{Reach, Running};
+use crate::copy::ranges::Reach;
+use crate::copy::split::Running;
 use crate::copy::{self, write_limit};
 use crate::state::{CopyStatus, Partition};
 
@@ -123,6 +124,10 @@ impl Migration<'_> {
         let mut to_index = VecDeque::new();
         let mut planning = true;
         loop {
+            // Nothing left to cut once every range has ended.
+            if !planning && running.is_empty() {
+                looks.clear();
+            }
             while let Ok(spec) = finished.try_recv() {
                 to_index.push_back(spec);
             }
@@ -154,10 +159,7 @@ impl Migration<'_> {
                 }
                 Some(copied) = running.next(), if !running.is_empty() => copied?,
                 Some(built) = indexing.next(), if !indexing.is_empty() => built?,
-                Some(looked) = looks.next(), if !looks.is_empty() => {
-                    let (spec, reach) = looked?;
-                    pool.reached(spec, reach);
-                }
+                Some((spec, reach)) = looks.next(), if !looks.is_empty() => pool.reached(spec, reach),
                 // A worker is idle: look again for a range to cut once the running ones have
                 // read a little (their density tells how much is left).
                 () = tokio::time::sleep(CUT_RETRY), if running.len() < COPY_CONCURRENCY && !running.is_empty() => {}
@@ -214,23 +216,35 @@ impl Migration<'_> {
     /// How far a collection's `_id`s reach: its last `_id` when the first and the last are both
     /// numbers or both ObjectIds (two reads of the `_id` index), a sample of its `_id`s
     /// otherwise.
+    /// A look that fails (the collection dropped or renamed under it, say) leaves the
+    /// collection uncut: the copy goes on.
     async fn look_at<'a>(
         &self,
         spec: &'a CollectionSpec,
         at: Timestamp,
-    ) -> Result<(&'a CollectionSpec, Reach)> {
-        let reach = match copy::ranges::ends(&self.source, spec, at).await? {
-            Some((first, last)) if copy::ranges::midpoint(&first, &last).is_some() => {
-                Reach::Last(last)
+    ) -> (&'a CollectionSpec, Reach) {
+        let looked = async {
+            Ok::<_, anyhow::Error>(match copy::ranges::ends(&self.source, spec, at).await? {
+                Some((first, last)) if copy::ranges::midpoint(&first, &last).is_some() => {
+                    Reach::Last(last)
+                }
+                Some(_) => {
+                    let ids = copy::ranges::sample_ids(&self.source, spec, SAMPLE_IDS).await?;
+                    Reach::Sample(Arc::new(ids))
+                }
+                None => Reach::Unknown,
+            })
+        };
+        let reach = match looked.await {
+            Ok(reach) => reach,
+            Err(e) => {
+                let reason = crate::explain::error(&e);
+                tracing::info!(namespace = %spec.ns(), reason = %reason, "could not tell how far the collection reaches; it is copied as it is");
+                Reach::Unknown
             }
-            Some(_) => {
-                let ids = copy::ranges::sample_ids(&self.source, spec, SAMPLE_IDS).await?;
-                Reach::Sample(Arc::new(ids))
-            }
-            None => Reach::Unknown,
         };
         tracing::debug!(namespace = %spec.ns(), ?reach, "how far the collection reaches");
-        Ok((spec, reach))
+        (spec, reach)
     }
 
     /// Copies one `_id` range of a collection; the last range of a collection to finish

@@ -11,6 +11,7 @@ use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use mongodb::Client;
 
+use crate::background;
 use crate::catalog::indexes::{self, Build};
 use crate::catalog::{self, CollectionSpec, Kind};
 use crate::copy;
@@ -31,69 +32,88 @@ pub async fn restore(
     progress: &Progress,
     at: Timestamp,
 ) -> Result<()> {
-    for spec in catalog::list_namespaces(source, filter).await? {
-        if spec.kind != Kind::Collection {
-            continue;
-        }
-        if spec.is_capped() {
-            rebuild_capped(source, destination, &spec, progress, at).await?;
-            continue;
-        }
-        let database = destination.database(&spec.db);
-        if let Some(expiry) = spec.options.get("expireAfterSeconds") {
-            majority::command(
-                &database,
-                doc! { "collMod": &spec.name, "expireAfterSeconds": expiry.clone() },
-            )
-            .await
-            .with_context(|| format!("restoring the expiry of {}", spec.ns()))?;
-        }
-        let built: Vec<&Document> = spec
-            .indexes
-            .iter()
-            .filter(|i| !catalog::is_implicit_index(i))
-            .collect();
-        if !built.iter().any(|i| catalog::relax_index(i).is_some()) {
-            continue;
-        }
-        let present = match catalog::list_indexes(destination, &spec.db, &spec.name).await {
-            Ok(present) => present,
-            Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        // Every index of a collection with relaxed ones: besides those, an index the relaxed
-        // build left out (relaxed, it was the same index as another) is built here.
-        for index in built {
-            let name = index.get_str("name").unwrap_or_default();
-            match present.iter().find(|p| p.get_str("name") == Ok(name)) {
-                Some(there) if same_constraints(there, index) => continue,
-                Some(_) => {
-                    match majority::command(
-                        &database,
-                        doc! { "dropIndexes": &spec.name, "index": name },
-                    )
-                    .await
-                    {
-                        Err(e) if !already(&e, Already::Dropped) => {
-                            return Err(e).with_context(|| {
-                                format!("replacing relaxed index {name} of {}", spec.ns())
-                            })
-                        }
-                        _ => {}
+    let specs: Vec<CollectionSpec> = catalog::list_namespaces(source, filter)
+        .await?
+        .into_iter()
+        .filter(|s| s.kind == Kind::Collection)
+        .collect();
+    // A few collections at a time: with thousands, one after the other waits on each round
+    // trip. By position: a closure over borrowed specs cannot be proven `Send` for every
+    // lifetime, which spawning the migration needs.
+    let specs = &specs;
+    let each = (0..specs.len())
+        .map(|at_position| restore_one(source, destination, &specs[at_position], progress, at));
+    background::at_most(RESTORE_CONCURRENCY, each).await
+}
+
+/// Collections restored at the same time.
+const RESTORE_CONCURRENCY: usize = 4;
+
+/// Restores one collection's relaxed constraints; one that has none is not touched.
+async fn restore_one(
+    source: &Client,
+    destination: &Client,
+    spec: &CollectionSpec,
+    progress: &Progress,
+    at: Timestamp,
+) -> Result<()> {
+    if spec.is_capped() {
+        return rebuild_capped(source, destination, spec, progress, at).await;
+    }
+    let database = destination.database(&spec.db);
+    if let Some(expiry) = spec.options.get("expireAfterSeconds") {
+        majority::command(
+            &database,
+            doc! { "collMod": &spec.name, "expireAfterSeconds": expiry.clone() },
+        )
+        .await
+        .with_context(|| format!("restoring the expiry of {}", spec.ns()))?;
+    }
+    let built: Vec<&Document> = spec
+        .indexes
+        .iter()
+        .filter(|i| !catalog::is_implicit_index(i))
+        .collect();
+    if !built.iter().any(|i| catalog::relax_index(i).is_some()) {
+        return Ok(());
+    }
+    let present = match catalog::list_indexes(destination, &spec.db, &spec.name).await {
+        Ok(present) => present,
+        Err(e) if is_code(&e, &[NAMESPACE_NOT_FOUND]) => Vec::new(),
+        Err(e) => return Err(e),
+    };
+    // Every index of a collection with relaxed ones: besides those, an index the relaxed
+    // build left out (relaxed, it was the same index as another) is built here.
+    for index in built {
+        let name = index.get_str("name").unwrap_or_default();
+        match present.iter().find(|p| p.get_str("name") == Ok(name)) {
+            Some(there) if same_constraints(there, index) => continue,
+            Some(_) => {
+                match majority::command(
+                    &database,
+                    doc! { "dropIndexes": &spec.name, "index": name },
+                )
+                .await
+                {
+                    Err(e) if !already(&e, Already::Dropped) => {
+                        return Err(e).with_context(|| {
+                            format!("replacing relaxed index {name} of {}", spec.ns())
+                        })
                     }
+                    _ => {}
                 }
-                None => {}
             }
-            indexes::build(
-                destination,
-                &spec.db,
-                &spec.name,
-                std::slice::from_ref(index),
-                Build::Exact,
-            )
-            .await
-            .with_context(|| format!("restoring index {name} of {}: {index}", spec.ns()))?;
+            None => {}
         }
+        indexes::build(
+            destination,
+            &spec.db,
+            &spec.name,
+            std::slice::from_ref(index),
+            Build::Exact,
+        )
+        .await
+        .with_context(|| format!("restoring index {name} of {}: {index}", spec.ns()))?;
     }
     Ok(())
 }

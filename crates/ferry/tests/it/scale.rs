@@ -165,7 +165,8 @@ async fn many_collections_keep_the_progress_reply_small_and_page_their_detail() 
 async fn idle_workers_take_over_half_of_a_running_range_and_a_crash_keeps_every_half() {
     let pair = Pair::start().await;
     // 40,000 documents of ~1 KB whose `_id`s crowd the top of their span, above five old ones:
-    // the density that decides the cuts is that of the recent reads.
+    // cut by value before the copy, one range holds nearly all of them, and the density that
+    // decides the cuts while it runs is that of the recent reads.
     let items = pair.src.database("big").collection::<Document>("items");
     items
         .insert_many((0..5).map(|i| doc! { "_id": i, "pad": "x".repeat(1000) }))
@@ -185,7 +186,7 @@ async fn idle_workers_take_over_half_of_a_running_range_and_a_crash_keeps_every_
         Action::Delay(Duration::from_millis(30)),
     ));
     let mut first = Ferry::start(&source.uri(), &destination.uri(), &[]);
-    // On the wire: the range reads of the collection, which starts as one range.
+    // On the wire: the range reads of the collection.
     let range_reads = || {
         source
             .commands()
@@ -200,10 +201,10 @@ async fn idle_workers_take_over_half_of_a_running_range_and_a_crash_keeps_every_
             })
             .count()
     };
-    // Killed once two cuts are recorded and read from: every part must be copied after the
-    // restart.
+    // Planned as three ranges by value (the last one holds nearly everything); killed once two
+    // cuts are recorded and read from: every part must be copied after the restart.
     let deadline = Instant::now() + Duration::from_secs(120);
-    while recorded_ranges(&pair, "big.items").await < 3 || range_reads() < 3 {
+    while recorded_ranges(&pair, "big.items").await < 5 || range_reads() < 5 {
         assert!(
             first.copied("big.items").is_none() && Instant::now() < deadline,
             "no range was cut and read before the copy ended ({} range reads):\n{}",
@@ -217,4 +218,35 @@ async fn idle_workers_take_over_half_of_a_running_range_and_a_crash_keeps_every_
     tokio::task::block_in_place(|| second.commit_and_finish());
     pair.assert_equal("after cuts of running ranges and a crash")
         .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ranges_of_embedded_document_ids_are_cut_in_the_servers_order() {
+    let pair = Pair::start().await;
+    // `_id`s that are documents: the client's byte order of `{k: 20065}` and `{k: 60000}` is
+    // not the server's, so where a cut range ends must be the server's bound.
+    let items = pair.src.database("docs").collection::<Document>("items");
+    for chunk in 0..20 {
+        items
+            .insert_many((0..2000).map(|i| {
+                doc! { "_id": { "k": chunk * 2000 + i }, "pad": "x".repeat(1000) }
+            }))
+            .await
+            .unwrap();
+    }
+    let (_, destination) = pair.proxies().await;
+    destination.add_rule(Rule::new(
+        on("insert", "docs.items"),
+        Action::Delay(Duration::from_millis(50)),
+    ));
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    let cuts = ferry.logged("an idle copy worker takes over half of a running range");
+    assert!(
+        cuts.iter()
+            .any(|fields| fields["namespace"] == "docs.items"),
+        "{}",
+        ferry.output()
+    );
+    pair.assert_equal("ranges of document _ids").await;
 }
