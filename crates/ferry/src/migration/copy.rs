@@ -119,10 +119,24 @@ impl Migration<'_> {
             });
             background::at_most(PLAN_CONCURRENCY, plans)
         };
+        // The measurements wait for the plans: on the test server each of their reads, like a
+        // plan's reads of a large collection's ends, holds the whole collection in memory, and
+        // both at once ran it out of memory at 2,000,000 documents.
+        let (planned_all, plans_done) = tokio::sync::oneshot::channel::<()>();
+        let planning = async {
+            let planned = planning.await;
+            let _ = planned_all.send(());
+            planned
+        };
         let copying = async {
             tokio::try_join!(planning, self.run_pool(&pool, planned, finished, at)).map(drop)
         };
-        self.measure_beside(copying, &collections).await?;
+        let measuring = async {
+            // A failed plan ends the copy too: then there is nothing to measure for.
+            let _ = plans_done.await;
+        };
+        self.measure_beside(copying, measuring, &collections)
+            .await?;
         tracing::info!(
             concurrent_writes = pool.write_concurrency(),
             "copy write concurrency at the end of the copy"

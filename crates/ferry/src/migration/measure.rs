@@ -16,14 +16,18 @@ use crate::catalog::{self, CollectionSpec};
 use crate::preflight::{checks, Status};
 
 impl Migration<'_> {
-    /// Runs `copying` with the measurements beside it: the copy's result, or the failed
-    /// check's.
+    /// Runs `copying` with the measurements beside it, once `ready` has ended: the copy's
+    /// result, or the failed check's.
     pub(super) async fn measure_beside(
         &self,
         copying: impl Future<Output = Result<()>>,
+        ready: impl Future<Output = ()>,
         collections: &[&CollectionSpec],
     ) -> Result<()> {
-        let measuring = self.measure(collections);
+        let measuring = async {
+            ready.await;
+            self.measure(collections).await
+        };
         tokio::pin!(copying, measuring);
         tokio::select! {
             biased;
