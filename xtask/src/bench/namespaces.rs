@@ -21,6 +21,8 @@ const DOCUMENTS: i32 = 20;
 pub struct NamespacesResult {
     pub collections: usize,
     pub naive_seconds: f64,
+    /// Another build's launch to canCommit on the same data (`FERRY_BENCH_BASELINE`).
+    pub baseline_seconds: Option<f64>,
     pub ferry_seconds: f64,
     pub peak_memory: Option<u64>,
     pub largest_reply: usize,
@@ -102,6 +104,23 @@ pub fn measure(
     runtime.block_on(testkit::server::trim_oplog(&src));
     eprintln!("bench: naive single client, {collections} collections");
     let naive_seconds = runtime.block_on(naive(&src, &dst, collections))?;
+    let baseline_seconds = match std::env::var_os("FERRY_BENCH_BASELINE") {
+        Some(baseline) => {
+            eprintln!("bench: baseline ferry, {collections} collections, launch to canCommit");
+            let other = Server::start()?;
+            let log = ferry.with_file_name(format!("bench-baseline-{collections}-collections.log"));
+            let started = Instant::now();
+            let mut run = FerryRun::start(std::path::Path::new(&baseline), &source, &other, &log)?;
+            run.wait_for("canCommit", Duration::from_secs(3600), |p| {
+                p["canCommit"] == true
+            })?;
+            let seconds = started.elapsed().as_secs_f64();
+            let _ = run.child.kill();
+            let _ = run.child.wait();
+            Some(seconds)
+        }
+        None => None,
+    };
     eprintln!("bench: ferry, {collections} collections, launch to canCommit");
     let log = ferry.with_file_name(format!("bench-ferry-{collections}-collections.log"));
     let started = Instant::now();
@@ -116,6 +135,7 @@ pub fn measure(
     Ok(NamespacesResult {
         collections,
         naive_seconds,
+        baseline_seconds,
         ferry_seconds,
         peak_memory,
         largest_reply: run.largest_reply,

@@ -212,6 +212,15 @@ fn namespaces_table(out: &mut String, results: &[NamespacesResult]) {
             r.commit_seconds
         );
     }
+    for r in results {
+        if let Some(baseline) = r.baseline_seconds {
+            let _ = writeln!(
+                out,
+                "\n{} collections, the baseline build (`FERRY_BENCH_BASELINE`) in the same run: {:.1} s to canCommit, this build {:.1} s.",
+                r.collections, baseline, r.ferry_seconds
+            );
+        }
+    }
     for pair in results.windows(2) {
         let (small, large) = (&pair[0], &pair[1]);
         let _ = writeln!(
