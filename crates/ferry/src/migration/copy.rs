@@ -163,7 +163,7 @@ impl Migration<'_> {
             };
             let recorded = ranges.len();
             copy::create_namespace(&self.destination, spec).await?;
-            self.set_collection_phase(&ns, "copying", None);
+            self.set_collection_phase(&ns, "copying");
             let remaining: Vec<(usize, Partition)> = ranges
                 .into_iter()
                 .enumerate()
@@ -191,19 +191,11 @@ impl Migration<'_> {
         .boxed()
     }
 
-    pub(super) fn set_collection_phase(
-        &self,
-        ns: &str,
-        phase: &'static str,
-        indexes_built: Option<u64>,
-    ) {
+    pub(super) fn set_collection_phase(&self, ns: &str, phase: &'static str) {
         self.progress.update(|s| {
             if let Some(c) = s.collections.get_mut(ns) {
                 c.phase = phase;
                 c.done = phase != "copying";
-                if let Some(built) = indexes_built {
-                    c.indexes_built = built;
-                }
             }
         });
     }

@@ -59,7 +59,14 @@ impl Migration<'_> {
 
     /// Builds the indexes of every collection whose copy did not build them.
     pub(super) async fn build_indexes(&self, specs: &[CollectionSpec]) -> Result<()> {
-        let stored = self.store.collections().await?;
+        // By name: with thousands of collections, a scan of the states for each would not do.
+        let stored: std::collections::HashMap<String, _> = self
+            .store
+            .collections()
+            .await?
+            .into_iter()
+            .map(|c| (c.ns.clone(), c))
+            .collect();
         // By position: a closure over borrowed specs cannot be proven `Send` for every
         // lifetime, which spawning the migration needs.
         let left: Vec<(usize, bool)> = specs
@@ -67,9 +74,7 @@ impl Migration<'_> {
             .enumerate()
             .filter(|(_, s)| s.kind == Kind::Collection)
             .filter_map(|(at, spec)| {
-                let state = stored
-                    .iter()
-                    .find(|c| c.ns == spec.ns() && c.uuid == spec.uuid);
+                let state = stored.get(&spec.ns()).filter(|c| c.uuid == spec.uuid);
                 match state {
                     Some(c) if c.status == CopyStatus::Indexed => None,
                     state => Some((at, state.is_some())),

@@ -326,7 +326,7 @@ impl Migration<'_> {
         let ns = spec.ns();
         self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
         self.progress.checkpointed();
-        self.set_collection_phase(&ns, "copied", None);
+        self.set_collection_phase(&ns, "copied");
         tracing::info!(namespace = %ns, documents = copied, "collection copied");
         // The pool runs until every range has ended, so the receiver is still there.
         let _ = pool.copied.send(spec);
