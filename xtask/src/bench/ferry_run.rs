@@ -138,3 +138,31 @@ impl FerryRun {
         Ok(())
     }
 }
+
+/// Another build of Ferry (`FERRY_BENCH_BASELINE=path/to/ferry`) on the same source, into a
+/// destination of its own: seconds from launch to `canCommit`, or `None` when no baseline is
+/// set. Its log goes beside Ferry's, named after `label`.
+pub fn baseline_to_can_commit(
+    ferry: &std::path::Path,
+    source: &Server,
+    label: &str,
+) -> Result<Option<f64>> {
+    let Some(baseline) = std::env::var_os("FERRY_BENCH_BASELINE") else {
+        return Ok(None);
+    };
+    eprintln!(
+        "bench: baseline ferry ({}), {label}, launch to canCommit",
+        baseline.to_string_lossy()
+    );
+    let other = Server::start()?;
+    let log = ferry.with_file_name(format!("bench-baseline-{label}.log"));
+    let started = Instant::now();
+    let mut run = FerryRun::start(std::path::Path::new(&baseline), source, &other, &log)?;
+    run.wait_for("canCommit", Duration::from_secs(3600), |p| {
+        p["canCommit"] == true
+    })?;
+    let seconds = started.elapsed().as_secs_f64();
+    let _ = run.child.kill();
+    let _ = run.child.wait();
+    Ok(Some(seconds))
+}

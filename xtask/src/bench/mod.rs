@@ -167,27 +167,8 @@ pub fn run() -> Result<()> {
         let floor = runtime.block_on(baselines::floor(&src, &dst, documents))?;
         // Another build of Ferry (`FERRY_BENCH_BASELINE=path/to/ferry`) on the same data, into
         // a destination of its own, just before this one: a change measured in one run.
-        let baseline_seconds = match std::env::var_os("FERRY_BENCH_BASELINE") {
-            Some(baseline) => {
-                eprintln!(
-                    "bench: baseline ferry ({}), launch to canCommit",
-                    baseline.to_string_lossy()
-                );
-                let other = Server::start()?;
-                let log = ferry.with_file_name(format!("bench-baseline-{documents}.log"));
-                let started = Instant::now();
-                let mut run =
-                    FerryRun::start(std::path::Path::new(&baseline), &source, &other, &log)?;
-                run.wait_for("canCommit", Duration::from_secs(3600), |p| {
-                    p["canCommit"] == true
-                })?;
-                let seconds = started.elapsed().as_secs_f64();
-                let _ = run.child.kill();
-                let _ = run.child.wait();
-                Some(seconds)
-            }
-            None => None,
-        };
+        let baseline_seconds =
+            ferry_run::baseline_to_can_commit(&ferry, &source, &documents.to_string())?;
         eprintln!("bench: ferry copy, launch to canCommit");
         let started = Instant::now();
         let log = ferry.with_file_name(format!("bench-ferry-{documents}.log"));

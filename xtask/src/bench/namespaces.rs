@@ -12,7 +12,7 @@ use mongodb::Client;
 use testkit::Server;
 
 use super::collect_all;
-use super::ferry_run::FerryRun;
+use super::ferry_run::{baseline_to_can_commit, FerryRun};
 
 /// Databases the collections are spread over.
 const DATABASES: usize = 10;
@@ -104,23 +104,8 @@ pub fn measure(
     runtime.block_on(testkit::server::trim_oplog(&src));
     eprintln!("bench: naive single client, {collections} collections");
     let naive_seconds = runtime.block_on(naive(&src, &dst, collections))?;
-    let baseline_seconds = match std::env::var_os("FERRY_BENCH_BASELINE") {
-        Some(baseline) => {
-            eprintln!("bench: baseline ferry, {collections} collections, launch to canCommit");
-            let other = Server::start()?;
-            let log = ferry.with_file_name(format!("bench-baseline-{collections}-collections.log"));
-            let started = Instant::now();
-            let mut run = FerryRun::start(std::path::Path::new(&baseline), &source, &other, &log)?;
-            run.wait_for("canCommit", Duration::from_secs(3600), |p| {
-                p["canCommit"] == true
-            })?;
-            let seconds = started.elapsed().as_secs_f64();
-            let _ = run.child.kill();
-            let _ = run.child.wait();
-            Some(seconds)
-        }
-        None => None,
-    };
+    let baseline_seconds =
+        baseline_to_can_commit(ferry, &source, &format!("{collections}-collections"))?;
     eprintln!("bench: ferry, {collections} collections, launch to canCommit");
     let log = ferry.with_file_name(format!("bench-ferry-{collections}-collections.log"));
     let started = Instant::now();
