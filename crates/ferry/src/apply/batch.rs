@@ -1,15 +1,18 @@
-//! Consecutive changes to one collection sent as one ordered `update` or `delete` command,
-//! within the server's command limit; a statement the destination refuses is replaced by a
-//! read-back of its document, and the batch goes on after it.
+//! Changes to one collection sent as one ordered `insert`, `update` or `delete` command, within
+//! the server's command limit. An insert refused as a duplicate (its document is there: a replay,
+//! or the copy's version) is written, with the inserts after it, as replace-upserts; any other
+//! statement the destination refuses is replaced by a read-back of its document, and the batch
+//! goes on after it.
 
 use anyhow::{bail, Context, Result};
 use mongodb::bson::{Document, RawArrayBuf, RawBson, RawDocumentBuf};
 use mongodb::Client;
 
-use super::crud::Command;
+use super::crud::{self, Command};
 use super::refetch::refetch;
 use crate::changes::ChangeEvent;
 use crate::majority;
+use crate::server_error::DUPLICATE_KEY;
 
 /// Statements per command, and the byte size up to which a batch takes more statements: well
 /// under the server's command limit (16 MiB + 16 KiB), which one statement alone may approach.
@@ -69,36 +72,59 @@ impl Batch {
         self.events.push(event);
     }
 
-    /// Sends the batch as ordered commands. A statement the server refuses is replaced by a
-    /// refetch of its document, and the batch continues after that event's statements.
+    /// Sends the batch as ordered commands. An insert refused as a duplicate turns it and the
+    /// inserts after it into replace-upserts; another statement the server refuses is replaced
+    /// by a refetch of its document, and the batch continues after that event's statements.
     /// Returns the number of refetched documents.
     pub async fn execute(self, source: &Client, destination: &Client) -> Result<u64> {
         let database = destination.database(&self.db);
+        let mut batch = self;
         let mut refetched = 0;
         let mut start = 0;
-        while start < self.statements.len() {
-            let command = self.command_for(&self.statements[start..]);
+        while start < batch.statements.len() {
+            let command = batch.command_for(&batch.statements[start..]);
             let reply = majority::raw_command(&database, command)
                 .await
                 .with_context(|| {
                     format!(
                         "applying changes to {}.{} on the destination",
-                        self.db, self.coll
+                        batch.db, batch.coll
                     )
                 })?;
-            let Some(failed) = first_write_error(&reply)? else {
+            let Some((failed, code)) = first_write_error(&reply)? else {
                 break;
             };
             let failed = start + failed;
-            let owner = self.owners[failed];
-            refetch(source, destination, &self.events[owner]).await?;
+            let owner = batch.owners[failed];
+            if batch.command == Command::Insert && code == Some(DUPLICATE_KEY) {
+                batch = batch.into_upserts_from(owner)?;
+                start = 0;
+                continue;
+            }
+            refetch(source, destination, &batch.events[owner]).await?;
             refetched += 1;
             start = failed;
-            while start < self.statements.len() && self.owners[start] == owner {
+            while start < batch.statements.len() && batch.owners[start] == owner {
                 start += 1;
             }
         }
         Ok(refetched)
+    }
+
+    /// The batch's events, in the order it writes them.
+    #[cfg(test)]
+    pub fn into_events(self) -> Vec<ChangeEvent> {
+        self.events
+    }
+
+    /// The inserts of this batch's events from `first` on, as replace-upserts.
+    fn into_upserts_from(self, first: usize) -> Result<Batch> {
+        let mut upserts = Batch::new(&self.db, &self.coll, Command::Update);
+        for event in self.events.into_iter().skip(first) {
+            let statement = crud::upsert(&event)?;
+            upserts.push(event, vec![statement]);
+        }
+        Ok(upserts)
     }
 
     fn command_for(&self, statements: &[RawDocumentBuf]) -> RawDocumentBuf {
@@ -107,6 +133,7 @@ impl Batch {
             list.push(RawBson::Document(statement.clone()));
         }
         let (name, field) = match self.command {
+            Command::Insert => ("insert", "documents"),
             Command::Update => ("update", "updates"),
             Command::Delete => ("delete", "deletes"),
         };
@@ -119,8 +146,8 @@ impl Batch {
     }
 }
 
-/// The index of the first failed statement of an ordered write reply.
-fn first_write_error(reply: &Document) -> Result<Option<usize>> {
+/// The index and error code of the first failed statement of an ordered write reply.
+fn first_write_error(reply: &Document) -> Result<Option<(usize, Option<i32>)>> {
     let Ok(errors) = reply.get_array("writeErrors") else {
         return Ok(None);
     };
@@ -132,7 +159,12 @@ fn first_write_error(reply: &Document) -> Result<Option<usize>> {
         Some(mongodb::bson::Bson::Int64(i)) => *i as usize,
         _ => bail!("the destination's write error has no statement index: {first}"),
     };
-    Ok(Some(index))
+    let code = match first.get("code") {
+        Some(mongodb::bson::Bson::Int32(c)) => Some(*c),
+        Some(mongodb::bson::Bson::Int64(c)) => i32::try_from(*c).ok(),
+        _ => None,
+    };
+    Ok(Some((index, code)))
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
-//! Document changes as absolute, replay-safe writes (DESIGN rule 2): insert and replace become a
-//! replace-with-upsert by document key, update becomes `$set`/`$unset` of the changed fields
-//! (after truncating shortened arrays), delete becomes a delete by key. An update that cannot
-//! apply as a delta (ambiguous paths) asks for a read-back (`refetch`) instead.
+//! Document changes as absolute, replay-safe writes (DESIGN rule 2): replace becomes a
+//! replace-with-upsert by document key, insert an insert of the full document (which the batch
+//! turns into that upsert when the document is there already: a replay, or the copy's version),
+//! update becomes `$set`/`$unset` of the changed fields (after truncating shortened arrays),
+//! delete becomes a delete by key. An update that cannot apply as a delta (ambiguous paths) asks
+//! for a read-back (`refetch`) instead.
 
 use anyhow::{bail, Context, Result};
 use mongodb::bson::{rawdoc, RawArrayBuf, RawDocument, RawDocumentBuf};
@@ -9,8 +11,11 @@ use mongodb::bson::{rawdoc, RawArrayBuf, RawDocument, RawDocumentBuf};
 use crate::changes::{ChangeEvent, Op};
 
 /// The server command a statement belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Command {
+    /// Inserts of full documents: an upsert's effect when the document is absent, at a fraction
+    /// of its cost on the server.
+    Insert,
     Update,
     Delete,
 }
@@ -41,14 +46,11 @@ pub enum Paths {
 pub fn writes_for(event: &ChangeEvent, paths: Paths) -> Result<Writes> {
     let key = event.document("documentKey")?;
     match event.op {
-        Op::Insert | Op::Replace => {
-            let full = event.document("fullDocument")?;
-            let mut statement = RawDocumentBuf::new();
-            statement.append_ref("q", key);
-            statement.append_ref("u", full);
-            statement.append("upsert", true);
-            Ok(Writes::Statements(Command::Update, vec![statement]))
-        }
+        Op::Insert => Ok(Writes::Statements(
+            Command::Insert,
+            vec![event.document("fullDocument")?.to_owned()],
+        )),
+        Op::Replace => Ok(Writes::Statements(Command::Update, vec![upsert(event)?])),
         Op::Delete => Ok(Writes::Statements(
             Command::Delete,
             vec![{
@@ -61,6 +63,15 @@ pub fn writes_for(event: &ChangeEvent, paths: Paths) -> Result<Writes> {
         Op::Update => update_writes(key, event.document("updateDescription")?, paths),
         _ => bail!("{:?} is not a document change", event.op),
     }
+}
+
+/// The replace-with-upsert of an insert or replace event's full document, by its key.
+pub fn upsert(event: &ChangeEvent) -> Result<RawDocumentBuf> {
+    let mut statement = RawDocumentBuf::new();
+    statement.append_ref("q", event.document("documentKey")?);
+    statement.append_ref("u", event.document("fullDocument")?);
+    statement.append("upsert", true);
+    Ok(statement)
 }
 
 fn update_writes(key: &RawDocument, description: &RawDocument, paths: Paths) -> Result<Writes> {
@@ -155,20 +166,19 @@ mod tests {
     use crate::apply::testing::event;
 
     #[test]
-    fn insert_and_replace_become_upserts_of_the_full_document() {
-        let e = event(
-            "insert",
-            rawdoc! { "fullDocument": { "_id": 7, "b": 1, "a": 2 } },
-        );
+    fn insert_becomes_an_insert_and_replace_an_upsert_of_the_full_document() {
+        let full = rawdoc! { "fullDocument": { "_id": 7, "b": 1, "a": 2 } };
         assert_eq!(
-            writes_for(&e, Paths::Disambiguated).unwrap(),
-            Writes::Statements(
-                Command::Update,
-                vec![
-                    rawdoc! { "q": { "_id": 7 }, "u": { "_id": 7, "b": 1, "a": 2 }, "upsert": true }
-                ]
-            )
+            writes_for(&event("insert", full.clone()), Paths::Disambiguated).unwrap(),
+            Writes::Statements(Command::Insert, vec![rawdoc! { "_id": 7, "b": 1, "a": 2 }])
         );
+        let upsert =
+            rawdoc! { "q": { "_id": 7 }, "u": { "_id": 7, "b": 1, "a": 2 }, "upsert": true };
+        assert_eq!(
+            writes_for(&event("replace", full.clone()), Paths::Disambiguated).unwrap(),
+            Writes::Statements(Command::Update, vec![upsert.clone()])
+        );
+        assert_eq!(super::upsert(&event("insert", full)).unwrap(), upsert);
     }
 
     #[test]

@@ -233,3 +233,38 @@ async fn indexes_on_one_key_that_differ_only_in_uniqueness_all_migrate() {
     pair.assert_equal("indexes differing only in uniqueness")
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inserts_replayed_over_documents_already_there_are_written_whole_without_read_backs() {
+    let pair = Pair::start().await;
+    let items = |client: &mongodb::Client| client.database("app").collection::<Document>("items");
+    items(&pair.src)
+        .insert_one(doc! { "_id": -1 })
+        .await
+        .unwrap();
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    // Every fourth document is on the destination already, in another version (as a copy that
+    // read it after the insert leaves it): its insert is refused as a duplicate, and the inserts
+    // after it in the same command must still be written.
+    items(&pair.dst)
+        .insert_many((0..400).step_by(4).map(|i| doc! { "_id": i, "v": "stale" }))
+        .await
+        .unwrap();
+    items(&pair.src)
+        .insert_many((0..400).map(|i| doc! { "_id": i, "v": "fresh", "n": i }))
+        .await
+        .unwrap();
+    let applied = tokio::task::block_in_place(|| {
+        ferry.wait_for(
+            "the inserts applied",
+            std::time::Duration::from_secs(60),
+            |p| p["eventsApplied"]["insert"].as_u64() >= Some(400) && p["lagTimeSeconds"] == 0,
+        )
+    });
+    // A duplicate becomes a replace of the event's own document: no read-back from the source.
+    assert_eq!(applied["eventsApplied"]["refetched"], 0, "{applied}");
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("inserts over documents already there")
+        .await;
+}
