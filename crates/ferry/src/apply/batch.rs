@@ -82,7 +82,8 @@ impl Batch {
         let mut refetched = 0;
         let mut start = 0;
         while start < batch.statements.len() {
-            let command = batch.command_for(&batch.statements[start..]);
+            let end = batch.command_end(start);
+            let command = batch.command_for(&batch.statements[start..end]);
             let reply = majority::raw_command(&database, command)
                 .await
                 .with_context(|| {
@@ -92,7 +93,8 @@ impl Batch {
                     )
                 })?;
             let Some((failed, code)) = first_write_error(&reply)? else {
-                break;
+                start = end;
+                continue;
             };
             let failed = start + failed;
             let owner = batch.owners[failed];
@@ -125,6 +127,22 @@ impl Batch {
             upserts.push(event, vec![statement]);
         }
         Ok(upserts)
+    }
+
+    /// Where the command sent from statement `start` ends: within [`MAX_STATEMENTS`] and
+    /// [`MAX_BYTES`] (with at least one statement). A batch is built within them, but inserts
+    /// turned into upserts grow by their keys.
+    fn command_end(&self, start: usize) -> usize {
+        let mut bytes = 0;
+        let mut end = start;
+        for statement in &self.statements[start..] {
+            bytes += statement.as_bytes().len();
+            if end > start && (end - start >= MAX_STATEMENTS || bytes > MAX_BYTES) {
+                break;
+            }
+            end += 1;
+        }
+        end
     }
 
     fn command_for(&self, statements: &[RawDocumentBuf]) -> RawDocumentBuf {
@@ -172,6 +190,47 @@ mod tests {
     use super::*;
     use crate::apply::testing::event;
     use mongodb::bson::rawdoc;
+
+    #[test]
+    fn inserts_turned_into_upserts_are_sent_within_the_byte_bound() {
+        // Documents that are mostly their `_id`: as upserts ({q: key, u: document}) a full batch
+        // of them nearly doubles, past the server's command limit in one command.
+        let id = |n: i32| format!("{n:09}{}", "k".repeat(9000));
+        let mut batch = Batch::new("d", "c", Command::Insert);
+        let mut n = 0;
+        loop {
+            let document = rawdoc! { "_id": id(n) };
+            if !batch.accepts("d", "c", Command::Insert, &[document.clone()]) {
+                break;
+            }
+            let e = ChangeEvent::decode(rawdoc! {
+                "operationType": "insert",
+                "clusterTime": mongodb::bson::Timestamp { time: 1, increment: 1 },
+                "ns": { "db": "d", "coll": "c" },
+                "documentKey": { "_id": id(n) },
+                "fullDocument": document.clone(),
+            })
+            .unwrap();
+            batch.push(e, vec![document]);
+            n += 1;
+        }
+        let upserts = batch.into_upserts_from(0).unwrap();
+        assert_eq!(upserts.statements.len(), n as usize);
+        let (mut start, mut commands) = (0, 0);
+        while start < upserts.statements.len() {
+            let end = upserts.command_end(start);
+            let bytes: usize = upserts.statements[start..end]
+                .iter()
+                .map(|s| s.as_bytes().len())
+                .sum();
+            assert!(
+                end > start && bytes <= MAX_BYTES,
+                "{bytes} bytes in one command"
+            );
+            (start, commands) = (end, commands + 1);
+        }
+        assert!(commands >= 2, "{commands} commands");
+    }
 
     #[test]
     fn a_batch_never_grows_past_its_byte_bound_with_the_next_statement() {

@@ -185,12 +185,17 @@ mod tests {
 
     /// An event of `op` on `d.<coll>` for `_id` `id` at increment `n`.
     fn event(op: &str, coll: &str, id: i32, n: u32) -> ChangeEvent {
+        event_with(op, coll, mongodb::bson::RawBson::Int32(id), n)
+    }
+
+    /// An event as [`event`]'s, with any `_id`.
+    fn event_with(op: &str, coll: &str, id: mongodb::bson::RawBson, n: u32) -> ChangeEvent {
         let value = i64::from(n);
         let mut raw = rawdoc! {
             "operationType": if op == "ambiguous" { "update" } else { op },
             "clusterTime": Timestamp { time: 1, increment: n },
             "ns": { "db": "d", "coll": coll },
-            "documentKey": { "_id": id },
+            "documentKey": { "_id": id.clone() },
         };
         match op {
             "insert" | "replace" => raw.append("fullDocument", rawdoc! { "_id": id, "n": value }),
@@ -255,12 +260,21 @@ mod tests {
         eprintln!("seed {seed} (FERRY_TEST_SEED={seed} repeats it)");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let ops = ["insert", "update", "replace", "delete", "ambiguous"];
-        for _ in 0..200 {
-            let events: Vec<ChangeEvent> = (0..rng.random_range(1..300u32))
+        for round in 0..200 {
+            // Now and then more events than one command holds.
+            let count = if round % 10 == 0 { 2500 } else { 300 };
+            let events: Vec<ChangeEvent> = (0..rng.random_range(1..count))
                 .map(|n| {
                     let op = ops[rng.random_range(0..ops.len())];
                     let coll = ["a", "b", "c"][rng.random_range(0..3)];
-                    event(op, coll, rng.random_range(0..6), n)
+                    // One `_id` value under several numeric types: one document to the server.
+                    let id = rng.random_range(0..6);
+                    let id = match rng.random_range(0..3) {
+                        0 => mongodb::bson::RawBson::Int32(id),
+                        1 => mongodb::bson::RawBson::Int64(id.into()),
+                        _ => mongodb::bson::RawBson::Double(id.into()),
+                    };
+                    event_with(op, coll, id, n)
                 })
                 .collect();
             let pushed = events.len();
@@ -272,10 +286,15 @@ mod tests {
             );
             let mut latest = HashMap::new();
             for e in &written {
-                let key = (
-                    e.coll.clone(),
-                    e.document("documentKey").unwrap().as_bytes().to_vec(),
-                );
+                let mut id = std::collections::hash_map::DefaultHasher::new();
+                let key = e
+                    .document("documentKey")
+                    .unwrap()
+                    .get("_id")
+                    .unwrap()
+                    .unwrap();
+                id_order::hash_as_compared(key, Strings::Simple, &mut id);
+                let key = (e.coll.clone(), id.finish());
                 if let Some(before) = latest.insert(key, e.cluster_time.increment) {
                     assert!(
                         before < e.cluster_time.increment,
