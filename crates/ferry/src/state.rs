@@ -380,13 +380,15 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records that partition `index` of `ns` is copied.
-    pub async fn partition_done(&self, ns: &str, index: usize) -> Result<()> {
+    /// Records that partition `index` of `ns` is copied and, when it was the `last` one left,
+    /// that the collection is: one write.
+    pub async fn partition_done(&self, ns: &str, index: usize, last: bool) -> Result<()> {
+        let mut set = doc! { format!("partitions.{index}.done"): true };
+        if last {
+            set.insert("status", CopyStatus::Copied.as_str());
+        }
         self.collections
-            .update_one(
-                doc! { "_id": ns },
-                doc! { "$set": { format!("partitions.{index}.done"): true } },
-            )
+            .update_one(doc! { "_id": ns }, doc! { "$set": set })
             .await
             .with_context(|| format!("recording the copy progress of {ns}"))?;
         Ok(())

@@ -186,6 +186,27 @@ pub async fn name_of(
     Ok(entry.and_then(|e| e.get_str("name").ok().map(str::to_string)))
 }
 
+/// Whether collection `name` of database `db` is the incarnation whose UUID is `uuid`. Asked by
+/// name, which a server answers without reading the database's whole catalog, and in
+/// `session`, like [`name_of`].
+pub async fn holds(
+    client: &Client,
+    session: &mut ClientSession,
+    db: &str,
+    name: &str,
+    uuid: &[u8],
+) -> Result<bool> {
+    let mut cursor = client
+        .database(db)
+        .run_cursor_command(doc! { "listCollections": 1, "filter": { "name": name } })
+        .session(&mut *session)
+        .await
+        .with_context(|| format!("looking up collection {name:?} of database {db:?}"))?;
+    let entry = cursor.next(&mut *session).await.transpose()?;
+    let held = entry.as_ref().and_then(|e| e.get_document("info").ok());
+    Ok(matches!(held.and_then(|i| i.get("uuid")), Some(Bson::Binary(b)) if b.bytes == uuid))
+}
+
 /// `listIndexes` of one collection, each spec exactly as the server reports it.
 pub async fn list_indexes(client: &Client, db: &str, coll: &str) -> Result<Vec<Document>> {
     let cursor = client

@@ -228,8 +228,10 @@ pub async fn copy_documents(
     let read = async {
         let mut session = reads::session_at(source, at).await?;
         let mut after = range.last_id.clone();
-        let (mut capped_restarts, mut killed) = (0, 0);
-        let mut name = incarnation_name(source, &mut session, spec).await?;
+        let (mut capped_restarts, mut killed, mut moved) = (0, 0, 0);
+        // The name the incarnation had when the catalog was listed: each read proves it still
+        // holds it once its cursor is open, and looks the incarnation up by UUID only if not.
+        let mut name = Some(spec.name.clone());
         while let Some(reading) = name.clone() {
             // Taken before the end: a cut in between only makes the read reopen once more.
             let cuts = running.as_ref().map_or(0, |r| r.cuts());
@@ -253,18 +255,19 @@ pub async fn copy_documents(
             let read =
                 read_collection(&mut session, source, spec, &reading, filter, &mut handoff).await;
             match read {
-                Ok(Read::ToTheEnd) => {
-                    name = incarnation_name(source, &mut session, spec).await?;
-                    if name.as_ref() == Some(&reading) {
-                        break;
+                // A rename or drop kills an open cursor: a read that ended whole read the
+                // incarnation to its end.
+                Ok(Read::ToTheEnd) => break,
+                Ok(Read::Cut) => {}
+                Ok(Read::Moved) => {
+                    moved += 1;
+                    if moved > KILLED_READS {
+                        anyhow::bail!("the collection {ns} kept moving while its copy began: retry once its renames stop");
                     }
+                    name = incarnation_name(source, &mut session, spec).await?;
                     if let Some(moved) = &name {
                         tracing::info!(namespace = %ns, now = %moved, "the collection was renamed during its copy; reading on under its new name");
                     }
-                }
-                Ok(Read::Cut) => {}
-                Ok(Read::Moved) => {
-                    name = incarnation_name(source, &mut session, spec).await?;
                 }
                 // The collection was dropped or renamed under the read: see where its
                 // incarnation is now, and read on from the last `_id` handed to the writer.
@@ -323,10 +326,10 @@ enum Read {
 
 /// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
 /// `batches`, recording the last `_id` read in `after`, and stopping at the end of `running`
-/// when the pool cut it. The name is checked again once the
-/// cursor is open, before its first document is handed on: a cursor stays on the collection it
-/// opened on (a rename or drop kills it), so this proves every document came from the spec's
-/// incarnation.
+/// when the pool cut it. The name is checked (by name, a cheap lookup) once the cursor is
+/// open, before its first document is handed on: a cursor stays on the collection it opened on
+/// (a rename or drop kills it), so this proves every document came from the spec's incarnation,
+/// unless that incarnation was renamed onto this name in the moment between the two.
 async fn read_collection(
     session: &mut ClientSession,
     source: &Client,
@@ -347,11 +350,13 @@ async fn read_collection(
     let mut rows = reader::open(source, session, scan)
         .await
         .with_context(|| format!("reading documents of {ns}"))?;
-    if incarnation_name(source, rows.session(), spec)
-        .await?
-        .as_deref()
-        != Some(name)
-    {
+    let holds = match &spec.uuid {
+        Some(Bson::Binary(uuid)) => {
+            catalog::holds(source, rows.session(), &spec.db, name, &uuid.bytes).await?
+        }
+        _ => true,
+    };
+    if !holds {
         return Ok(Read::Moved);
     }
     let mut batch = Vec::with_capacity(BATCH_DOCUMENTS);

@@ -170,7 +170,7 @@ impl Migration<'_> {
                 .filter(|(_, r)| !r.done)
                 .collect();
             if remaining.is_empty() {
-                return self.finish_copy(spec, 0, pool).await;
+                return self.finish_copy(spec, 0, pool, false).await;
             }
             pool.track(
                 ns,

@@ -299,8 +299,6 @@ impl Migration<'_> {
                 .expect("pool lock")
                 .retain(|(_, _, r)| !Arc::ptr_eq(r, &running));
             let copied = copied?;
-            self.store.partition_done(&ns, index).await?;
-            self.progress.checkpointed();
             let finished = {
                 let mut tracked = pool.tracked.lock().expect("pool lock");
                 let t = tracked.get_mut(&ns).expect("a tracked collection");
@@ -308,24 +306,33 @@ impl Migration<'_> {
                 t.copied += copied;
                 (t.unfinished == 0).then_some(t.copied)
             };
+            // The last range's end and the collection's are one write.
+            self.store
+                .partition_done(&ns, index, finished.is_some())
+                .await?;
+            self.progress.checkpointed();
             if let Some(total) = finished {
-                self.finish_copy(spec, total, pool).await?;
+                self.finish_copy(spec, total, pool, true).await?;
             }
             Ok(())
         }
         .boxed()
     }
 
-    /// Records a collection's copy as finished and hands it to the index builds.
+    /// Records a collection's copy as finished, unless `recorded` with its last range, and hands
+    /// it to the index builds.
     pub(super) async fn finish_copy<'a>(
         &self,
         spec: &'a CollectionSpec,
         copied: u64,
         pool: &Pool<'a>,
+        recorded: bool,
     ) -> Result<()> {
         let ns = spec.ns();
-        self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
-        self.progress.checkpointed();
+        if !recorded {
+            self.store.set_copy_status(&ns, CopyStatus::Copied).await?;
+            self.progress.checkpointed();
+        }
         self.set_collection_phase(&ns, "copied");
         tracing::info!(namespace = %ns, documents = copied, "collection copied");
         // The pool runs until every range has ended, so the receiver is still there.
