@@ -200,7 +200,7 @@ mod tests {
         let mut n = 0;
         loop {
             let document = rawdoc! { "_id": id(n) };
-            if !batch.accepts("d", "c", Command::Insert, &[document.clone()]) {
+            if !batch.accepts("d", "c", Command::Insert, std::slice::from_ref(&document)) {
                 break;
             }
             let e = ChangeEvent::decode(rawdoc! {
