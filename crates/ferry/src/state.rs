@@ -380,11 +380,15 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records that partition `index` of `ns` is copied and, when it was the `last` one left,
-    /// that the collection is: one write.
-    pub async fn partition_done(&self, ns: &str, index: usize, last: bool) -> Result<()> {
+    /// Records that partition `index` of `ns` is copied. When it was the last one left, of
+    /// `all` partitions, every partition's documents are written: all of them are marked done
+    /// and the collection copied, in one write.
+    pub async fn partition_done(&self, ns: &str, index: usize, all: Option<usize>) -> Result<()> {
         let mut set = doc! { format!("partitions.{index}.done"): true };
-        if last {
+        if let Some(all) = all {
+            for other in 0..all {
+                set.insert(format!("partitions.{other}.done"), true);
+            }
             set.insert("status", CopyStatus::Copied.as_str());
         }
         self.collections

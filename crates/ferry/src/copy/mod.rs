@@ -24,7 +24,7 @@ use crate::server_error::{
     already, is_code, only_duplicates, Already, CAPPED_POSITION_LOST, NAMESPACE_NOT_FOUND,
     QUERY_PLAN_KILLED,
 };
-use crate::source::reads;
+use crate::source::{clock, reads};
 use crate::state::{Partition, StateStore};
 use reader::{Order, Scan};
 use write_limit::WriteLimit;
@@ -227,6 +227,13 @@ pub async fn copy_documents(
 
     let read = async {
         let mut session = reads::session_at(source, at).await?;
+        // The spec was listed from a catalog no newer than the source's latest write now: the
+        // reads see at least that catalog, so a name the listing gave is read as it named it
+        // (or later, which the check once a cursor is open covers).
+        let listed = clock::read(source)
+            .await
+            .context("reading the source's clock before a copy")?;
+        session.advance_operation_time(listed.last_write);
         let mut after = range.last_id.clone();
         let (mut capped_restarts, mut killed, mut moved) = (0, 0, 0);
         // The name the incarnation had when the catalog was listed: each read proves it still

@@ -304,14 +304,14 @@ impl Migration<'_> {
                 let t = tracked.get_mut(&ns).expect("a tracked collection");
                 t.unfinished -= 1;
                 t.copied += copied;
-                (t.unfinished == 0).then_some(t.copied)
+                (t.unfinished == 0).then_some((t.copied, t.ranges))
             };
-            // The last range's end and the collection's are one write.
-            self.store
-                .partition_done(&ns, index, finished.is_some())
-                .await?;
+            // The last range's end and the collection's are one write, which marks every range
+            // done: the other ranges' own marks may still be on their way.
+            let all = finished.map(|(_, ranges)| ranges);
+            self.store.partition_done(&ns, index, all).await?;
             self.progress.checkpointed();
-            if let Some(total) = finished {
+            if let Some((total, _)) = finished {
                 self.finish_copy(spec, total, pool, true).await?;
             }
             Ok(())

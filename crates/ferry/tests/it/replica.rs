@@ -534,3 +534,92 @@ async fn a_collection_renamed_during_its_copy_is_copied_whole_through_a_retry() 
     assert!(ferry.retried(), "{}", ferry.output());
     pair.assert_equal("renamed during its copy").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_read_sees_the_catalog_that_named_its_collection() {
+    // Renamed after T0 and before the copy lists the catalog: the listing names `b`, which a
+    // majority snapshot at T0 does not hold (on a real replica set such a read finds nothing, or
+    // another collection). The copy's reads must wait for a snapshot that holds the name.
+    let pair = Pair::start().await;
+    fill(&pair.src, "d", "a", 100).await;
+    let (source, destination) = pair.proxies().await;
+    // The migration's start (T0) is recorded before the copy lists the catalog; the source's
+    // next listing of `d` is the copy's, which is held while the collection is renamed.
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen = started.clone();
+    destination.add_rule(
+        Rule::new(
+            move |c: &Recorded| {
+                if c.name == "insert" && c.namespace().as_deref() == Some("__ferry.migration") {
+                    seen.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                false
+            },
+            Action::Delay(Duration::ZERO),
+        )
+        .times(1),
+    );
+    let listing = {
+        let started = started.clone();
+        move |c: &Recorded| {
+            c.name == "listCollections"
+                && c.db == "d"
+                && started.load(std::sync::atomic::Ordering::SeqCst)
+        }
+    };
+    let held = source.add_rule(Rule::new(listing, Action::Delay(Duration::from_secs(2))).times(1));
+    let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while held.fired() < 1 {
+        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    pair.src
+        .database("admin")
+        .run_command(doc! { "renameCollection": "d.a", "to": "d.b" })
+        .await
+        .unwrap();
+    let hello = pair
+        .src
+        .database("admin")
+        .run_command(doc! { "hello": 1 })
+        .await
+        .unwrap();
+    let renamed = hello
+        .get_document("lastWrite")
+        .and_then(|w| w.get_document("opTime"))
+        .and_then(|t| t.get_timestamp("ts"))
+        .unwrap();
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("renamed before the listing").await;
+    let t0 = start_time(&source).expect("the change stream starts at a time, T0");
+    assert!(
+        t0 < renamed,
+        "the rename at {renamed:?} must follow T0 {t0:?}"
+    );
+    let reads: Vec<Recorded> = source
+        .commands()
+        .into_iter()
+        .filter(|c| {
+            c.name == "find"
+                && c.namespace().as_deref() == Some("d.b")
+                && c.body.get_document("sort").is_ok()
+        })
+        .collect();
+    assert!(
+        !reads.is_empty(),
+        "no copy read of d.b:\n{}",
+        ferry.output()
+    );
+    for read in reads {
+        let after = read
+            .read_concern
+            .as_ref()
+            .and_then(|c| c.get_timestamp("afterClusterTime").ok())
+            .unwrap_or_else(|| panic!("a copy read without afterClusterTime: {read:?}"));
+        assert!(
+            after >= renamed,
+            "a read of d.b at {after:?}, before the rename that named it at {renamed:?}"
+        );
+    }
+}
