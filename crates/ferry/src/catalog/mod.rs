@@ -176,13 +176,9 @@ pub async fn name_of(
         subtype: BinarySubtype::Uuid,
         bytes: uuid.to_vec(),
     };
-    let mut cursor = client
-        .database(db)
-        .run_cursor_command(doc! { "listCollections": 1, "filter": { "info.uuid": uuid } })
-        .session(&mut *session)
+    let entry = first_listed(client, session, db, doc! { "info.uuid": uuid })
         .await
         .with_context(|| format!("finding a collection of database {db:?} by its UUID"))?;
-    let entry = cursor.next(&mut *session).await.transpose()?;
     Ok(entry.and_then(|e| e.get_str("name").ok().map(str::to_string)))
 }
 
@@ -196,15 +192,26 @@ pub async fn holds(
     name: &str,
     uuid: &[u8],
 ) -> Result<bool> {
-    let mut cursor = client
-        .database(db)
-        .run_cursor_command(doc! { "listCollections": 1, "filter": { "name": name } })
-        .session(&mut *session)
+    let entry = first_listed(client, session, db, doc! { "name": name })
         .await
         .with_context(|| format!("looking up collection {name:?} of database {db:?}"))?;
-    let entry = cursor.next(&mut *session).await.transpose()?;
     let held = entry.as_ref().and_then(|e| e.get_document("info").ok());
     Ok(matches!(held.and_then(|i| i.get("uuid")), Some(Bson::Binary(b)) if b.bytes == uuid))
+}
+
+/// The first entry `listCollections` gives for `filter` in database `db`, asked in `session`.
+async fn first_listed(
+    client: &Client,
+    session: &mut ClientSession,
+    db: &str,
+    filter: Document,
+) -> Result<Option<Document>> {
+    let mut cursor = client
+        .database(db)
+        .run_cursor_command(doc! { "listCollections": 1, "filter": filter })
+        .session(&mut *session)
+        .await?;
+    Ok(cursor.next(&mut *session).await.transpose()?)
 }
 
 /// `listIndexes` of one collection, each spec exactly as the server reports it.
