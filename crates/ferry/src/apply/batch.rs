@@ -12,6 +12,7 @@ use super::crud::{self, Command};
 use super::refetch::refetch;
 use crate::changes::ChangeEvent;
 use crate::majority;
+use crate::reply::number;
 use crate::server_error::DUPLICATE_KEY;
 
 /// Statements per command, and the byte size up to which a batch takes more statements: well
@@ -172,17 +173,11 @@ fn first_write_error(reply: &Document) -> Result<Option<(usize, Option<i32>)>> {
     let Some(first) = errors.first().and_then(|e| e.as_document()) else {
         return Ok(None);
     };
-    let index = match first.get("index") {
-        Some(mongodb::bson::Bson::Int32(i)) => *i as usize,
-        Some(mongodb::bson::Bson::Int64(i)) => *i as usize,
-        _ => bail!("the destination's write error has no statement index: {first}"),
+    let Some(index) = number(first, "index") else {
+        bail!("the destination's write error has no statement index: {first}");
     };
-    let code = match first.get("code") {
-        Some(mongodb::bson::Bson::Int32(c)) => Some(*c),
-        Some(mongodb::bson::Bson::Int64(c)) => i32::try_from(*c).ok(),
-        _ => None,
-    };
-    Ok(Some((index, code)))
+    let code = number(first, "code").map(|c| c as i32);
+    Ok(Some((index as usize, code)))
 }
 
 #[cfg(test)]
