@@ -23,11 +23,13 @@ use super::refetch::refetch;
 use crate::changes::ChangeEvent;
 use crate::id_order::{self, Strings};
 
-/// An event waiting in its lane, with its writes and its document (by namespace and `_id` as
-/// the server compares it; unequal documents may share a value, which only costs batching).
+/// An event waiting in its lane, with its writes, its namespace and its document (by namespace
+/// and `_id` as the server compares it), each as a hash: unequal ones may share a value, which
+/// only costs batching.
 struct Waiting {
     event: ChangeEvent,
     writes: Writes,
+    namespace: u64,
     document: u64,
 }
 
@@ -50,6 +52,7 @@ impl Lanes {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         event.db.hash(&mut hasher);
         event.coll.hash(&mut hasher);
+        let namespace = hasher.clone().finish();
         // By `_id` alone: a sharded source's key also holds the shard key, which an update can
         // change (a delete and an insert of one document under two keys).
         let key = event.document("documentKey")?;
@@ -62,6 +65,7 @@ impl Lanes {
         self.lanes[lane].push(Waiting {
             event,
             writes,
+            namespace,
             document,
         });
         Ok(())
@@ -93,11 +97,13 @@ fn steps(events: Vec<Waiting>) -> Vec<Step> {
     let mut steps = Vec::new();
     // The step holding each document's latest write.
     let mut latest_of_document: HashMap<u64, usize> = HashMap::new();
-    // The latest batch of each collection and command.
-    let mut open: HashMap<(String, String, Command), usize> = HashMap::new();
+    // The latest batch of each collection and command (a batch takes only its own collection's
+    // statements, so namespaces that share a hash only start new batches).
+    let mut open: HashMap<(u64, Command), usize> = HashMap::new();
     for Waiting {
         event,
         writes,
+        namespace,
         document,
     } in events
     {
@@ -109,17 +115,16 @@ fn steps(events: Vec<Waiting>) -> Vec<Step> {
                 steps.len() - 1
             }
             Writes::Statements(command, statements) => {
-                let coll = event.coll.clone().unwrap_or_default();
-                let key = (event.db.clone(), coll, command);
-                let joins = open.get(&key).copied().filter(|&i| {
+                let coll = event.coll.as_deref().unwrap_or_default();
+                let joins = open.get(&(namespace, command)).copied().filter(|&i| {
                     after.is_none_or(|a| i >= a)
-                        && matches!(&steps[i], Step::Batch(b) if b.accepts(&key.0, &key.1, command, &statements))
+                        && matches!(&steps[i], Step::Batch(b) if b.accepts(&event.db, coll, command, &statements))
                 });
                 let at = joins.unwrap_or_else(|| {
-                    steps.push(Step::Batch(Batch::new(&key.0, &key.1, command)));
+                    steps.push(Step::Batch(Batch::new(&event.db, coll, command)));
                     steps.len() - 1
                 });
-                open.insert(key, at);
+                open.insert((namespace, command), at);
                 if let Step::Batch(batch) = &mut steps[at] {
                     batch.push(event, statements);
                 }
