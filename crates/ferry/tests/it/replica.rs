@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use serde_json::Value;
-use testkit::proxy::{Action, Proxy, Recorded, Rule};
+use testkit::proxy::{Action, Proxy, Recorded, Rule, RuleHandle};
 use testkit::workload;
 
 use crate::harness::{fill, seed, unique_index, App, Ferry, Pair};
@@ -38,6 +38,15 @@ fn is_write(command: &Recorded) -> bool {
 /// A `getMore` of a cursor on `db.coll`.
 fn get_more(ns: &'static str) -> impl Fn(&Recorded) -> bool + Send + Sync + 'static {
     move |c| c.name == "getMore" && c.namespace().as_deref() == Some(ns)
+}
+
+/// Waits until the proxy's `rule` has fired `times`, failing with Ferry's output after a minute.
+async fn until_fired(rule: &RuleHandle, times: usize, ferry: &Ferry) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rule.fired() < times {
+        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// The time the first change stream Ferry opened starts at.
@@ -507,11 +516,7 @@ async fn a_collection_renamed_during_its_copy_is_copied_whole_through_a_retry() 
     let held =
         source.add_rule(Rule::new(copy_read, Action::Delay(Duration::from_secs(3))).times(2));
     let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while held.fired() < 2 {
-        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_fired(&held, 2, &ferry).await;
     pair.src
         .database("admin")
         .run_command(doc! { "renameCollection": "big.items", "to": "big.moved" })
@@ -569,11 +574,7 @@ async fn a_copy_read_sees_the_catalog_that_named_its_collection() {
     };
     let held = source.add_rule(Rule::new(listing, Action::Delay(Duration::from_secs(2))).times(1));
     let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while held.fired() < 1 {
-        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    until_fired(&held, 1, &ferry).await;
     pair.src
         .database("admin")
         .run_command(doc! { "renameCollection": "d.a", "to": "d.b" })
