@@ -119,23 +119,25 @@ pub async fn ends(
                 .read_concern(ReadConcern::majority())
                 .build(),
         );
-    let mut session = reads::session_at(source, at).await?;
-    let mut ends = Vec::with_capacity(2);
-    for order in [1, -1] {
-        let end = collection
-            .find_one(doc! {})
-            .sort(doc! { "_id": order })
-            .projection(doc! { "_id": 1 })
-            .session(&mut session)
-            .await
-            .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
-        match end.and_then(|d| d.get("_id").cloned()) {
-            Some(id) => ends.push(id),
-            None => return Ok(None),
+    // Both at once: on the test server each reads the whole collection.
+    let end = |order: i32| {
+        let collection = collection.clone();
+        async move {
+            let mut session = reads::session_at(source, at).await?;
+            let end = collection
+                .find_one(doc! {})
+                .sort(doc! { "_id": order })
+                .projection(doc! { "_id": 1 })
+                .session(&mut session)
+                .await
+                .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
+            anyhow::Ok(end.and_then(|d| d.get("_id").cloned()))
         }
+    };
+    match tokio::try_join!(end(1), end(-1))? {
+        (Some(first), Some(last)) => Ok(Some((first, last))),
+        _ => Ok(None),
     }
-    let last = ends.pop().expect("two ends");
-    Ok(Some((ends.pop().expect("two ends"), last)))
 }
 
 /// About `size` of the collection's `_id`s drawn at random, in `_id` order (any mix of types):
