@@ -1,5 +1,6 @@
 //! What the source's collections weigh, as the server estimates it (`collStats`): for the
-//! pre-flight's disk and oplog checks, the copy's range planning and the progress bars.
+//! disk and oplog checks of a pre-flight that measures (`ferry check`). A migration takes its
+//! sizes from its copy instead (`migration::measure`).
 
 use std::collections::HashMap;
 

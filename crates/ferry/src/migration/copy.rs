@@ -5,7 +5,7 @@
 //! ranges. Each range checkpoints its last `_id`, the last range of a collection marks it
 //! copied, and its indexes are then built beside the other copies (`indexing`). The pre-flight
 //! measures nothing for the copy: the sizes, for the progress and the disk and oplog checks,
-//! are measured beside it (`measure`).
+//! are taken from the plans' counts and the copy's first batches (`measure`).
 
 use std::collections::HashMap;
 
@@ -248,6 +248,11 @@ impl Migration<'_> {
             CopyPlan::New => {}
         }
         let documents = copy::ranges::estimated_count(&self.source, spec).await;
+        self.progress.update(|s| {
+            if let Some(c) = s.collections.get_mut(&ns) {
+                c.estimated_total_documents = documents;
+            }
+        });
         let (ranges, reach) = match copy::ranges::range_count(spec, documents) {
             1 => (vec![Partition::default()], Reach::Unknown),
             count => {

@@ -1,19 +1,37 @@
 //! What the copy does not wait for: each collection's size (the progress bars and the copy's
 //! time left), and the two checks that need the size of the data left to copy, the source's
 //! oplog window against the copy's duration and the destination's free disk (on every attempt
-//! of the copy: a fault or a stop before they end must not skip them). On some servers
-//! measuring reads whole collections and the oplog (the test server's `collStats` scans), so
-//! it runs beside the copy instead of before its first byte; a warning is logged as the
-//! pre-flight's are, and a failed check stops the migration with the same line and fix.
+//! of the copy: a fault or a stop before they end must not skip them). A warning is logged as
+//! the pre-flight's are, and a failed check stops the migration with the same line and fix.
+//!
+//! The sizes come from the copy itself, not from the server's statistics: a collection's
+//! document count, which planning its ranges reads (metadata on a real server), times the
+//! average size of the documents its first batches copied; and the copy's own rate. On the test
+//! server a `collStats` reads the whole collection, and beside a copy of 2,000,000 documents
+//! those reads slowed it by about a fifth.
 
+use std::collections::HashSet;
 use std::future::Future;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Result};
+use futures_util::StreamExt;
 use mongodb::bson::doc;
 
 use super::Migration;
-use crate::catalog::{self, CollectionSpec};
+use crate::catalog::CollectionSpec;
+use crate::copy::ranges;
 use crate::preflight::{checks, Status};
+use crate::progress::CollectionProgress;
+
+/// Once every collection is planned, the copy's rate is measured over at least `RATE_WINDOW`
+/// (before, the plans' reads hold it back), and the measurement waits at most `SAMPLE_WAIT` for
+/// each collection still copying to have copied a first batch (its average document size).
+const RATE_WINDOW: Duration = Duration::from_secs(3);
+const SAMPLE_WAIT: Duration = Duration::from_secs(10);
+const SAMPLE_POLL: Duration = Duration::from_millis(100);
+/// Collections counted at the same time, for those whose plan did not count them.
+const COUNT_AT_ONCE: usize = 16;
 
 impl Migration<'_> {
     /// Runs `copying` with the measurements beside it, once `ready` has ended: the copy's
@@ -40,21 +58,37 @@ impl Migration<'_> {
     }
 
     async fn measure(&self, collections: &[&CollectionSpec]) -> Result<()> {
-        let sizes = catalog::sizes::estimate_sizes(&self.source, collections.iter().copied()).await;
+        let started = (Instant::now(), self.progress.snapshot().copied_bytes());
+        self.count_unplanned(collections).await;
+        loop {
+            let waited = started.0.elapsed();
+            let sampled = sampled(&self.progress.snapshot().collections);
+            if waited >= SAMPLE_WAIT || (waited >= RATE_WINDOW && sampled) {
+                break;
+            }
+            tokio::time::sleep(SAMPLE_POLL).await;
+        }
         // What is left to copy: a resumed copy needs room and history for the rest only.
-        let data = self.progress.update(|s| {
+        let (data, copied) = self.progress.update(|s| {
+            let overall = average_size(s.collections.iter());
+            let estimates: Vec<(String, u64)> = s
+                .collections
+                .iter()
+                .map(|c| (c.namespace.clone(), estimated_bytes(c, overall)))
+                .collect();
             let mut left = 0;
-            for (ns, (documents, bytes)) in &sizes {
-                if let Some(c) = s.collections.get_mut(ns) {
-                    c.estimated_total_documents = *documents;
-                    c.estimated_total_bytes = *bytes;
+            for (ns, bytes) in estimates {
+                if let Some(c) = s.collections.get_mut(&ns) {
+                    c.estimated_total_bytes = bytes;
                     if !c.done {
                         left += bytes.saturating_sub(c.copied_bytes);
                     }
                 }
             }
-            left as f64
+            (left as f64, s.copied_bytes())
         });
+        let seconds = started.0.elapsed().as_secs_f64();
+        let rate_bytes = copied.saturating_sub(started.1) as f64;
         let hello = self
             .source
             .database("admin")
@@ -62,8 +96,8 @@ impl Migration<'_> {
             .await?;
         let mut found = Vec::new();
         if hello.contains_key("setName") {
-            let included: Vec<CollectionSpec> = collections.iter().map(|&s| s.clone()).collect();
-            let oplog = checks::read_oplog(&self.source, &included, &hello).await;
+            let mut oplog = checks::oplog_size_and_span(&self.source, &hello).await;
+            oplog.read_rate = (rate_bytes > 1e6 && seconds > 0.0).then(|| rate_bytes / seconds);
             found.push(checks::oplog_window(&oplog, data));
         }
         found.push(checks::destination_disk(&self.destination, data).await);
@@ -77,5 +111,96 @@ impl Migration<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Counts the collections still copying that no plan counted: those resumed.
+    async fn count_unplanned(&self, collections: &[&CollectionSpec]) {
+        let snapshot = self.progress.snapshot();
+        let waiting: HashSet<&str> = snapshot
+            .collections
+            .iter()
+            .filter(|c| !c.done && c.estimated_total_documents == 0)
+            .map(|c| c.namespace.as_str())
+            .collect();
+        let uncounted: Vec<&CollectionSpec> = collections
+            .iter()
+            .copied()
+            .filter(|spec| waiting.contains(spec.ns().as_str()))
+            .collect();
+        // By position: a closure over borrowed specs cannot be proven `Send` for every
+        // lifetime, which spawning the migration needs.
+        let (uncounted, source) = (&uncounted, &self.source);
+        let counts: Vec<(String, u64)> = futures_util::stream::iter(0..uncounted.len())
+            .map(move |at| async move {
+                let spec = uncounted[at];
+                (spec.ns(), ranges::estimated_count(source, spec).await)
+            })
+            .buffer_unordered(COUNT_AT_ONCE)
+            .collect()
+            .await;
+        self.progress.update(|s| {
+            for (ns, documents) in counts {
+                if let Some(c) = s.collections.get_mut(&ns) {
+                    c.estimated_total_documents = documents;
+                }
+            }
+        });
+    }
+}
+
+/// Whether every collection still copying has copied some documents: their average size.
+fn sampled(rows: &crate::progress::Collections) -> bool {
+    rows.iter().all(|c| c.done || c.copied_documents > 0)
+}
+
+/// The average size of the documents copied so far, of all collections.
+fn average_size<'a>(rows: impl Iterator<Item = &'a CollectionProgress>) -> Option<f64> {
+    let (documents, bytes) = rows.fold((0, 0), |(d, b), c| {
+        (d + c.copied_documents, b + c.copied_bytes)
+    });
+    (documents > 0).then(|| bytes as f64 / documents as f64)
+}
+
+/// A collection's estimated size in bytes: its document count times the average size of the
+/// documents copied of it, or of all collections when none of it is copied yet; never less
+/// than what is copied.
+fn estimated_bytes(row: &CollectionProgress, overall: Option<f64>) -> u64 {
+    let average = average_size(std::iter::once(row))
+        .or(overall)
+        .unwrap_or(0.0);
+    ((row.estimated_total_documents as f64 * average) as u64).max(row.copied_bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(total: u64, documents: u64, bytes: u64) -> CollectionProgress {
+        CollectionProgress {
+            estimated_total_documents: total,
+            copied_documents: documents,
+            copied_bytes: bytes,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_size_is_the_count_times_the_average_copied_document() {
+        let started = row(2_000_000, 4_000, 4_100_000);
+        let waiting = row(1_000, 0, 0);
+        let overall = average_size([&started, &waiting].into_iter());
+        assert_eq!(overall, Some(1025.0));
+        assert_eq!(estimated_bytes(&started, overall), 2_050_000_000);
+        assert_eq!(
+            estimated_bytes(&waiting, overall),
+            1_025_000,
+            "none of it copied yet: the copy's average"
+        );
+        assert_eq!(
+            estimated_bytes(&row(10, 20, 2_000), overall),
+            2_000,
+            "more copied than counted: what is copied"
+        );
+        assert_eq!(estimated_bytes(&row(10, 0, 0), None), 0, "nothing known");
     }
 }

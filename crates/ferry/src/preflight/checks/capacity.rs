@@ -76,8 +76,9 @@ pub async fn read_oplog(
     }
 }
 
-/// The oplog's size and maximum, and its span when the size is known.
-async fn oplog_size_and_span(source: &Client, hello: &Document) -> OplogReading {
+/// The oplog's size and maximum, and its span when the size is known (the read rate is left
+/// for the caller).
+pub async fn oplog_size_and_span(source: &Client, hello: &Document) -> OplogReading {
     let slow = OplogReading {
         slow: true,
         ..Default::default()

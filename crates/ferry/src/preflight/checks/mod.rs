@@ -11,7 +11,7 @@ mod scope;
 mod versions;
 
 pub use blocking::{write_blocking, writes_open_at_commit};
-pub use capacity::{destination_disk, oplog_window, read_oplog};
+pub use capacity::{destination_disk, oplog_size_and_span, oplog_window, read_oplog};
 pub use connection::{reachable, source_replica_set};
 pub use privileges::{destination_privileges, source_privileges};
 pub use reverse::{reverse_ready, reversible};
