@@ -11,6 +11,7 @@ use mongodb::options::{CollectionOptions, ReadConcern};
 use mongodb::Client;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::catalog::CollectionSpec;
 use crate::id_order;
@@ -62,16 +63,51 @@ pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> u64 {
         .unwrap_or(0)
 }
 
+/// How long a count may take before the collection's ends are read beside it: a server that
+/// counts by reading the collection (the test server does) is slow only on a large one, whose
+/// ends its plan needs next. A real server counts from metadata, in a round trip.
+const SLOW_COUNT: Duration = Duration::from_millis(250);
+
+/// The collection's estimated document count, with its ends (`ends`) when they were read
+/// beside a slow count. Those are dropped when the count shows the collection is one range,
+/// and a failed read of them is left for the plan to make again.
+pub async fn count(
+    source: &Client,
+    spec: &CollectionSpec,
+    at: Timestamp,
+) -> (u64, Option<Option<(Bson, Bson)>>) {
+    let counting = estimated_count(source, spec);
+    tokio::pin!(counting);
+    if spec.is_capped() || spec.is_collated() {
+        return (counting.await, None);
+    }
+    tokio::select! {
+        documents = &mut counting => return (documents, None),
+        _ = tokio::time::sleep(SLOW_COUNT) => {}
+    }
+    let reading = ends(source, spec, at);
+    tokio::pin!(reading);
+    tokio::select! {
+        documents = &mut counting => {
+            if range_count(spec, documents) == 1 {
+                return (documents, None);
+            }
+            (documents, reading.await.ok())
+        }
+        read = &mut reading => (counting.await, read.ok()),
+    }
+}
+
 /// Cuts a collection into `count` ranges before its copy: by value between its first and last
-/// `_id` when both are numbers or both ObjectIds, else at quantiles of a sample of its `_id`s.
-/// With the bounds, how far it reaches, for cutting its ranges again as they run.
+/// `_id` (`ends`) when both are numbers or both ObjectIds, else at quantiles of a sample of its
+/// `_id`s. With the bounds, how far it reaches, for cutting its ranges again as they run.
 pub async fn plan(
     source: &Client,
     spec: &CollectionSpec,
     count: u64,
-    at: Timestamp,
+    ends: Option<(Bson, Bson)>,
 ) -> Result<(Vec<Bson>, Reach)> {
-    let Some((first, last)) = ends(source, spec, at).await? else {
+    let Some((first, last)) = ends else {
         return Ok((Vec::new(), Reach::Unknown));
     };
     if let Some(bounds) = split_between(&first, &last, count) {
@@ -168,6 +204,11 @@ pub async fn sample_ids(source: &Client, spec: &CollectionSpec, size: u64) -> Re
 /// `count - 1` bounds evenly between `first` and `last`, when both are ObjectIds or both
 /// numbers.
 fn split_between(first: &Bson, last: &Bson, count: u64) -> Option<Vec<Bson>> {
+    // Read at two moments, the first may lie past the last (the collection emptied and filled
+    // again meanwhile): then there is no line to cut along.
+    if compare_ids(first, last) == std::cmp::Ordering::Greater {
+        return None;
+    }
     let steps = 1..count;
     let mut bounds: Vec<Bson> = match (first, last) {
         (Bson::ObjectId(a), Bson::ObjectId(b)) => {
@@ -318,6 +359,11 @@ mod tests {
         assert_eq!(
             split_between(&Bson::Int32(1), &oid("650000000000000000000000"), 4),
             None
+        );
+        assert_eq!(
+            split_between(&Bson::Int64(1_000), &Bson::Int32(0), 4),
+            None,
+            "a first _id past the last, read a moment later"
         );
     }
 

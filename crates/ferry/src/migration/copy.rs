@@ -119,9 +119,9 @@ impl Migration<'_> {
             });
             background::at_most(PLAN_CONCURRENCY, plans)
         };
-        // The measurements wait for the plans: on the test server each of their reads, like a
-        // plan's reads of a large collection's ends, holds the whole collection in memory, and
-        // both at once ran it out of memory at 2,000,000 documents.
+        // The measurements wait for the plans: they take the plans' counts, and the copy's rate
+        // once the plans' reads are over (on the test server a large collection's count and
+        // ends each read the whole collection).
         let (planned_all, plans_done) = tokio::sync::oneshot::channel::<()>();
         let planning = async {
             let planned = planning.await;
@@ -247,7 +247,7 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let documents = copy::ranges::estimated_count(&self.source, spec).await;
+        let (documents, ends) = copy::ranges::count(&self.source, spec, at).await;
         self.progress.update(|s| {
             if let Some(c) = s.collections.get_mut(&ns) {
                 c.estimated_total_documents = documents;
@@ -256,7 +256,11 @@ impl Migration<'_> {
         let (ranges, reach) = match copy::ranges::range_count(spec, documents) {
             1 => (vec![Partition::default()], Reach::Unknown),
             count => {
-                let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, at).await?;
+                let ends = match ends {
+                    Some(ends) => ends,
+                    None => copy::ranges::ends(&self.source, spec, at).await?,
+                };
+                let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, ends).await?;
                 (copy::ranges::ranges_between(&bounds), reach)
             }
         };

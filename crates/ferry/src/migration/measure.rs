@@ -4,11 +4,12 @@
 //! of the copy: a fault or a stop before they end must not skip them). A warning is logged as
 //! the pre-flight's are, and a failed check stops the migration with the same line and fix.
 //!
-//! The sizes come from the copy itself, not from the server's statistics: a collection's
-//! document count, which planning its ranges reads (metadata on a real server), times the
-//! average size of the documents its first batches copied; and the copy's own rate. On the test
-//! server a `collStats` reads the whole collection, and beside a copy of 2,000,000 documents
-//! those reads slowed it by about a fifth.
+//! The sizes come from the copy itself where it can tell: a collection's document count, which
+//! planning its ranges reads (metadata on a real server; counted here for a resumed copy), times
+//! the average size of the documents copied of it so far; and the copy's own rate. Only the
+//! collections that have copied nothing after a short wait are measured with the server's
+//! statistics (`collStats`). On the test server a `collStats` reads the whole collection, and
+//! beside a copy of 2,000,000 documents those reads slowed it by about a fifth.
 
 use std::collections::HashSet;
 use std::future::Future;
@@ -19,7 +20,7 @@ use futures_util::StreamExt;
 use mongodb::bson::doc;
 
 use super::Migration;
-use crate::catalog::CollectionSpec;
+use crate::catalog::{self, CollectionSpec};
 use crate::copy::ranges;
 use crate::preflight::{checks, Status};
 use crate::progress::CollectionProgress;
@@ -59,26 +60,45 @@ impl Migration<'_> {
 
     async fn measure(&self, collections: &[&CollectionSpec]) -> Result<()> {
         let started = (Instant::now(), self.progress.snapshot().copied_bytes());
+        // This attempt's collections: rows of an earlier attempt's (a collection dropped or
+        // renamed since) are not copied any more.
+        let ours: HashSet<String> = collections.iter().map(|s| s.ns()).collect();
         self.count_unplanned(collections).await;
         loop {
             let waited = started.0.elapsed();
-            let sampled = sampled(&self.progress.snapshot().collections);
+            let sampled = unsampled(&self.progress.snapshot().collections, &ours).is_empty();
             if waited >= SAMPLE_WAIT || (waited >= RATE_WINDOW && sampled) {
                 break;
             }
             tokio::time::sleep(SAMPLE_POLL).await;
         }
+        // The collections still waiting for their first batch: the server's statistics.
+        let waiting = unsampled(&self.progress.snapshot().collections, &ours);
+        let waiting: Vec<&CollectionSpec> = collections
+            .iter()
+            .copied()
+            .filter(|spec| waiting.contains(&spec.ns()))
+            .collect();
+        let stats = catalog::sizes::estimate_sizes(&self.source, waiting).await;
         // What is left to copy: a resumed copy needs room and history for the rest only.
         let (data, copied) = self.progress.update(|s| {
-            let overall = average_size(s.collections.iter());
-            let estimates: Vec<(String, u64)> = s
+            let estimates: Vec<(String, u64, u64)> = s
                 .collections
                 .iter()
-                .map(|c| (c.namespace.clone(), estimated_bytes(c, overall)))
+                .filter(|c| ours.contains(&c.namespace))
+                .map(|c| {
+                    let (documents, bytes) = match stats.get(&c.namespace) {
+                        Some(&(documents, bytes)) => (documents, bytes),
+                        None => (c.estimated_total_documents, estimated_bytes(c)),
+                    };
+                    let documents = documents.max(c.copied_documents);
+                    (c.namespace.clone(), documents, bytes.max(c.copied_bytes))
+                })
                 .collect();
             let mut left = 0;
-            for (ns, bytes) in estimates {
+            for (ns, documents, bytes) in estimates {
                 if let Some(c) = s.collections.get_mut(&ns) {
+                    c.estimated_total_documents = documents;
                     c.estimated_total_bytes = bytes;
                     if !c.done {
                         left += bytes.saturating_sub(c.copied_bytes);
@@ -97,7 +117,7 @@ impl Migration<'_> {
         let mut found = Vec::new();
         if hello.contains_key("setName") {
             let mut oplog = checks::oplog_size_and_span(&self.source, &hello).await;
-            oplog.read_rate = (rate_bytes > 1e6 && seconds > 0.0).then(|| rate_bytes / seconds);
+            oplog.copy_rate = (rate_bytes > 1e6 && seconds > 0.0).then(|| rate_bytes / seconds);
             found.push(checks::oplog_window(&oplog, data));
         }
         found.push(checks::destination_disk(&self.destination, data).await);
@@ -148,26 +168,21 @@ impl Migration<'_> {
     }
 }
 
-/// Whether every collection still copying has copied some documents: their average size.
-fn sampled(rows: &crate::progress::Collections) -> bool {
-    rows.iter().all(|c| c.done || c.copied_documents > 0)
-}
-
-/// The average size of the documents copied so far, of all collections.
-fn average_size<'a>(rows: impl Iterator<Item = &'a CollectionProgress>) -> Option<f64> {
-    let (documents, bytes) = rows.fold((0, 0), |(d, b), c| {
-        (d + c.copied_documents, b + c.copied_bytes)
-    });
-    (documents > 0).then(|| bytes as f64 / documents as f64)
+/// Those of `ours` still copying that have copied nothing yet: no average size of their own.
+fn unsampled(rows: &crate::progress::Collections, ours: &HashSet<String>) -> HashSet<String> {
+    rows.iter()
+        .filter(|c| !c.done && c.copied_documents == 0 && ours.contains(&c.namespace))
+        .map(|c| c.namespace.clone())
+        .collect()
 }
 
 /// A collection's estimated size in bytes: its document count times the average size of the
-/// documents copied of it, or of all collections when none of it is copied yet; never less
-/// than what is copied.
-fn estimated_bytes(row: &CollectionProgress, overall: Option<f64>) -> u64 {
-    let average = average_size(std::iter::once(row))
-        .or(overall)
-        .unwrap_or(0.0);
+/// documents copied of it; never less than what is copied.
+fn estimated_bytes(row: &CollectionProgress) -> u64 {
+    let average = match row.copied_documents {
+        0 => 0.0,
+        documents => row.copied_bytes as f64 / documents as f64,
+    };
     ((row.estimated_total_documents as f64 * average) as u64).max(row.copied_bytes)
 }
 
@@ -186,21 +201,34 @@ mod tests {
 
     #[test]
     fn a_size_is_the_count_times_the_average_copied_document() {
-        let started = row(2_000_000, 4_000, 4_100_000);
-        let waiting = row(1_000, 0, 0);
-        let overall = average_size([&started, &waiting].into_iter());
-        assert_eq!(overall, Some(1025.0));
-        assert_eq!(estimated_bytes(&started, overall), 2_050_000_000);
         assert_eq!(
-            estimated_bytes(&waiting, overall),
-            1_025_000,
-            "none of it copied yet: the copy's average"
+            estimated_bytes(&row(2_000_000, 4_000, 4_100_000)),
+            2_050_000_000
         );
         assert_eq!(
-            estimated_bytes(&row(10, 20, 2_000), overall),
+            estimated_bytes(&row(10, 20, 2_000)),
             2_000,
             "more copied than counted: what is copied"
         );
-        assert_eq!(estimated_bytes(&row(10, 0, 0), None), 0, "nothing known");
+        assert_eq!(estimated_bytes(&row(10, 0, 0)), 0, "nothing copied yet");
+    }
+
+    #[test]
+    fn only_this_attempts_collections_copying_and_without_a_batch_are_unsampled() {
+        let mut rows = crate::progress::Collections::default();
+        for (name, documents, done) in [("d.a", 0, false), ("d.b", 5, false), ("d.c", 0, true)] {
+            rows.set(CollectionProgress {
+                namespace: name.into(),
+                copied_documents: documents,
+                done,
+                ..Default::default()
+            });
+        }
+        rows.set(CollectionProgress {
+            namespace: "d.gone".into(),
+            ..Default::default()
+        });
+        let ours: HashSet<String> = ["d.a", "d.b", "d.c"].map(String::from).into();
+        assert_eq!(unsampled(&rows, &ours), HashSet::from(["d.a".to_string()]));
     }
 }

@@ -41,8 +41,11 @@ pub struct OplogReading {
     pub size: Option<(f64, f64)>,
     /// Seconds between the oldest entry and the newest write; `None` when unread.
     pub span: Option<f64>,
-    /// Bytes per second read from the largest collection.
+    /// Bytes per second read from one collection (`ferry check`): the copy takes about twice
+    /// as long as reading.
     pub read_rate: Option<f64>,
+    /// Bytes per second the copy itself went, when it is under way (a migration's).
+    pub copy_rate: Option<f64>,
     /// The oplog could not be read at all.
     pub unreadable: bool,
     /// The server did not answer within [`OPLOG_READING_BUDGET`].
@@ -140,7 +143,10 @@ pub fn oplog_window(reading: &OplogReading, data: f64) -> Check {
         return Check::warn(ID, "could not read the source's oplog (local.oplog.rs)", "grant the source user read access to the local database, and make sure the oplog is large enough for the whole copy");
     }
     let hours = |s: f64| format!("{:.1} h", s / 3600.0);
-    let estimate = reading.read_rate.map(|rate| data / rate * 2.0);
+    let estimate = reading
+        .copy_rate
+        .map(|rate| data / rate)
+        .or_else(|| reading.read_rate.map(|rate| data / rate * 2.0));
     let copy_time = estimate.map_or(String::new(), |e| {
         format!(", the copy will take about {}", hours(e))
     });
@@ -270,6 +276,18 @@ mod tests {
         assert_eq!(thin.status, Status::Warn, "{thin:?}");
         let roomy = oplog_window(&reading(Some((GB, GB)), Some(24.0 * 3600.0)), 36.0 * GB);
         assert_eq!(roomy.status, Status::Pass, "{roomy:?}");
+    }
+
+    #[test]
+    fn a_running_copy_is_forecast_by_its_own_rate_not_twice_it() {
+        // 36 GB at a copy rate of 10 MB/s: one hour, which an oplog of 1.5 h holds, thinly.
+        let copying = OplogReading {
+            copy_rate: Some(10e6),
+            ..reading(Some((GB, GB)), Some(5400.0))
+        };
+        let check = oplog_window(&copying, 36.0 * GB);
+        assert_eq!(check.status, Status::Warn, "{check:?}");
+        assert!(check.found.contains("will take about 1.0 h"), "{check:?}");
     }
 
     #[test]
