@@ -11,7 +11,6 @@ use mongodb::options::{CollectionOptions, ReadConcern};
 use mongodb::Client;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::catalog::CollectionSpec;
 use crate::id_order;
@@ -61,41 +60,6 @@ pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> u64 {
         .estimated_document_count()
         .await
         .unwrap_or(0)
-}
-
-/// How long a count may take before the collection's ends are read beside it: a server that
-/// counts by reading the collection (the test server does) is slow only on a large one, whose
-/// ends its plan needs next. A real server counts from metadata, in a round trip.
-const SLOW_COUNT: Duration = Duration::from_millis(250);
-
-/// The collection's estimated document count, with its ends (`ends`) when they were read
-/// beside a slow count. Those are dropped when the count shows the collection is one range,
-/// and a failed read of them is left for the plan to make again.
-pub async fn count(
-    source: &Client,
-    spec: &CollectionSpec,
-    at: Timestamp,
-) -> (u64, Option<Option<(Bson, Bson)>>) {
-    let counting = estimated_count(source, spec);
-    tokio::pin!(counting);
-    if spec.is_capped() || spec.is_collated() {
-        return (counting.await, None);
-    }
-    tokio::select! {
-        documents = &mut counting => return (documents, None),
-        _ = tokio::time::sleep(SLOW_COUNT) => {}
-    }
-    let reading = ends(source, spec, at);
-    tokio::pin!(reading);
-    tokio::select! {
-        documents = &mut counting => {
-            if range_count(spec, documents) == 1 {
-                return (documents, None);
-            }
-            (documents, reading.await.ok())
-        }
-        read = &mut reading => (counting.await, read.ok()),
-    }
 }
 
 /// Cuts a collection into `count` ranges before its copy: by value between its first and last
@@ -155,25 +119,26 @@ pub async fn ends(
                 .read_concern(ReadConcern::majority())
                 .build(),
         );
-    // Both at once: on the test server each reads the whole collection.
-    let end = |order: i32| {
-        let collection = collection.clone();
-        async move {
-            let mut session = reads::session_at(source, at).await?;
-            let end = collection
-                .find_one(doc! {})
-                .sort(doc! { "_id": order })
-                .projection(doc! { "_id": 1 })
-                .session(&mut session)
-                .await
-                .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
-            anyhow::Ok(end.and_then(|d| d.get("_id").cloned()))
+    // One after the other: on the test server each reads the whole collection into memory, and
+    // a large collection's count and both ends read at once ran it out of memory at 2,000,000
+    // documents (measured).
+    let mut session = reads::session_at(source, at).await?;
+    let mut ends = Vec::with_capacity(2);
+    for order in [1, -1] {
+        let end = collection
+            .find_one(doc! {})
+            .sort(doc! { "_id": order })
+            .projection(doc! { "_id": 1 })
+            .session(&mut session)
+            .await
+            .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
+        match end.and_then(|d| d.get("_id").cloned()) {
+            Some(id) => ends.push(id),
+            None => return Ok(None),
         }
-    };
-    match tokio::try_join!(end(1), end(-1))? {
-        (Some(first), Some(last)) => Ok(Some((first, last))),
-        _ => Ok(None),
     }
+    let last = ends.pop().expect("two ends");
+    Ok(Some((ends.pop().expect("two ends"), last)))
 }
 
 /// About `size` of the collection's `_id`s drawn at random, in `_id` order (any mix of types):

@@ -247,7 +247,7 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let (documents, ends) = copy::ranges::count(&self.source, spec, at).await;
+        let documents = copy::ranges::estimated_count(&self.source, spec).await;
         self.progress.update(|s| {
             if let Some(c) = s.collections.get_mut(&ns) {
                 c.estimated_total_documents = documents;
@@ -256,10 +256,7 @@ impl Migration<'_> {
         let (ranges, reach) = match copy::ranges::range_count(spec, documents) {
             1 => (vec![Partition::default()], Reach::Unknown),
             count => {
-                let ends = match ends {
-                    Some(ends) => ends,
-                    None => copy::ranges::ends(&self.source, spec, at).await?,
-                };
+                let ends = copy::ranges::ends(&self.source, spec, at).await?;
                 let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, ends).await?;
                 (copy::ranges::ranges_between(&bounds), reach)
             }
