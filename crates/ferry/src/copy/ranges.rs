@@ -63,15 +63,15 @@ pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> u64 {
 }
 
 /// Cuts a collection into `count` ranges before its copy: by value between its first and last
-/// `_id` (`ends`) when both are numbers or both ObjectIds, else at quantiles of a sample of its
-/// `_id`s. With the bounds, how far it reaches, for cutting its ranges again as they run.
+/// `_id` when both are numbers or both ObjectIds, else at quantiles of a sample of its `_id`s.
+/// With the bounds, how far it reaches, for cutting its ranges again as they run.
 pub async fn plan(
     source: &Client,
     spec: &CollectionSpec,
     count: u64,
-    ends: Option<(Bson, Bson)>,
+    at: Timestamp,
 ) -> Result<(Vec<Bson>, Reach)> {
-    let Some((first, last)) = ends else {
+    let Some((first, last)) = ends(source, spec, at).await? else {
         return Ok((Vec::new(), Reach::Unknown));
     };
     if let Some(bounds) = split_between(&first, &last, count) {

@@ -256,8 +256,7 @@ impl Migration<'_> {
         let (ranges, reach) = match copy::ranges::range_count(spec, documents) {
             1 => (vec![Partition::default()], Reach::Unknown),
             count => {
-                let ends = copy::ranges::ends(&self.source, spec, at).await?;
-                let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, ends).await?;
+                let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, at).await?;
                 (copy::ranges::ranges_between(&bounds), reach)
             }
         };
