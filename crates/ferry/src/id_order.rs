@@ -9,12 +9,14 @@ use std::hash::{Hash, Hasher};
 use mongodb::bson::spec::ElementType;
 use mongodb::bson::{doc, Bson, Document, RawBsonRef};
 
-/// BSON type codes grouped by comparison bracket, in sort order: MinKey, null, numbers,
-/// strings, objects, arrays, binary, ObjectId, booleans, dates, timestamps, regular
-/// expressions and the rest, MaxKey.
-const BRACKETS: [&[i32]; 14] = [
+/// BSON type codes grouped by comparison bracket (the server's canonical types), in sort order:
+/// MinKey, undefined, null, numbers, strings, objects, arrays, binary, ObjectId, booleans,
+/// dates, timestamps, regular expressions, DBPointers, code, code with scope, MaxKey. A range
+/// query compares within one bracket only, so [`after`] and [`up_to`] must not merge any two.
+const BRACKETS: [&[i32]; 17] = [
     &[-1],
-    &[6, 10],
+    &[6],
+    &[10],
     &[1, 16, 18, 19],
     &[2, 14],
     &[3],
@@ -25,7 +27,9 @@ const BRACKETS: [&[i32]; 14] = [
     &[9],
     &[17],
     &[11],
-    &[12, 13, 15],
+    &[12],
+    &[13],
+    &[15],
     &[127],
 ];
 
@@ -76,30 +80,136 @@ pub fn between(lo: &Bson, hi: &Bson) -> Document {
     doc! { "$and": [after(lo), up_to(hi)] }
 }
 
-/// Compares two `_id` values as MongoDB sorts them with the simple collation.
+/// Compares two values as MongoDB sorts them with the simple collation: by type bracket, then
+/// by value. Numbers compare exactly across types (a 64-bit integer past a double's precision is
+/// not equal to its nearest double; NaN sorts first); documents and arrays field by field (each
+/// field's bracket, then its name, then its value, the shorter first), never by their bytes,
+/// which begin with their length.
 pub fn compare(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
     let by_bracket = bracket(a.element_type()).cmp(&bracket(b.element_type()));
     if by_bracket != Ordering::Equal {
         return by_bracket;
     }
-    if let (Some(x), Some(y)) = (number(a), number(b)) {
-        return x.partial_cmp(&y).unwrap_or(Ordering::Equal);
+    if let (Some(x), Some(y)) = (Number::of(a), Number::of(b)) {
+        return x.compare(y);
+    }
+    if let (Some(x), Some(y)) = (text(a), text(b)) {
+        return x.as_bytes().cmp(y.as_bytes());
     }
     match (a, b) {
-        (RawBsonRef::String(x), RawBsonRef::String(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (RawBsonRef::Document(x), RawBsonRef::Document(y)) => compare_fields(
+            x.iter().map(|field| field.map(|(k, v)| (Some(k), v))),
+            y.iter().map(|field| field.map(|(k, v)| (Some(k), v))),
+        ),
+        (RawBsonRef::Array(x), RawBsonRef::Array(y)) => compare_fields(
+            x.into_iter().map(|value| value.map(|v| (None, v))),
+            y.into_iter().map(|value| value.map(|v| (None, v))),
+        ),
         (RawBsonRef::ObjectId(x), RawBsonRef::ObjectId(y)) => x.bytes().cmp(&y.bytes()),
         (RawBsonRef::Boolean(x), RawBsonRef::Boolean(y)) => x.cmp(&y),
         (RawBsonRef::DateTime(x), RawBsonRef::DateTime(y)) => x.cmp(&y),
-        (RawBsonRef::Timestamp(x), RawBsonRef::Timestamp(y)) => x.cmp(&y),
+        (RawBsonRef::Timestamp(x), RawBsonRef::Timestamp(y)) => {
+            (x.time, x.increment).cmp(&(y.time, y.increment))
+        }
         (RawBsonRef::Binary(x), RawBsonRef::Binary(y)) => x
             .bytes
             .len()
             .cmp(&y.bytes.len())
             .then(u8::from(x.subtype).cmp(&u8::from(y.subtype)))
             .then(x.bytes.cmp(y.bytes)),
-        (RawBsonRef::Document(x), RawBsonRef::Document(y)) => x.as_bytes().cmp(y.as_bytes()),
+        (RawBsonRef::RegularExpression(x), RawBsonRef::RegularExpression(y)) => {
+            (x.pattern, x.options).cmp(&(y.pattern, y.options))
+        }
         _ => Ordering::Equal,
     }
+}
+
+/// Two documents' (or arrays') fields in order, compared pairwise; array elements have no name
+/// here, their positions being equal.
+fn compare_fields<'a, E>(
+    mut a: impl Iterator<Item = Result<(Option<&'a str>, RawBsonRef<'a>), E>>,
+    mut b: impl Iterator<Item = Result<(Option<&'a str>, RawBsonRef<'a>), E>>,
+) -> Ordering {
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(Ok((kx, x))), Some(Ok((ky, y)))) => {
+                let order = bracket(x.element_type())
+                    .cmp(&bracket(y.element_type()))
+                    .then_with(|| kx.map(str::as_bytes).cmp(&ky.map(str::as_bytes)))
+                    .then_with(|| compare(x, y));
+                if order != Ordering::Equal {
+                    return order;
+                }
+            }
+            // Malformed BSON: the server would not have stored it.
+            _ => return Ordering::Equal,
+        }
+    }
+}
+
+/// The text of strings, symbols and JavaScript code: compared by their bytes.
+fn text(value: RawBsonRef<'_>) -> Option<&str> {
+    match value {
+        RawBsonRef::String(s) | RawBsonRef::Symbol(s) | RawBsonRef::JavaScriptCode(s) => Some(s),
+        _ => None,
+    }
+}
+
+/// A number as the server compares it: integers exactly, doubles (and decimals, approximated
+/// by their nearest double) with NaN below every other number.
+#[derive(Clone, Copy)]
+enum Number {
+    Integer(i64),
+    Float(f64),
+}
+
+impl Number {
+    fn of(value: RawBsonRef<'_>) -> Option<Self> {
+        match value {
+            RawBsonRef::Int32(n) => Some(Self::Integer(i64::from(n))),
+            RawBsonRef::Int64(n) => Some(Self::Integer(n)),
+            other => number(other).map(Self::Float),
+        }
+    }
+
+    fn compare(self, other: Self) -> Ordering {
+        match (self, other) {
+            (Self::Integer(x), Self::Integer(y)) => x.cmp(&y),
+            (Self::Float(x), Self::Float(y)) => match (x.is_nan(), y.is_nan()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Less,
+                (false, true) => Ordering::Greater,
+                (false, false) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
+            },
+            (Self::Integer(x), Self::Float(y)) => integer_to_float(x, y),
+            (Self::Float(x), Self::Integer(y)) => integer_to_float(y, x).reverse(),
+        }
+    }
+}
+
+/// An integer against a double, exactly: the double's whole part as an integer, then its
+/// fraction.
+fn integer_to_float(integer: i64, float: f64) -> Ordering {
+    // 2^63: every double at or above it exceeds every i64, every one below -2^63 is under it.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if float.is_nan() {
+        return Ordering::Greater;
+    }
+    if float >= TWO_63 {
+        return Ordering::Less;
+    }
+    if float < -TWO_63 {
+        return Ordering::Greater;
+    }
+    let whole = float.trunc();
+    integer.cmp(&(whole as i64)).then_with(|| {
+        0.0_f64
+            .partial_cmp(&(float - whole))
+            .unwrap_or(Ordering::Equal)
+    })
 }
 
 /// How strings compare in a collection.
@@ -256,6 +366,62 @@ mod tests {
         assert_eq!(
             compare(RawBsonRef::Null, RawBsonRef::Int32(0)),
             Ordering::Less
+        );
+    }
+
+    #[test]
+    fn documents_compare_field_by_field_and_wide_integers_exactly() {
+        use mongodb::bson::{rawdoc, RawDocumentBuf};
+        // In the server's order (as `find().sort({_id: 1})` returns them).
+        let documents: Vec<RawDocumentBuf> = vec![
+            rawdoc! { "a": 1 },
+            rawdoc! { "a": 1, "b": 2 },
+            rawdoc! { "a": 1.5, "b": 0 },
+            rawdoc! { "a": 2 },
+            rawdoc! { "b": 0 },
+            rawdoc! { "a": "x" },
+            rawdoc! { "a": [1] },
+            rawdoc! { "a": [1, 2] },
+            rawdoc! { "a": [2] },
+        ];
+        for pair in documents.windows(2) {
+            assert_eq!(
+                compare(
+                    RawBsonRef::Document(&pair[0]),
+                    RawBsonRef::Document(&pair[1])
+                ),
+                Ordering::Less,
+                "{:?} before {:?}",
+                pair[0],
+                pair[1]
+            );
+        }
+        let numbers = [
+            RawBsonRef::Double(f64::NAN),
+            RawBsonRef::Double(f64::NEG_INFINITY),
+            RawBsonRef::Int64(i64::MIN),
+            RawBsonRef::Int32(-5),
+            RawBsonRef::Double(-4.5),
+            RawBsonRef::Int64(-4),
+            RawBsonRef::Double(9_007_199_254_740_992.0),
+            RawBsonRef::Int64(9_007_199_254_740_993),
+            RawBsonRef::Int64(i64::MAX),
+            RawBsonRef::Double(9_223_372_036_854_775_808.0),
+            RawBsonRef::Double(f64::INFINITY),
+        ];
+        for pair in numbers.windows(2) {
+            assert_eq!(
+                compare(pair[0], pair[1]),
+                Ordering::Less,
+                "{:?} before {:?}",
+                pair[0],
+                pair[1]
+            );
+            assert_eq!(compare(pair[1], pair[0]), Ordering::Greater);
+        }
+        assert_eq!(
+            compare(RawBsonRef::Double(f64::NAN), RawBsonRef::Double(f64::NAN)),
+            Ordering::Equal
         );
     }
 }
