@@ -287,6 +287,14 @@ mod tests {
             up_to(&Bson::String("m".into())),
             doc! { "$or": [ { "_id": { "$lte": "m" } }, { "_id": { "$type": [-1, 6, 10, 1, 16, 18, 19] } } ] }
         );
+        // Code sorts before code with scope: a range after one takes the other by its type.
+        assert_eq!(
+            after(&Bson::JavaScriptCode("f".into())),
+            doc! { "$or": [
+                { "_id": { "$gt": Bson::JavaScriptCode("f".into()) } },
+                { "_id": { "$type": [15, 127] } },
+            ] }
+        );
     }
 
     #[test]
