@@ -58,6 +58,10 @@ impl Collections {
         }
     }
 
+    pub fn get(&self, namespace: &str) -> Option<&CollectionProgress> {
+        Some(&self.0.rows[*self.0.by_name.get(namespace)?])
+    }
+
     pub fn get_mut(&mut self, namespace: &str) -> Option<&mut CollectionProgress> {
         let at = *self.0.by_name.get(namespace)?;
         Some(&mut Arc::make_mut(&mut self.0).rows[at])

@@ -23,7 +23,7 @@ use super::Migration;
 use crate::catalog::{self, CollectionSpec};
 use crate::copy::ranges;
 use crate::preflight::{checks, Status};
-use crate::progress::CollectionProgress;
+use crate::progress::{CollectionProgress, Collections};
 
 /// Once every collection is planned, the copy's rate is measured over at least `RATE_WINDOW`
 /// (before, the plans' reads hold it back), and the measurement waits at most `SAMPLE_WAIT` for
@@ -66,19 +66,16 @@ impl Migration<'_> {
         self.count_unplanned(collections).await;
         loop {
             let waited = started.0.elapsed();
-            let sampled = unsampled(&self.progress.snapshot().collections, &ours).is_empty();
+            let rows = self.progress.snapshot().collections;
+            let sampled = !ours.iter().any(|ns| rows.get(ns).is_some_and(unsampled));
             if waited >= SAMPLE_WAIT || (waited >= RATE_WINDOW && sampled) {
                 break;
             }
             tokio::time::sleep(SAMPLE_POLL).await;
         }
         // The collections still waiting for their first batch: the server's statistics.
-        let waiting = unsampled(&self.progress.snapshot().collections, &ours);
-        let waiting: Vec<&CollectionSpec> = collections
-            .iter()
-            .copied()
-            .filter(|spec| waiting.contains(&spec.ns()))
-            .collect();
+        let rows = self.progress.snapshot().collections;
+        let waiting = specs_where(collections, &rows, unsampled);
         let stats = catalog::sizes::estimate_sizes(&self.source, waiting).await;
         // What is left to copy: a resumed copy needs room and history for the rest only.
         let (data, copied) = self.progress.update(|s| {
@@ -135,18 +132,10 @@ impl Migration<'_> {
 
     /// Counts the collections still copying that no plan counted: those resumed.
     async fn count_unplanned(&self, collections: &[&CollectionSpec]) {
-        let snapshot = self.progress.snapshot();
-        let waiting: HashSet<&str> = snapshot
-            .collections
-            .iter()
-            .filter(|c| !c.done && c.estimated_total_documents == 0)
-            .map(|c| c.namespace.as_str())
-            .collect();
-        let uncounted: Vec<&CollectionSpec> = collections
-            .iter()
-            .copied()
-            .filter(|spec| waiting.contains(spec.ns().as_str()))
-            .collect();
+        let rows = self.progress.snapshot().collections;
+        let uncounted = specs_where(collections, &rows, |c| {
+            !c.done && c.estimated_total_documents == 0
+        });
         // By position: a closure over borrowed specs cannot be proven `Send` for every
         // lifetime, which spawning the migration needs.
         let (uncounted, source) = (&uncounted, &self.source);
@@ -168,12 +157,23 @@ impl Migration<'_> {
     }
 }
 
-/// Those of `ours` still copying that have copied nothing yet: no average size of their own.
-fn unsampled(rows: &crate::progress::Collections, ours: &HashSet<String>) -> HashSet<String> {
-    rows.iter()
-        .filter(|c| !c.done && c.copied_documents == 0 && ours.contains(&c.namespace))
-        .map(|c| c.namespace.clone())
+/// This attempt's collections whose progress row is `wanted`: rows of an earlier attempt's (a
+/// collection dropped or renamed since) are not copied any more.
+fn specs_where<'c>(
+    collections: &[&'c CollectionSpec],
+    rows: &Collections,
+    wanted: impl Fn(&CollectionProgress) -> bool,
+) -> Vec<&'c CollectionSpec> {
+    collections
+        .iter()
+        .copied()
+        .filter(|spec| rows.get(&spec.ns()).is_some_and(&wanted))
         .collect()
+}
+
+/// Still copying and nothing copied yet: no average size of its own.
+fn unsampled(row: &CollectionProgress) -> bool {
+    !row.done && row.copied_documents == 0
 }
 
 /// A collection's estimated size in bytes: its document count times the average size of the
@@ -215,7 +215,7 @@ mod tests {
 
     #[test]
     fn only_this_attempts_collections_copying_and_without_a_batch_are_unsampled() {
-        let mut rows = crate::progress::Collections::default();
+        let mut rows = Collections::default();
         for (name, documents, done) in [("d.a", 0, false), ("d.b", 5, false), ("d.c", 0, true)] {
             rows.set(CollectionProgress {
                 namespace: name.into(),
@@ -228,7 +228,18 @@ mod tests {
             namespace: "d.gone".into(),
             ..Default::default()
         });
-        let ours: HashSet<String> = ["d.a", "d.b", "d.c"].map(String::from).into();
-        assert_eq!(unsampled(&rows, &ours), HashSet::from(["d.a".to_string()]));
+        let specs: Vec<CollectionSpec> = ["a", "b", "c"]
+            .map(|name| CollectionSpec {
+                db: "d".into(),
+                name: name.into(),
+                kind: crate::catalog::Kind::Collection,
+                options: doc! {},
+                uuid: None,
+                indexes: Vec::new(),
+            })
+            .into();
+        let ours: Vec<&CollectionSpec> = specs.iter().collect();
+        let waiting = specs_where(&ours, &rows, unsampled);
+        assert_eq!(waiting.iter().map(|s| s.ns()).collect::<Vec<_>>(), ["d.a"]);
     }
 }
