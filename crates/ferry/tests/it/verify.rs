@@ -323,3 +323,37 @@ async fn compound_and_wide_ids_are_merged_in_the_servers_order() {
         "{keys}"
     );
 }
+
+/// A NaN `_id` sorts before every number, but `$lte: 5` does not match it: a collection cut
+/// into number ranges must still copy it (the first range takes it by equality), and a
+/// verification whose first partition ends at a number must still see it missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nan_id_is_copied_and_verified_in_a_collection_cut_into_ranges() {
+    let pair = Pair::start().await;
+    crate::harness::fill(&pair.src, "n", "items", 40_000).await;
+    let items = |client: &Client| client.database("n").collection::<Document>("items");
+    items(&pair.src)
+        .insert_one(doc! { "_id": f64::NAN, "pad": "nan" })
+        .await
+        .unwrap();
+    let mut ferry = pair.migrate(&[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    assert!(
+        crate::harness::recorded_ranges(&pair, "n.items").await >= 2,
+        "the collection must be cut into ranges"
+    );
+    pair.assert_equal("a NaN _id beside number ranges").await;
+
+    items(&pair.dst)
+        .delete_one(doc! { "_id": f64::NAN })
+        .await
+        .unwrap();
+    let (code, report) = tokio::task::block_in_place(|| verify(&pair, &[]));
+    assert_eq!(code, 1, "{report}");
+    let found = namespace(&report, "n.items");
+    assert_eq!(
+        (found["missing"].as_u64(), found["extra"].as_u64()),
+        (Some(1), Some(0)),
+        "{found}"
+    );
+}

@@ -1,13 +1,16 @@
-//! MongoDB's order of `_id` values across BSON types, for merging two `_id`-sorted streams and
-//! for filters that select an `_id` range: `$gt`/`$lte` only compare within one type bracket, so
-//! the other brackets are added by `$type`. And its equality, for routing by `_id` (DESIGN rule
-//! 10): values the server compares as equal are one document, whatever their bytes.
+//! MongoDB's order of `_id` values across BSON types, for merging two `_id`-sorted streams, and
+//! the filters that select an `_id` range in it (`filters`). And its equality, for routing by
+//! `_id` (DESIGN rule 10): values the server compares as equal are one document, whatever their
+//! bytes.
 
 use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use mongodb::bson::spec::ElementType;
-use mongodb::bson::{doc, Bson, Document, RawBsonRef};
+use mongodb::bson::RawBsonRef;
+
+mod filters;
+pub use filters::{after, between, up_to};
 
 /// BSON type codes grouped by comparison bracket (the server's canonical types), in sort order:
 /// MinKey, undefined, null, numbers, strings, objects, arrays, binary, ObjectId, booleans,
@@ -50,34 +53,6 @@ fn bracket(kind: ElementType) -> usize {
 
 fn codes(brackets: &[&[i32]]) -> Vec<i32> {
     brackets.iter().flat_map(|b| b.iter().copied()).collect()
-}
-
-/// The documents whose `_id` sorts after `last`.
-pub fn after(last: &Bson) -> Document {
-    let later = codes(&BRACKETS[bracket(last.element_type()) + 1..]);
-    if later.is_empty() {
-        return doc! { "_id": { "$gt": last.clone() } };
-    }
-    doc! { "$or": [ { "_id": { "$gt": last.clone() } }, { "_id": { "$type": later } } ] }
-}
-
-/// The documents whose `_id` sorts at or before `last`.
-pub fn up_to(last: &Bson) -> Document {
-    let earlier = codes(&BRACKETS[..bracket(last.element_type())]);
-    if earlier.is_empty() {
-        return doc! { "_id": { "$lte": last.clone() } };
-    }
-    doc! { "$or": [ { "_id": { "$lte": last.clone() } }, { "_id": { "$type": earlier } } ] }
-}
-
-/// The documents whose `_id` sorts after `lo` and at or before `hi`. When both bounds are of one
-/// type bracket no other type can sort between them, so the range is a plain `$gt`/`$lte` that
-/// an index scan serves directly.
-pub fn between(lo: &Bson, hi: &Bson) -> Document {
-    if bracket(lo.element_type()) == bracket(hi.element_type()) {
-        return doc! { "_id": { "$gt": lo.clone(), "$lte": hi.clone() } };
-    }
-    doc! { "$and": [after(lo), up_to(hi)] }
 }
 
 /// Compares two values as MongoDB sorts them with the simple collation: by type bracket, then
@@ -273,41 +248,6 @@ fn number(value: RawBsonRef<'_>) -> Option<f64> {
 mod tests {
     use super::*;
     use mongodb::bson::oid::ObjectId;
-
-    #[test]
-    fn ranges_take_the_other_type_brackets_too() {
-        assert_eq!(
-            after(&Bson::Int32(5)),
-            doc! { "$or": [
-                { "_id": { "$gt": 5 } },
-                { "_id": { "$type": [2, 14, 3, 4, 5, 7, 8, 9, 17, 11, 12, 13, 15, 127] } },
-            ] }
-        );
-        assert_eq!(
-            up_to(&Bson::String("m".into())),
-            doc! { "$or": [ { "_id": { "$lte": "m" } }, { "_id": { "$type": [-1, 6, 10, 1, 16, 18, 19] } } ] }
-        );
-        // Code sorts before code with scope: a range after one takes the other by its type.
-        assert_eq!(
-            after(&Bson::JavaScriptCode("f".into())),
-            doc! { "$or": [
-                { "_id": { "$gt": Bson::JavaScriptCode("f".into()) } },
-                { "_id": { "$type": [15, 127] } },
-            ] }
-        );
-    }
-
-    #[test]
-    fn a_range_within_one_type_is_a_plain_index_range() {
-        assert_eq!(
-            between(&Bson::Int32(5), &Bson::Int64(9)),
-            doc! { "_id": { "$gt": 5, "$lte": 9_i64 } }
-        );
-        assert_eq!(
-            between(&Bson::Int32(5), &Bson::String("a".into())),
-            doc! { "$and": [after(&Bson::Int32(5)), up_to(&Bson::String("a".into()))] }
-        );
-    }
 
     fn hashed(value: RawBsonRef<'_>, strings: Strings) -> u64 {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
