@@ -7,7 +7,7 @@ use std::cmp::Ordering;
 use std::hash::{Hash, Hasher};
 
 use mongodb::bson::spec::ElementType;
-use mongodb::bson::RawBsonRef;
+use mongodb::bson::{Bson, RawBsonRef};
 
 mod filters;
 pub use filters::{after, between, up_to};
@@ -95,6 +95,12 @@ pub fn compare(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
         (RawBsonRef::RegularExpression(x), RawBsonRef::RegularExpression(y)) => {
             (x.pattern, x.options).cmp(&(y.pattern, y.options))
         }
+        (RawBsonRef::JavaScriptCodeWithScope(x), RawBsonRef::JavaScriptCodeWithScope(y)) => x
+            .code
+            .as_bytes()
+            .cmp(y.code.as_bytes())
+            .then_with(|| compare(RawBsonRef::Document(x.scope), RawBsonRef::Document(y.scope))),
+        (RawBsonRef::DbPointer(_), RawBsonRef::DbPointer(_)) => db_pointer(a).cmp(&db_pointer(b)),
         _ => Ordering::Equal,
     }
 }
@@ -123,6 +129,18 @@ fn compare_fields<'a, E>(
             _ => return Ordering::Equal,
         }
     }
+}
+
+/// A DBPointer as the server compares it: its namespace's length, its namespace, its ObjectId
+/// (the client's type keeps its parts private; its extended JSON shows them).
+fn db_pointer(value: RawBsonRef<'_>) -> Option<(usize, String, String)> {
+    let json = Bson::try_from(value.to_raw_bson())
+        .ok()?
+        .into_canonical_extjson();
+    let pointer = json.get("$dbPointer")?;
+    let namespace = pointer.get("$ref")?.as_str()?.to_string();
+    let id = pointer.get("$id")?.get("$oid")?.as_str()?.to_string();
+    Some((namespace.len(), namespace, id))
 }
 
 /// The text of strings, symbols and JavaScript code: compared by their bytes.
@@ -228,6 +246,10 @@ pub fn hash_as_compared(value: RawBsonRef<'_>, strings: Strings, hasher: &mut im
             for value in array.into_iter().flatten() {
                 hash_as_compared(value, strings, hasher);
             }
+        }
+        RawBsonRef::JavaScriptCodeWithScope(code) => {
+            code.code.hash(hasher);
+            hash_as_compared(RawBsonRef::Document(code.scope), strings, hasher);
         }
         RawBsonRef::Null | RawBsonRef::Undefined | RawBsonRef::MinKey | RawBsonRef::MaxKey => {}
         other => format!("{other:?}").hash(hasher),
@@ -370,6 +392,29 @@ mod tests {
         assert_eq!(
             compare(RawBsonRef::Double(f64::NAN), RawBsonRef::Double(f64::NAN)),
             Ordering::Equal
+        );
+        // Code with scope by its code, then its scope; DBPointers by namespace, then ObjectId.
+        let scope = rawdoc! { "x": 1 };
+        let with_scope = |code| {
+            RawBsonRef::JavaScriptCodeWithScope(mongodb::bson::RawJavaScriptCodeWithScopeRef {
+                code,
+                scope: &scope,
+            })
+        };
+        assert_eq!(compare(with_scope("a"), with_scope("b")), Ordering::Less);
+        let pointers: Vec<mongodb::bson::RawBson> = ["b.c", "a.cc"]
+            .iter()
+            .map(|ns| {
+                let pointer = Bson::try_from(serde_json::json!({ "$dbPointer": {
+                    "$ref": ns, "$id": { "$oid": "650000000000000000000001" } } }))
+                .unwrap();
+                mongodb::bson::RawBson::try_from(pointer).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            compare(pointers[0].as_raw_bson_ref(), pointers[1].as_raw_bson_ref()),
+            Ordering::Less,
+            "the shorter namespace first"
         );
     }
 }
