@@ -162,7 +162,7 @@ pub async fn sample_ids(source: &Client, spec: &CollectionSpec, size: u64) -> Re
         .filter_map(|id| id.to_raw_bson().try_into().ok())
         .collect();
     ids.sort_by(compare_ids);
-    ids.dedup();
+    ids.dedup_by(|a, b| compare_ids(a, b) == std::cmp::Ordering::Equal);
     Ok(ids)
 }
 
@@ -278,7 +278,11 @@ mod tests {
             hi: Some(Bson::Int32(10)),
             ..Default::default()
         };
-        assert_eq!(remaining(&first, None), id_order::up_to(&Bson::Int32(10)));
+        // As text: the filter holds a NaN, which is not equal to itself.
+        assert_eq!(
+            remaining(&first, None).to_string(),
+            id_order::up_to(&Bson::Int32(10)).to_string()
+        );
         let resumed = Partition {
             lo: Some(Bson::Int32(10)),
             hi: Some(Bson::Int32(20)),

@@ -86,10 +86,8 @@ pub fn compare(a: RawBsonRef<'_>, b: RawBsonRef<'_>) -> Ordering {
         (RawBsonRef::Timestamp(x), RawBsonRef::Timestamp(y)) => {
             (x.time, x.increment).cmp(&(y.time, y.increment))
         }
-        (RawBsonRef::Binary(x), RawBsonRef::Binary(y)) => x
-            .bytes
-            .len()
-            .cmp(&y.bytes.len())
+        (RawBsonRef::Binary(x), RawBsonRef::Binary(y)) => binary_length(&x)
+            .cmp(&binary_length(&y))
             .then(u8::from(x.subtype).cmp(&u8::from(y.subtype)))
             .then(x.bytes.cmp(y.bytes)),
         (RawBsonRef::RegularExpression(x), RawBsonRef::RegularExpression(y)) => {
@@ -128,6 +126,15 @@ fn compare_fields<'a, E>(
             // Malformed BSON: the server would not have stored it.
             _ => return Ordering::Equal,
         }
+    }
+}
+
+/// A binary value's length as the server stores it: the old binary subtype holds a second length
+/// inside, which the client strips.
+fn binary_length(binary: &mongodb::bson::RawBinaryRef<'_>) -> usize {
+    match binary.subtype {
+        mongodb::bson::spec::BinarySubtype::BinaryOld => binary.bytes.len() + 4,
+        _ => binary.bytes.len(),
     }
 }
 
@@ -402,6 +409,17 @@ mod tests {
             })
         };
         assert_eq!(compare(with_scope("a"), with_scope("b")), Ordering::Less);
+        // The old binary subtype's inner length counts: 4 + 4 bytes after 6.
+        let binary =
+            |subtype, bytes| RawBsonRef::Binary(mongodb::bson::RawBinaryRef { subtype, bytes });
+        use mongodb::bson::spec::BinarySubtype;
+        assert_eq!(
+            compare(
+                binary(BinarySubtype::BinaryOld, &[1; 4]),
+                binary(BinarySubtype::Generic, &[0; 6])
+            ),
+            Ordering::Greater
+        );
         let pointers: Vec<mongodb::bson::RawBson> = ["b.c", "a.cc"]
             .iter()
             .map(|ns| {
