@@ -132,13 +132,13 @@ pub async fn ends(
             .session(&mut session)
             .await
             .with_context(|| format!("reading the first and last _id of {}", spec.ns()))?;
-        match end.and_then(|d| d.get("_id").cloned()) {
-            Some(id) => ends.push(id),
-            None => return Ok(None),
-        }
+        let Some(id) = end.and_then(|d| d.get("_id").cloned()) else {
+            return Ok(None);
+        };
+        ends.push(id);
     }
-    let last = ends.pop().expect("two ends");
-    Ok(Some((ends.pop().expect("two ends"), last)))
+    let [first, last]: [Bson; 2] = ends.try_into().expect("two ends");
+    Ok(Some((first, last)))
 }
 
 /// About `size` of the collection's `_id`s drawn at random, in `_id` order (any mix of types):

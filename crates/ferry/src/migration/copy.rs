@@ -291,8 +291,8 @@ impl Migration<'_> {
     pub(super) async fn copied_incarnations(&self) -> Result<Incarnations> {
         let mut incarnations = Incarnations::default();
         for state in self.store.collections().await? {
-            if let Some(Bson::Binary(uuid)) = &state.uuid {
-                incarnations.hold(&state.ns, uuid.bytes.clone());
+            if let Some(uuid) = uuid_bytes(&state.uuid) {
+                incarnations.hold(&state.ns, uuid.to_vec());
             }
         }
         Ok(incarnations)
