@@ -9,6 +9,8 @@ pub mod sizes;
 
 pub use relax::{has_collation, relax_coll_mod, relax_collection_options, relax_index};
 
+use std::collections::HashMap;
+
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use mongodb::bson::spec::BinarySubtype;
@@ -192,11 +194,42 @@ pub async fn holds(
     name: &str,
     uuid: &[u8],
 ) -> Result<bool> {
-    let entry = first_listed(client, session, db, doc! { "name": name })
+    let held = uuids_of(client, session, db, &[name]).await?;
+    Ok(held.get(name).is_some_and(|held| held == uuid))
+}
+
+/// The UUID of each collection of database `db` named in `names` (a name that holds no
+/// collection, or a view, is left out), in one `listCollections` asked in `session`, like
+/// [`name_of`]. One name is asked by equality, which a server answers without reading the
+/// database's whole catalog; several by `$in`.
+pub async fn uuids_of(
+    client: &Client,
+    session: &mut ClientSession,
+    db: &str,
+    names: &[&str],
+) -> Result<HashMap<String, Vec<u8>>> {
+    let filter = match names {
+        [name] => doc! { "name": *name },
+        _ => doc! { "name": { "$in": names } },
+    };
+    let looked_up = async {
+        let mut cursor = client
+            .database(db)
+            .run_cursor_command(doc! { "listCollections": 1, "filter": filter })
+            .session(&mut *session)
+            .await?;
+        let mut held = HashMap::new();
+        while let Some(entry) = cursor.next(&mut *session).await.transpose()? {
+            let uuid = entry.get_document("info").ok().and_then(|i| i.get("uuid"));
+            if let (Ok(name), Some(Bson::Binary(uuid))) = (entry.get_str("name"), uuid) {
+                held.insert(name.to_string(), uuid.bytes.clone());
+            }
+        }
+        Ok::<_, mongodb::error::Error>(held)
+    };
+    looked_up
         .await
-        .with_context(|| format!("looking up collection {name:?} of database {db:?}"))?;
-    let held = entry.as_ref().and_then(|e| e.get_document("info").ok());
-    Ok(matches!(held.and_then(|i| i.get("uuid")), Some(Bson::Binary(b)) if b.bytes == uuid))
+        .with_context(|| format!("looking up collections {names:?} of database {db:?}"))
 }
 
 /// The first entry `listCollections` gives for `filter` in database `db`, asked in `session`.

@@ -3,6 +3,7 @@
 //! bounded channel, checkpointing each acknowledged batch. The orchestration (sizes, ranges,
 //! the pool) is the migration's copy stage; the reader is shared with the verifier.
 
+pub mod name_checks;
 pub mod ranges;
 pub mod reader;
 pub mod split;
@@ -26,6 +27,7 @@ use crate::server_error::{
 };
 use crate::source::{clock, reads};
 use crate::state::{Partition, StateStore};
+use name_checks::NameChecks;
 use reader::{Order, Scan};
 use write_limit::WriteLimit;
 
@@ -81,6 +83,8 @@ pub async fn replace_with_copy(
             resume: None,
             limit: None,
             running: None,
+            listed: None,
+            checks: &NameChecks::default(),
         },
     )
     .await?;
@@ -133,6 +137,11 @@ pub struct RangeCopy<'a> {
     pub limit: Option<Arc<WriteLimit>>,
     /// The position and end shared with the copy pool, which may cut the range while it runs.
     pub running: Option<Arc<split::Running>>,
+    /// A source time no older than the catalog the spec was listed from, read once for many
+    /// ranges; `None`: read the source's clock at the range's start.
+    pub listed: Option<Timestamp>,
+    /// Where the read proves its name holds the incarnation, with the other reads.
+    pub checks: &'a NameChecks,
 }
 
 /// How often a capped collection's natural-order read starts over after the collection
@@ -165,6 +174,8 @@ pub async fn copy_documents(
         resume,
         limit,
         running,
+        listed,
+        checks,
     } = job;
     let ns = spec.ns();
     let writer = destination
@@ -227,13 +238,19 @@ pub async fn copy_documents(
 
     let read = async {
         let mut session = reads::session_at(source, at).await?;
-        // The spec was listed from a catalog no newer than the source's latest write now: the
-        // reads see at least that catalog, so a name the listing gave is read as it named it
+        // The spec was listed from a catalog no newer than the source's latest write now (or
+        // than `listed`, read after the listing): the reads see at least that catalog, so a name the listing gave is read as it named it
         // (or later, which the check once a cursor is open covers).
-        let listed = clock::read(source)
-            .await
-            .context("reading the source's clock before a copy")?;
-        session.advance_operation_time(listed.last_write);
+        let listed = match listed {
+            Some(listed) => listed,
+            None => {
+                clock::read(source)
+                    .await
+                    .context("reading the source's clock before a copy")?
+                    .last_write
+            }
+        };
+        session.advance_operation_time(listed);
         let mut after = range.last_id.clone();
         let (mut capped_restarts, mut killed, mut moved) = (0, 0, 0);
         // The name the incarnation had when the catalog was listed: each read proves it still
@@ -259,8 +276,15 @@ pub async fn copy_documents(
                 cuts,
                 ordered,
             };
-            let read =
-                read_collection(&mut session, source, spec, &reading, filter, &mut handoff).await;
+            let read = read_collection(
+                &mut session,
+                (source, checks),
+                spec,
+                &reading,
+                filter,
+                &mut handoff,
+            )
+            .await;
             match read {
                 // A rename or drop kills an open cursor: a read that ended whole read the
                 // incarnation to its end.
@@ -333,13 +357,13 @@ enum Read {
 
 /// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
 /// `batches`, recording the last `_id` read in `after`, and stopping at the end of `running`
-/// when the pool cut it. The name is checked (by name, a cheap lookup) once the cursor is
-/// open, before its first document is handed on: a cursor stays on the collection it opened on
+/// when the pool cut it. The name is checked (with the other reads' names, `name_checks`) once
+/// the cursor is open, before its first document is handed on: a cursor stays on the collection it opened on
 /// (a rename or drop kills it), so this proves every document came from the spec's incarnation,
 /// unless that incarnation was renamed onto this name in the moment between the two.
 async fn read_collection(
     session: &mut ClientSession,
-    source: &Client,
+    (source, checks): (&Client, &NameChecks),
     spec: &CollectionSpec,
     name: &str,
     filter: Document,
@@ -359,7 +383,9 @@ async fn read_collection(
         .with_context(|| format!("reading documents of {ns}"))?;
     let holds = match &spec.uuid {
         Some(Bson::Binary(uuid)) => {
-            catalog::holds(source, rows.session(), &spec.db, name, &uuid.bytes).await?
+            checks
+                .holds(source, rows.session(), &spec.db, name, &uuid.bytes)
+                .await?
         }
         _ => true,
     };

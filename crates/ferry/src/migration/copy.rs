@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use futures_util::FutureExt;
 use mongodb::bson::{Bson, Timestamp};
 
@@ -24,6 +24,7 @@ use crate::incarnations::Incarnations;
 use crate::majority;
 use crate::namespace::Namespace;
 use crate::progress::CollectionProgress;
+use crate::source::clock;
 use crate::state::{CollectionState, CopyStatus, Partition};
 
 /// Collections planned at the same time (their first reads, creation and stored ranges).
@@ -122,7 +123,13 @@ impl Migration<'_> {
         // Every `_id` range left to copy, across all collections, runs in one bounded pool,
         // which takes a collection's ranges as soon as they are planned: the small collections
         // are copied while a large one's ranges are still being planned.
-        let (pool, finished) = Pool::new();
+        // One reading of the source's clock, after `specs` were listed, for every range's reads
+        // to see at least that catalog.
+        let listed = clock::read(&self.source)
+            .await
+            .context("reading the source's clock before the copy")?
+            .last_write;
+        let (pool, finished) = Pool::new(listed);
         let (jobs, planned) = tokio::sync::mpsc::unbounded_channel();
         let planning = {
             let (pool, stored) = (&pool, &stored);

@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 
 use super::Migration;
 use crate::catalog::CollectionSpec;
+use crate::copy::name_checks::NameChecks;
 use crate::copy::ranges::Reach;
 use crate::copy::split::Running;
 use crate::copy::{self, write_limit};
@@ -54,17 +55,23 @@ pub(super) struct Pool<'a> {
     /// Where a collection whose copy ended is announced, for its index build.
     copied: mpsc::UnboundedSender<&'a CollectionSpec>,
     limit: Arc<write_limit::WriteLimit>,
+    /// A source time read after the catalog the ranges' specs came from was listed.
+    listed: Timestamp,
+    checks: NameChecks,
 }
 
 impl<'a> Pool<'a> {
-    /// A pool, and where the collections it finished copying arrive.
-    pub fn new() -> (Self, mpsc::UnboundedReceiver<&'a CollectionSpec>) {
+    /// A pool for collections listed before the source time `listed`, and where the
+    /// collections it finished copying arrive.
+    pub fn new(listed: Timestamp) -> (Self, mpsc::UnboundedReceiver<&'a CollectionSpec>) {
         let (copied, finished) = mpsc::unbounded_channel();
         let pool = Pool {
             tracked: Mutex::new(HashMap::new()),
             running: Mutex::new(Vec::new()),
             copied,
             limit: Arc::new(write_limit::WriteLimit::new()),
+            listed,
+            checks: NameChecks::default(),
         };
         (pool, finished)
     }
@@ -291,6 +298,8 @@ impl Migration<'_> {
                     }),
                     limit: Some(pool.limit.clone()),
                     running: cuttable.then(|| running.clone()),
+                    listed: Some(pool.listed),
+                    checks: &pool.checks,
                 },
             )
             .await;

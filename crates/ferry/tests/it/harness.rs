@@ -10,7 +10,7 @@ use mongodb::bson::{doc, Document};
 use mongodb::Client;
 use serde_json::Value;
 use testkit::compare::Scope;
-use testkit::proxy::Proxy;
+use testkit::proxy::{Proxy, RuleHandle};
 use testkit::workload::{self, Workload};
 use testkit::Server;
 
@@ -552,5 +552,14 @@ impl App {
     /// Waits until every step is written.
     pub async fn stop(self) -> workload::Stats {
         self.task.await.unwrap().unwrap()
+    }
+}
+
+/// Waits until the proxy's `rule` has fired `times`, failing with Ferry's output after a minute.
+pub async fn until_fired(rule: &RuleHandle, times: usize, ferry: &Ferry) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while rule.fired() < times {
+        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

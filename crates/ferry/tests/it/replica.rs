@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Bson, Document, Timestamp};
 use serde_json::Value;
-use testkit::proxy::{Action, Proxy, Recorded, Rule, RuleHandle};
+use testkit::proxy::{Action, Proxy, Recorded, Rule};
 use testkit::workload;
 
-use crate::harness::{fill, seed, unique_index, App, Ferry, Pair};
+use crate::harness::{fill, seed, unique_index, until_fired, App, Ferry, Pair};
 
 /// The commands that write.
 const WRITES: [&str; 10] = [
@@ -38,15 +38,6 @@ fn is_write(command: &Recorded) -> bool {
 /// A `getMore` of a cursor on `db.coll`.
 fn get_more(ns: &'static str) -> impl Fn(&Recorded) -> bool + Send + Sync + 'static {
     move |c| c.name == "getMore" && c.namespace().as_deref() == Some(ns)
-}
-
-/// Waits until the proxy's `rule` has fired `times`, failing with Ferry's output after a minute.
-async fn until_fired(rule: &RuleHandle, times: usize, ferry: &Ferry) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while rule.fired() < times {
-        assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
 }
 
 /// The time the first change stream Ferry opened starts at.

@@ -1,14 +1,19 @@
 //! The copy at scale: a collection's indexes are built as soon as its copy ends, beside the
 //! copies still running, and reported while they build; many collections keep the progress
-//! reply small, with their detail paged.
+//! reply small, with their detail paged; the reads of one database share the lookups that
+//! prove each reads its own collection.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
-use testkit::proxy::{on, Action, Rule};
+use testkit::proxy::{on, Action, Recorded, Rule};
 
-use crate::harness::{call_api, fill, http, recorded_ranges, unique_index, Ferry, Pair};
+use crate::harness::{
+    call_api, fill, http, recorded_ranges, unique_index, until_fired, Ferry, Pair,
+};
 
 /// Whether the reply's array `field` holds a row for `namespace` matching `also`.
 fn lists(p: &Value, field: &str, namespace: &str, also: impl Fn(&Value) -> bool) -> bool {
@@ -249,4 +254,70 @@ async fn ranges_of_embedded_document_ids_are_cut_in_the_servers_order() {
         ferry.output()
     );
     pair.assert_equal("ranges of document _ids").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_share_their_name_checks_and_each_reads_its_own_collection() {
+    let pair = Pair::start().await;
+    let names = ["a", "b", "c"];
+    for name in names {
+        pair.src
+            .database("d")
+            .collection::<Document>(name)
+            .insert_many((0..50).map(|i| doc! { "_id": i, "from": name }))
+            .await
+            .unwrap();
+    }
+    let (source, destination) = pair.proxies().await;
+    // The three copy reads are held while `a` and `b` swap names: each read then opens on the
+    // other's collection, and only its name check can tell.
+    let held = source.add_rule(
+        Rule::new(
+            |c: &Recorded| c.name == "find" && c.db == "d" && c.body.get_document("sort").is_ok(),
+            Action::Delay(Duration::from_secs(2)),
+        )
+        .times(3),
+    );
+    // Then the first name check is slowed down, so that the other two wait for it and share
+    // the next lookup.
+    let reading = Arc::new(AtomicBool::new(false));
+    let read = reading.clone();
+    source.add_rule(
+        Rule::new(
+            move |c: &Recorded| {
+                let check = c.name == "listCollections" && c.db == "d";
+                let name = c
+                    .body
+                    .get_document("filter")
+                    .and_then(|f| f.get_str("name"));
+                check && name.is_ok() && read.load(Ordering::SeqCst)
+            },
+            Action::Delay(Duration::from_millis(1500)),
+        )
+        .times(1),
+    );
+    let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    until_fired(&held, 3, &ferry).await;
+    for (from, to) in [("d.a", "d.tmp"), ("d.b", "d.a"), ("d.tmp", "d.b")] {
+        pair.src
+            .database("admin")
+            .run_command(doc! { "renameCollection": from, "to": to })
+            .await
+            .unwrap();
+    }
+    reading.store(true, Ordering::SeqCst);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("names swapped under the copy's reads")
+        .await;
+    let shared = source.commands().into_iter().any(|c| {
+        let names = c
+            .body
+            .get_document("filter")
+            .and_then(|f| f.get_document("name"));
+        let asked = names
+            .and_then(|n| n.get_array("$in"))
+            .map_or(0, |n| n.len());
+        c.name == "listCollections" && c.db == "d" && asked >= 2
+    });
+    assert!(shared, "no lookup checked two names at once");
 }
