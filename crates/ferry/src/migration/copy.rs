@@ -182,7 +182,7 @@ impl Migration<'_> {
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some((ranges, reach)) = self.plan_copy(spec, stored, at).await? else {
+            let Some((ranges, reach, small)) = self.plan_copy(spec, stored, at).await? else {
                 return Ok(());
             };
             let recorded = ranges.len();
@@ -204,6 +204,7 @@ impl Migration<'_> {
                     ranges: recorded,
                     reach,
                     looking: false,
+                    small,
                 },
             );
             for (index, range) in remaining {
@@ -246,14 +247,15 @@ impl Migration<'_> {
     }
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
-    /// incarnation, else new ones, with how far the collection reaches when that was read;
+    /// incarnation, else new ones, with how far the collection reaches when that was read, and
+    /// whether one read batch holds it whole (by the server's count; not known when resuming);
     /// `None` when it is copied already.
     pub(super) async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         at: Timestamp,
-    ) -> Result<Option<(Vec<Partition>, Reach)>> {
+    ) -> Result<Option<(Vec<Partition>, Reach, bool)>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
             CopyPlan::Done => {
@@ -263,7 +265,7 @@ impl Migration<'_> {
             CopyPlan::Resume(partitions) => {
                 let done = partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
-                return Ok(Some((partitions, Reach::Unknown)));
+                return Ok(Some((partitions, Reach::Unknown, false)));
             }
             CopyPlan::StartOver => {
                 // The source holds a new incarnation: start this collection over.
@@ -290,7 +292,8 @@ impl Migration<'_> {
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        Ok(Some((ranges, reach)))
+        let small = documents <= u64::from(copy::reader::BATCH);
+        Ok(Some((ranges, reach, small)))
     }
 
     /// The incarnations the copy left on the destination: each copied namespace holds the

@@ -4,6 +4,7 @@
 //! whose last range ends has its indexes built at once, beside the copies still running.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -22,6 +23,11 @@ use crate::state::{CopyStatus, Partition};
 /// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
 /// adapted to the destination (`write_limit`). More ranges than that only add source reads.
 const COPY_CONCURRENCY: usize = write_limit::MAX;
+/// Ranges copied at the same time when the others are of small collections (one read batch
+/// each): their time goes to round trips, not to reading or writing, and their name checks
+/// share lookups (`copy::name_checks`). Copying 3,000 collections of 20 documents, 12 at a time
+/// took 12.8 and 11.9 s against 18.4 and 14.8 s 4 at a time (measured).
+const SMALL_CONCURRENCY: usize = 12;
 
 /// How often an idle worker looks for a range to cut.
 const CUT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -42,6 +48,9 @@ pub(super) struct Tracked {
     /// How far its `_id`s reach, once looked at, and whether that is being looked at.
     pub reach: Reach,
     pub looking: bool,
+    /// Whether one read batch holds the whole collection: its ranges do not count against
+    /// `COPY_CONCURRENCY`, only against `SMALL_CONCURRENCY`.
+    pub small: bool,
 }
 
 /// `_id`s drawn to cut a collection whose `_id`s have no value to cut by.
@@ -55,6 +64,8 @@ pub(super) struct Pool<'a> {
     /// Where a collection whose copy ended is announced, for its index build.
     copied: mpsc::UnboundedSender<&'a CollectionSpec>,
     limit: Arc<write_limit::WriteLimit>,
+    /// Ranges running now that are not of small collections.
+    large: AtomicUsize,
     /// A source time read after the catalog the ranges' specs came from was listed.
     listed: Timestamp,
     checks: NameChecks,
@@ -70,6 +81,7 @@ impl<'a> Pool<'a> {
             running: Mutex::new(Vec::new()),
             copied,
             limit: Arc::new(write_limit::WriteLimit::new()),
+            large: AtomicUsize::new(0),
             listed,
             checks: NameChecks::default(),
         };
@@ -109,6 +121,12 @@ impl<'a> Pool<'a> {
         }
     }
 
+    /// Whether another range may start: fewer than `COPY_CONCURRENCY` large ones run, and fewer
+    /// than `SMALL_CONCURRENCY` in all (`running`).
+    fn has_room(&self, running: usize) -> bool {
+        self.large.load(Ordering::SeqCst) < COPY_CONCURRENCY && running < SMALL_CONCURRENCY
+    }
+
     /// How many inserts were in flight at once at the end.
     pub fn write_concurrency(&self) -> usize {
         self.limit.limit()
@@ -146,7 +164,7 @@ impl Migration<'_> {
             }
             // A worker with nothing queued takes over half of the largest running range; a
             // range that has read enough has its collection's reach looked at, beside.
-            while running.len() < COPY_CONCURRENCY && planned.is_empty() {
+            while pool.has_room(running.len()) && planned.is_empty() {
                 let Some((spec, index, range)) = self.cut_largest(pool).await? else {
                     if let Some(spec) = pool.to_look_at() {
                         looks.push(self.look_at(spec, at));
@@ -156,7 +174,7 @@ impl Migration<'_> {
                 running.push(self.copy_range(spec, index, range, at, pool));
             }
             tokio::select! {
-                job = planned.recv(), if planning && running.len() < COPY_CONCURRENCY => {
+                job = planned.recv(), if planning && pool.has_room(running.len()) => {
                     match job {
                         Some((spec, index, range)) => {
                             running.push(self.copy_range(spec, index, range, at, pool));
@@ -169,7 +187,7 @@ impl Migration<'_> {
                 Some((spec, reach)) = looks.next(), if !looks.is_empty() => pool.reached(spec, reach),
                 // A worker is idle: look again for a range to cut once the running ones have
                 // read a little (their density tells how much is left).
-                () = tokio::time::sleep(CUT_RETRY), if running.len() < COPY_CONCURRENCY && !running.is_empty() => {}
+                () = tokio::time::sleep(CUT_RETRY), if pool.has_room(running.len()) && !running.is_empty() => {}
                 else => if finished.is_empty() {
                     return Ok(());
                 },
@@ -266,13 +284,16 @@ impl Migration<'_> {
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let reach = pool
+            let (reach, small) = pool
                 .tracked
                 .lock()
                 .expect("pool lock")
                 .get(&ns)
-                .map(|t| t.reach.clone())
+                .map(|t| (t.reach.clone(), t.small))
                 .unwrap_or_default();
+            if !small {
+                pool.large.fetch_add(1, Ordering::SeqCst);
+            }
             // A capped collection is read in natural order, and a collated one's every range
             // would scan it whole (its reads cannot use the `_id` index): neither is cut.
             let cuttable = !spec.is_capped() && !spec.is_collated();
@@ -303,6 +324,9 @@ impl Migration<'_> {
                 },
             )
             .await;
+            if !small {
+                pool.large.fetch_sub(1, Ordering::SeqCst);
+            }
             pool.running
                 .lock()
                 .expect("pool lock")

@@ -321,3 +321,41 @@ async fn reads_share_their_name_checks_and_each_reads_its_own_collection() {
     });
     assert!(shared, "no lookup checked two names at once");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_collections_are_copied_more_than_four_at_a_time() {
+    let pair = Pair::start().await;
+    for c in 0..12 {
+        pair.src
+            .database("many")
+            .collection::<Document>(&format!("c{c:02}"))
+            .insert_many((0..20).map(|i| doc! { "_id": i }))
+            .await
+            .unwrap();
+    }
+    // Each copy read takes a second: four ranges at a time would send four reads in the first
+    // second, and the next only as those end.
+    let (source, destination) = pair.proxies().await;
+    let copy_read =
+        |c: &Recorded| c.name == "find" && c.db == "many" && c.body.contains_key("sort");
+    source.add_rule(Rule::new(copy_read, Action::Delay(Duration::from_secs(1))));
+    let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("small collections").await;
+    let sent: Vec<Instant> = source
+        .commands()
+        .into_iter()
+        .filter(|c| copy_read(c))
+        .map(|c| c.at)
+        .collect();
+    let first = *sent.iter().min().expect("copy reads");
+    let together = sent
+        .iter()
+        .filter(|&&at| at < first + Duration::from_millis(800))
+        .count();
+    assert!(
+        together >= 8,
+        "{together} of {} copy reads were sent in the first 0.8 s",
+        sent.len()
+    );
+}
