@@ -12,7 +12,7 @@ pub use relax::{has_collation, relax_coll_mod, relax_collection_options, relax_i
 use std::collections::HashMap;
 
 use anyhow::{Context, Result};
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::spec::BinarySubtype;
 use mongodb::bson::{doc, Binary, Bson, Document};
 use mongodb::{Client, ClientSession};
@@ -106,17 +106,44 @@ async fn list_database(
         .try_collect()
         .await
         .with_context(|| format!("listing the collections of database {db:?}"))?;
-    let mut specs = Vec::new();
-    for entry in entries {
-        let name = entry.get_str("name").unwrap_or_default().to_string();
-        if !filter.wants(db, &name) {
-            continue;
-        }
-        if let Some(spec) = describe(client, db, entry).await? {
-            specs.push(spec);
+    let wanted = entries
+        .into_iter()
+        .filter(|entry| filter.wants(db, entry.get_str("name").unwrap_or_default()));
+    // Each collection's indexes are one round trip: thousands of them one after the other
+    // took most of a listing.
+    let described: Vec<Option<CollectionSpec>> = futures_util::stream::iter(wanted)
+        .map(|entry| describe(client, db, entry))
+        .buffered(DESCRIBED_AT_ONCE)
+        .try_collect()
+        .await?;
+    Ok(described.into_iter().flatten().collect())
+}
+
+/// Collections whose indexes are listed at the same time.
+const DESCRIBED_AT_ONCE: usize = 16;
+
+/// The names of every migrated collection and view of the source, as `(database, name)`: the
+/// listing without the options and indexes.
+pub async fn list_names(
+    client: &Client,
+    filter: &NamespaceFilter,
+) -> Result<Vec<(String, String)>> {
+    let databases = client
+        .list_database_names()
+        .await
+        .context("listing the source's databases")?;
+    let mut names = Vec::new();
+    for db in databases.into_iter().filter(|db| filter.wants_database(db)) {
+        let listed = client
+            .database(&db)
+            .list_collection_names()
+            .await
+            .with_context(|| format!("listing the collections of database {db:?}"))?;
+        for name in listed.into_iter().filter(|name| filter.wants(&db, name)) {
+            names.push((db.clone(), name));
         }
     }
-    Ok(specs)
+    Ok(names)
 }
 
 /// The spec of one namespace, or `None` when it does not exist (any more).

@@ -196,12 +196,9 @@ pub async fn run_checks(
             state_db: clusters.filter.state_db.clone(),
             ..Default::default()
         };
-        let on_source: Vec<(String, String)> = catalog::list_namespaces(source, &everything)
+        let on_source = catalog::list_names(source, &everything)
             .await
-            .unwrap_or_default()
-            .into_iter()
-            .map(|s| (s.db, s.name))
-            .collect();
+            .unwrap_or_default();
         checks.push(checks::filters_match(&clusters.filter, &on_source));
         let (empty, resume) = match (options.direction, stored.clone()) {
             (Direction::Reverse, None) => (
