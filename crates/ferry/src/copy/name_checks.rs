@@ -1,19 +1,26 @@
 //! The check each copy read makes once its cursor is open: that the collection's name still
 //! holds the incarnation the copy reads (DESIGN rule 11), answered for many reads at once.
 //!
-//! Copying many small collections, every read asks, and a catalog lookup can cost the source
-//! more than reading twenty documents: on the test server each lookup reads the database's whole
-//! catalog, and copying 3,000 collections of 20 documents took the source 23.4 s of CPU with a
-//! lookup per read, 5.5 s with none (measured). So the reads of one database
-//! share their lookups: a read asks, then waits for its database's turn; whoever takes the turn
-//! looks up every name asked so far in one `listCollections`, and answers them all. A lookup
-//! starts only after each read it answers asked, so after that read's cursor opened, as a
-//! lookup of its own would.
+//! Copying many small collections, every read asks, and on the test server each lookup reads
+//! the database's whole catalog: copying 3,000 collections of 20 documents took the source
+//! 23.4 s of CPU with a lookup per read, 5.5 s with none (measured). So the reads of one
+//! database share their lookups: a read asks, then waits for its database's turn; whoever takes
+//! the turn looks up every name asked so far and answers them all. A lookup starts only after
+//! each read it answers asked, so after that read's cursor opened, as a lookup of its own would.
+//!
+//! Several names are asked in one `listCollections` (`name: {$in: [...]}`), or each by equality
+//! all at once, whichever took less time per name in that database (`Costs`): a real server
+//! answers a lookup of one name by equality from that one catalog entry, but goes through the
+//! database's every collection for any other filter, which in a database of tens of thousands
+//! of collections costs more than the lookups it saves; the test server reads the whole catalog
+//! either way.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use futures_util::future::try_join_all;
 use mongodb::bson::Timestamp;
 use mongodb::{Client, ClientSession};
 use tokio::sync::oneshot::{self, error::TryRecvError};
@@ -27,30 +34,59 @@ pub struct NameChecks {
     databases: Mutex<HashMap<String, Arc<Database>>>,
 }
 
-/// The checks of one database: those asked and not yet taken, and the turn to look up.
+/// The checks of one database: those asked and not yet taken, and the turn to look up, which
+/// holds what the database's lookups cost.
 #[derive(Default)]
 struct Database {
     asked: Mutex<Vec<Asked>>,
-    turn: tokio::sync::Mutex<()>,
+    turn: tokio::sync::Mutex<Costs>,
 }
 
-/// One read's check: the name, the incarnation it must hold, the time the read's session has
-/// seen, and where the answer goes.
+/// How long a lookup took per name in one database, by equality and together (a moving
+/// average): names are asked by equality until that is known, then together once, then in the
+/// way that was faster.
+#[derive(Default)]
+struct Costs {
+    single: Option<Duration>,
+    together: Option<Duration>,
+}
+
+impl Costs {
+    fn together(&self, names: usize) -> bool {
+        match (self.single, self.together) {
+            _ if names < 2 => false,
+            (None, _) => false,
+            (Some(_), None) => true,
+            (Some(single), Some(together)) => together < single,
+        }
+    }
+
+    fn record(&mut self, together: bool, names: usize, took: Duration) {
+        let per_name = took / names.max(1) as u32;
+        let cost = if together {
+            &mut self.together
+        } else {
+            &mut self.single
+        };
+        *cost = Some(cost.map_or(per_name, |c| (c * 3 + per_name) / 4));
+    }
+}
+
+/// One read's check: the name, the incarnation it must hold, and where the answer goes.
 struct Asked {
     name: String,
     uuid: Vec<u8>,
-    seen: Option<Timestamp>,
     answer: oneshot::Sender<Answer>,
 }
 
-/// Whether the name holds the incarnation, and the time the lookup's session saw; `None` when
+/// Whether the name holds the incarnation, and the time the lookup's reply carried; `None` when
 /// the shared lookup failed, and the read asks on its own (its error is then its own).
 type Answer = Option<(bool, Option<Timestamp>)>;
 
 impl NameChecks {
     /// Whether collection `name` of database `db` is the incarnation whose UUID is `uuid`, asked
-    /// by a read in `session` whose cursor is open. The session then sees at least the catalog
-    /// the answer came from.
+    /// by a read in `session` whose cursor is open. The session's time is then advanced past
+    /// the lookup's reply, as a lookup in it would have advanced it.
     pub async fn holds(
         &self,
         client: &Client,
@@ -68,30 +104,28 @@ impl NameChecks {
             .push(Asked {
                 name: name.to_string(),
                 uuid: uuid.to_vec(),
-                seen: session.operation_time(),
                 answer,
             });
         let answer = {
-            let _turn = database.turn.lock().await;
+            let mut costs = database.turn.lock().await;
             // A lookup answers every check it took before it gives the turn up: this one was
-            // either answered by an earlier turn or is still waiting to be taken.
-            // A check taken by a turn that was given up unanswered (its task stopped) is asked
-            // again on its own.
+            // either answered by an earlier turn or is still waiting to be taken. A check taken
+            // by a turn that was given up unanswered (its task stopped) is asked on its own.
             match answered.try_recv() {
                 Ok(answer) => answer,
                 Err(TryRecvError::Closed) => None,
                 Err(TryRecvError::Empty) => {
                     let asked =
                         std::mem::take(&mut *database.asked.lock().expect("name checks lock"));
-                    look_up(client, db, asked).await;
+                    look_up(client, db, &mut costs, asked).await;
                     answered.try_recv().ok().flatten()
                 }
             }
         };
         match answer {
-            Some((holds, seen)) => {
-                if let Some(seen) = seen {
-                    session.advance_operation_time(seen);
+            Some((holds, time)) => {
+                if let Some(time) = time {
+                    session.advance_operation_time(time);
                 }
                 Ok(holds)
             }
@@ -105,26 +139,67 @@ impl NameChecks {
     }
 }
 
-/// Looks up every name of `asked` in one `listCollections`, in a session that has seen what
-/// each asking read's session had, and answers each.
-async fn look_up(client: &Client, db: &str, asked: Vec<Asked>) {
-    let seen = asked.iter().filter_map(|a| a.seen).max();
+/// Looks up every name of `asked`, together or each by equality (`Costs`), and answers each.
+async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>) {
     let mut names: Vec<&str> = asked.iter().map(|a| a.name.as_str()).collect();
     names.sort_unstable();
     names.dedup();
-    let held = match reads::session(client, seen).await {
-        Ok(mut session) => catalog::uuids_of(client, &mut session, db, &names)
-            .await
-            .ok()
-            .map(|held| (held, session.operation_time())),
-        Err(_) => None,
+    let count = names.len();
+    let together = costs.together(count);
+    let started = Instant::now();
+    let groups: Vec<Vec<&str>> = if together {
+        vec![names]
+    } else {
+        names.into_iter().map(|name| vec![name]).collect()
+    };
+    let lookups = groups.iter().map(|names| async move {
+        let mut session = reads::session(client, None).await?;
+        let held = catalog::uuids_of(client, &mut session, db, names).await?;
+        Ok::<_, anyhow::Error>((held, session.operation_time()))
+    });
+    let held = match try_join_all(lookups).await {
+        Ok(replies) => {
+            costs.record(together, count, started.elapsed());
+            let time = replies.iter().filter_map(|(_, time)| *time).max();
+            let held: HashMap<String, Vec<u8>> = replies.into_iter().flat_map(|(h, _)| h).collect();
+            Some((held, time))
+        }
+        Err(e) => {
+            let reason = crate::explain::error(&e);
+            tracing::debug!(db, reason = %reason, "a shared name check failed; each read asks on its own");
+            None
+        }
     };
     for check in asked {
-        let answer = held.as_ref().map(|(held, seen)| {
+        let answer = held.as_ref().map(|(held, time)| {
             let holds = held.get(&check.name).is_some_and(|u| *u == check.uuid);
-            (holds, *seen)
+            (holds, *time)
         });
         // A read that stopped waiting needs no answer.
         let _ = check.answer.send(answer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_asked_by_equality_first_then_together_once_then_the_faster_way() {
+        let ms = Duration::from_millis;
+        let mut costs = Costs::default();
+        assert!(!costs.together(1));
+        assert!(!costs.together(4), "nothing measured: by equality");
+        costs.record(false, 4, ms(8));
+        assert!(costs.together(4), "by equality measured: try together");
+        assert!(!costs.together(1), "one name is always asked by equality");
+        // Together took 40 ms for 4 names (a catalog scan): 10 ms a name against 2.
+        costs.record(true, 4, ms(40));
+        assert!(!costs.together(4));
+        // Lookups by equality slow down (the test server reads the whole catalog for each).
+        for _ in 0..8 {
+            costs.record(false, 1, ms(30));
+        }
+        assert!(costs.together(4));
     }
 }

@@ -52,14 +52,14 @@ pub fn range_count(spec: &CollectionSpec, documents: u64) -> u64 {
 }
 
 /// The server's count of a collection's documents from its metadata (no scan on a real
-/// server); 0 when it cannot say.
-pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> u64 {
+/// server); `None` when it cannot say.
+pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> Option<u64> {
     source
         .database(&spec.db)
         .collection::<Document>(&spec.name)
         .estimated_document_count()
         .await
-        .unwrap_or(0)
+        .ok()
 }
 
 /// Cuts a collection into `count` ranges before its copy: by value between its first and last

@@ -273,7 +273,8 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let documents = copy::ranges::estimated_count(&self.source, spec).await;
+        let counted = copy::ranges::estimated_count(&self.source, spec).await;
+        let documents = counted.unwrap_or(0);
         self.progress.update(|s| {
             if let Some(c) = s.collections.get_mut(&ns) {
                 c.estimated_total_documents = documents;
@@ -292,7 +293,8 @@ impl Migration<'_> {
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        let small = documents <= u64::from(copy::reader::BATCH);
+        // A count the server could not give is not a small one.
+        let small = counted.is_some_and(|n| n <= u64::from(copy::reader::BATCH));
         Ok(Some((ranges, reach, small)))
     }
 

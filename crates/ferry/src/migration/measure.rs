@@ -142,7 +142,10 @@ impl Migration<'_> {
         let counts: Vec<(String, u64)> = futures_util::stream::iter(0..uncounted.len())
             .map(move |at| async move {
                 let spec = uncounted[at];
-                (spec.ns(), ranges::estimated_count(source, spec).await)
+                (
+                    spec.ns(),
+                    ranges::estimated_count(source, spec).await.unwrap_or(0),
+                )
             })
             .buffer_unordered(COUNT_AT_ONCE)
             .collect()

@@ -18,6 +18,7 @@ mod measure;
 mod pool;
 mod restore;
 mod reverse;
+mod room;
 mod start;
 mod strays;
 mod sync;

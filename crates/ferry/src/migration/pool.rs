@@ -4,7 +4,7 @@
 //! whose last range ends has its indexes built at once, beside the copies still running.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -12,6 +12,7 @@ use futures_util::{FutureExt, StreamExt};
 use mongodb::bson::Timestamp;
 use tokio::sync::mpsc;
 
+use super::room::{self, Large, Waiting, COPY_CONCURRENCY};
 use super::Migration;
 use crate::catalog::CollectionSpec;
 use crate::copy::name_checks::NameChecks;
@@ -19,15 +20,6 @@ use crate::copy::ranges::Reach;
 use crate::copy::split::Running;
 use crate::copy::{self, write_limit};
 use crate::state::{CopyStatus, Partition};
-
-/// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
-/// adapted to the destination (`write_limit`). More ranges than that only add source reads.
-const COPY_CONCURRENCY: usize = write_limit::MAX;
-/// Ranges copied at the same time when the others are of small collections (one read batch
-/// each): their time goes to round trips, not to reading or writing, and their name checks
-/// share lookups (`copy::name_checks`). Copying 3,000 collections of 20 documents, 12 at a time
-/// took 12.8 and 11.9 s against 18.4 and 14.8 s 4 at a time (measured).
-const SMALL_CONCURRENCY: usize = 12;
 
 /// How often an idle worker looks for a range to cut.
 const CUT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -48,8 +40,8 @@ pub(super) struct Tracked {
     /// How far its `_id`s reach, once looked at, and whether that is being looked at.
     pub reach: Reach,
     pub looking: bool,
-    /// Whether one read batch holds the whole collection: its ranges do not count against
-    /// `COPY_CONCURRENCY`, only against `SMALL_CONCURRENCY`.
+    /// Whether one read batch holds the whole collection: its ranges run beside the large ones
+    /// (`room`).
     pub small: bool,
 }
 
@@ -121,10 +113,10 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Whether another range may start: fewer than `COPY_CONCURRENCY` large ones run, and fewer
-    /// than `SMALL_CONCURRENCY` in all (`running`).
-    fn has_room(&self, running: usize) -> bool {
-        self.large.load(Ordering::SeqCst) < COPY_CONCURRENCY && running < SMALL_CONCURRENCY
+    /// Whether a collection's ranges are small ones (`room`).
+    fn is_small(&self, spec: &CollectionSpec) -> bool {
+        let tracked = self.tracked.lock().expect("pool lock");
+        tracked.get(&spec.ns()).is_some_and(|t| t.small)
     }
 
     /// How many inserts were in flight at once at the end.
@@ -147,6 +139,7 @@ impl Migration<'_> {
         let mut indexing = futures_util::stream::FuturesUnordered::new();
         let mut looks = futures_util::stream::FuturesUnordered::new();
         let mut to_index = VecDeque::new();
+        let mut waiting = Waiting::new();
         let mut planning = true;
         loop {
             // Nothing left to cut once every range has ended.
@@ -162,22 +155,34 @@ impl Migration<'_> {
                 };
                 indexing.push(self.index_collection(spec, true));
             }
+            while let Ok(job) = planned.try_recv() {
+                let small = pool.is_small(job.0);
+                waiting.add(job, small);
+            }
+            while let Some((job, large)) = waiting.next(&pool.large, running.len()) {
+                running.push(self.copy_range(job, at, pool, large));
+            }
             // A worker with nothing queued takes over half of the largest running range; a
             // range that has read enough has its collection's reach looked at, beside.
-            while pool.has_room(running.len()) && planned.is_empty() {
-                let Some((spec, index, range)) = self.cut_largest(pool).await? else {
+            while room::has_room(&pool.large, running.len())
+                && waiting.is_empty()
+                && planned.is_empty()
+            {
+                let Some(job) = self.cut_largest(pool).await? else {
                     if let Some(spec) = pool.to_look_at() {
                         looks.push(self.look_at(spec, at));
                     }
                     break;
                 };
-                running.push(self.copy_range(spec, index, range, at, pool));
+                let large = Large::take(&pool.large);
+                running.push(self.copy_range(job, at, pool, Some(large)));
             }
             tokio::select! {
-                job = planned.recv(), if planning && pool.has_room(running.len()) => {
+                job = planned.recv(), if planning => {
                     match job {
-                        Some((spec, index, range)) => {
-                            running.push(self.copy_range(spec, index, range, at, pool));
+                        Some(job) => {
+                            let small = pool.is_small(job.0);
+                            waiting.add(job, small);
                         }
                         None => planning = false,
                     }
@@ -187,8 +192,8 @@ impl Migration<'_> {
                 Some((spec, reach)) = looks.next(), if !looks.is_empty() => pool.reached(spec, reach),
                 // A worker is idle: look again for a range to cut once the running ones have
                 // read a little (their density tells how much is left).
-                () = tokio::time::sleep(CUT_RETRY), if pool.has_room(running.len()) && !running.is_empty() => {}
-                else => if finished.is_empty() {
+                () = tokio::time::sleep(CUT_RETRY), if room::has_room(&pool.large, running.len()) && !running.is_empty() => {}
+                else => if finished.is_empty() && waiting.is_empty() {
                     return Ok(());
                 },
             }
@@ -272,28 +277,25 @@ impl Migration<'_> {
         (spec, reach)
     }
 
-    /// Copies one `_id` range of a collection; the last range of a collection to finish
-    /// records the collection as copied.
+    /// Copies one `_id` range of a collection, holding its place among the large ones while it
+    /// reads (`large`, unless small); the last range of a collection to finish records the
+    /// collection as copied.
     fn copy_range<'a: 'p, 'p>(
         &'p self,
-        spec: &'a CollectionSpec,
-        index: usize,
-        range: Partition,
+        (spec, index, range): Job<'a>,
         at: Timestamp,
         pool: &'p Pool<'a>,
+        large: Option<Large<'p>>,
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let (reach, small) = pool
+            let reach = pool
                 .tracked
                 .lock()
                 .expect("pool lock")
                 .get(&ns)
-                .map(|t| (t.reach.clone(), t.small))
+                .map(|t| t.reach.clone())
                 .unwrap_or_default();
-            if !small {
-                pool.large.fetch_add(1, Ordering::SeqCst);
-            }
             // A capped collection is read in natural order, and a collated one's every range
             // would scan it whole (its reads cannot use the `_id` index): neither is cut.
             let cuttable = !spec.is_capped() && !spec.is_collated();
@@ -324,9 +326,7 @@ impl Migration<'_> {
                 },
             )
             .await;
-            if !small {
-                pool.large.fetch_sub(1, Ordering::SeqCst);
-            }
+            drop(large);
             pool.running
                 .lock()
                 .expect("pool lock")
