@@ -42,22 +42,33 @@ struct Database {
     turn: tokio::sync::Mutex<Costs>,
 }
 
-/// How long a lookup took per name in one database, by equality and together (a moving
-/// average): names are asked by equality until that is known, then together once, then in the
-/// way that was faster.
+/// How long the source spent per name on the lookups of one database, by equality and together
+/// (a moving average of each lookup's own time, summed over the lookups of a turn, so that
+/// lookups run at once are not counted as cheaper): names are asked by equality until that is
+/// known, then together once, then in the way that cost less, and every `RETRY_EVERY` turns of
+/// several names in the other way, in case it has become the cheaper.
 #[derive(Default)]
 struct Costs {
     single: Option<Duration>,
     together: Option<Duration>,
+    turns: u32,
 }
 
+const RETRY_EVERY: u32 = 16;
+
 impl Costs {
-    fn together(&self, names: usize) -> bool {
+    /// Whether `names` are asked together this turn.
+    fn choose(&mut self, names: usize) -> bool {
+        if names < 2 {
+            return false;
+        }
+        self.turns += 1;
         match (self.single, self.together) {
-            _ if names < 2 => false,
             (None, _) => false,
             (Some(_), None) => true,
-            (Some(single), Some(together)) => together < single,
+            (Some(single), Some(together)) => {
+                (together < single) != (self.turns % RETRY_EVERY == 0)
+            }
         }
     }
 
@@ -145,8 +156,7 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
     names.sort_unstable();
     names.dedup();
     let count = names.len();
-    let together = costs.together(count);
-    let started = Instant::now();
+    let together = costs.choose(count);
     let groups: Vec<Vec<&str>> = if together {
         vec![names]
     } else {
@@ -154,14 +164,17 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
     };
     let lookups = groups.iter().map(|names| async move {
         let mut session = reads::session(client, None).await?;
+        let started = Instant::now();
         let held = catalog::uuids_of(client, &mut session, db, names).await?;
-        Ok::<_, anyhow::Error>((held, session.operation_time()))
+        Ok::<_, anyhow::Error>((held, session.operation_time(), started.elapsed()))
     });
     let held = match try_join_all(lookups).await {
         Ok(replies) => {
-            costs.record(together, count, started.elapsed());
-            let time = replies.iter().filter_map(|(_, time)| *time).max();
-            let held: HashMap<String, Vec<u8>> = replies.into_iter().flat_map(|(h, _)| h).collect();
+            let took = replies.iter().map(|(_, _, took)| *took).sum();
+            costs.record(together, count, took);
+            let time = replies.iter().filter_map(|(_, time, _)| *time).max();
+            let held: HashMap<String, Vec<u8>> =
+                replies.into_iter().flat_map(|(h, _, _)| h).collect();
             Some((held, time))
         }
         Err(e) => {
@@ -188,18 +201,23 @@ mod tests {
     fn names_are_asked_by_equality_first_then_together_once_then_the_faster_way() {
         let ms = Duration::from_millis;
         let mut costs = Costs::default();
-        assert!(!costs.together(1));
-        assert!(!costs.together(4), "nothing measured: by equality");
+        assert!(!costs.choose(1));
+        assert!(!costs.choose(4), "nothing measured: by equality");
         costs.record(false, 4, ms(8));
-        assert!(costs.together(4), "by equality measured: try together");
-        assert!(!costs.together(1), "one name is always asked by equality");
+        assert!(costs.choose(4), "by equality measured: try together");
+        assert!(!costs.choose(1), "one name is always asked by equality");
         // Together took 40 ms for 4 names (a catalog scan): 10 ms a name against 2.
         costs.record(true, 4, ms(40));
-        assert!(!costs.together(4));
+        let ways: Vec<bool> = (0..RETRY_EVERY).map(|_| costs.choose(4)).collect();
+        assert_eq!(
+            ways.iter().filter(|&&together| together).count(),
+            1,
+            "tried again once"
+        );
         // Lookups by equality slow down (the test server reads the whole catalog for each).
         for _ in 0..8 {
             costs.record(false, 1, ms(30));
         }
-        assert!(costs.together(4));
+        assert!(costs.choose(4));
     }
 }

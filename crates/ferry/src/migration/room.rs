@@ -105,7 +105,10 @@ mod tests {
         assert_eq!((kinds("large"), kinds("small")), (4, 8));
         assert_eq!(large.load(Ordering::SeqCst), 4);
         // A large range that ends gives its place to the next large one.
-        let ended = started.iter().position(|((k, _), _)| *k == "large").unwrap();
+        let ended = started
+            .iter()
+            .position(|((k, _), _)| *k == "large")
+            .unwrap();
         started.remove(ended);
         assert_eq!(large.load(Ordering::SeqCst), 3);
         let ((kind, _), place) = waiting.next(&large, started.len()).expect("room for one");
