@@ -79,17 +79,25 @@ pub async fn list_namespaces(
     client: &Client,
     filter: &NamespaceFilter,
 ) -> Result<Vec<CollectionSpec>> {
-    let databases = client
-        .list_database_names()
-        .await
-        .context("listing the source's databases")?;
     let mut specs = Vec::new();
-    for db in databases.into_iter().filter(|db| filter.wants_database(db)) {
+    for db in wanted_databases(client, filter).await? {
         for spec in list_database(client, &db, filter).await? {
             specs.push(spec);
         }
     }
     Ok(specs)
+}
+
+/// The databases the filter migrates.
+async fn wanted_databases(client: &Client, filter: &NamespaceFilter) -> Result<Vec<String>> {
+    let databases = client
+        .list_database_names()
+        .await
+        .context("listing the source's databases")?;
+    Ok(databases
+        .into_iter()
+        .filter(|db| filter.wants_database(db))
+        .collect())
 }
 
 /// Lists the migrated collections and views of one database.
@@ -128,12 +136,8 @@ pub async fn list_names(
     client: &Client,
     filter: &NamespaceFilter,
 ) -> Result<Vec<(String, String)>> {
-    let databases = client
-        .list_database_names()
-        .await
-        .context("listing the source's databases")?;
     let mut names = Vec::new();
-    for db in databases.into_iter().filter(|db| filter.wants_database(db)) {
+    for db in wanted_databases(client, filter).await? {
         let listed = client
             .database(&db)
             .list_collection_names()
