@@ -175,8 +175,9 @@ pub async fn copy_documents(
     let read = async {
         let mut session = reads::session_at(source, at).await?;
         // The spec was listed from a catalog no newer than the source's latest write now (or
-        // than `listed`, read after the listing): the reads see at least that catalog, so a name the listing gave is read as it named it
-        // (or later, which the check once a cursor is open covers).
+        // than `listed`, read after the listing): the reads see at least that catalog, so a
+        // name the listing gave is read as it named it (or later, which the check once a
+        // cursor is open covers).
         let listed = match listed {
             Some(listed) => listed,
             None => {
@@ -294,9 +295,10 @@ enum Read {
 /// Reads `filter` of collection `name` (in `_id` order unless capped) into batches sent to
 /// `batches`, recording the last `_id` read in `after`, and stopping at the end of `running`
 /// when the pool cut it. The name is checked (with the other reads' names, `name_checks`) once
-/// the cursor is open, before its first document is handed on: a cursor stays on the collection it opened on
-/// (a rename or drop kills it), so this proves every document came from the spec's incarnation,
-/// unless that incarnation was renamed onto this name in the moment between the two.
+/// the cursor is open, before its first document is handed on: a cursor stays on the
+/// collection it opened on (a rename or drop kills it), so this proves every document came
+/// from the spec's incarnation, unless that incarnation was renamed onto this name in the
+/// moment between the two.
 async fn read_collection(
     session: &mut ClientSession,
     (source, checks): (&Client, &NameChecks),

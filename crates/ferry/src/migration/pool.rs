@@ -113,10 +113,13 @@ impl<'a> Pool<'a> {
         }
     }
 
-    /// Whether a collection's ranges are small ones (`room`).
-    fn is_small(&self, spec: &CollectionSpec) -> bool {
-        let tracked = self.tracked.lock().expect("pool lock");
-        tracked.get(&spec.ns()).is_some_and(|t| t.small)
+    /// Queues a planned range to start when there is room for its kind (`room`).
+    fn queue(&self, waiting: &mut Waiting<Job<'a>>, job: Job<'a>) {
+        let small = {
+            let tracked = self.tracked.lock().expect("pool lock");
+            tracked.get(&job.0.ns()).is_some_and(|t| t.small)
+        };
+        waiting.add(job, small);
     }
 
     /// How many inserts were in flight at once at the end.
@@ -156,8 +159,7 @@ impl Migration<'_> {
                 indexing.push(self.index_collection(spec, true));
             }
             while let Ok(job) = planned.try_recv() {
-                let small = pool.is_small(job.0);
-                waiting.add(job, small);
+                pool.queue(&mut waiting, job);
             }
             while let Some((job, large)) = waiting.next(&pool.large, running.len()) {
                 running.push(self.copy_range(job, at, pool, large));
@@ -180,10 +182,7 @@ impl Migration<'_> {
             tokio::select! {
                 job = planned.recv(), if planning => {
                     match job {
-                        Some(job) => {
-                            let small = pool.is_small(job.0);
-                            waiting.add(job, small);
-                        }
+                        Some(job) => pool.queue(&mut waiting, job),
                         None => planning = false,
                     }
                 }

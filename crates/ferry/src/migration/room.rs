@@ -69,13 +69,13 @@ impl<J> Waiting<J> {
         large: &'p AtomicUsize,
         running: usize,
     ) -> Option<(J, Option<Large<'p>>)> {
-        if running >= SMALL_CONCURRENCY {
-            return None;
-        }
-        if large.load(Ordering::SeqCst) < COPY_CONCURRENCY {
+        if has_room(large, running) {
             if let Some(job) = self.large.pop_front() {
                 return Some((job, Some(Large::take(large))));
             }
+        }
+        if running >= SMALL_CONCURRENCY {
+            return None;
         }
         self.small.pop_front().map(|job| (job, None))
     }
