@@ -153,7 +153,7 @@ pub async fn run_checks(
         ));
     }
 
-    let included = catalog::list_namespaces(source, &clusters.filter)
+    let included = catalog::list_namespaces_unindexed(source, &clusters.filter)
         .await
         .unwrap_or_default();
     let stored = StateStore::new(destination, &clusters.filter.state_db)
