@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::future::try_join_all;
 use mongodb::bson::Timestamp;
 use mongodb::{Client, ClientSession};
 use tokio::sync::oneshot::{self, error::TryRecvError};
@@ -69,10 +69,6 @@ const RETRY_EVERY: u32 = 16;
 /// two thirds of the source's time. Resting, with 96 reads at a time (`migration::room`), 235
 /// turns answered 89 names each.
 const REST_FACTOR: u32 = 3;
-/// Lookups by equality of one turn run at once: a turn may answer a hundred names, and more
-/// lookups than the driver's connections (ten by default) would wait for one, their waits
-/// counted as their cost.
-const LOOKUPS_AT_ONCE: usize = 8;
 const MAX_REST: Duration = Duration::from_millis(500);
 
 /// How a turn asks its names.
@@ -226,18 +222,19 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
         Way::Together => vec![(true, names)],
         Way::Probe => vec![(false, vec![names[0]]), (true, names)],
     };
-    // By position: a closure over borrowed names cannot be proven `Send` for every lifetime,
-    // which spawning the migration needs.
-    let lookups = &lookups;
-    let replies: Result<Vec<Reply>> = futures_util::stream::iter(0..lookups.len())
-        .map(|at| {
-            let (together, names) = &lookups[at];
-            look_up_one(client, db, *together, names)
+    let replies = lookups.iter().map(|(together, names)| async move {
+        let mut session = reads::session(client, None).await?;
+        let started = Instant::now();
+        let held = catalog::uuids_of(client, &mut session, db, names).await?;
+        Ok::<_, anyhow::Error>(Reply {
+            together: *together,
+            names: names.len(),
+            took: started.elapsed(),
+            time: session.operation_time(),
+            held,
         })
-        .buffer_unordered(LOOKUPS_AT_ONCE)
-        .try_collect()
-        .await;
-    let held = match replies {
+    });
+    let held = match try_join_all(replies).await {
         Ok(replies) => {
             for together in [false, true] {
                 let (names, took) = replies
@@ -267,20 +264,6 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
         // A read that stopped waiting needs no answer.
         let _ = check.answer.send(answer);
     }
-}
-
-/// One lookup of `names`, in a session of its own.
-async fn look_up_one(client: &Client, db: &str, together: bool, names: &[&str]) -> Result<Reply> {
-    let mut session = reads::session(client, None).await?;
-    let started = Instant::now();
-    let held = catalog::uuids_of(client, &mut session, db, names).await?;
-    Ok(Reply {
-        together,
-        names: names.len(),
-        took: started.elapsed(),
-        time: session.operation_time(),
-        held,
-    })
 }
 
 #[cfg(test)]

@@ -19,8 +19,7 @@ pub(super) const COPY_CONCURRENCY: usize = write_limit::MAX;
 /// at a time, 130.4 s 48 at a time and 93.7 s 96 at a time (the source busy 138, 60 and 42 s;
 /// measured one after the other). Each holds its first batch while its name is checked: at
 /// most 1,000 documents (`copy::reader::BATCH`), which for documents of a few kilobytes is a
-/// few megabytes, but for documents of 16 KB or more a full 16 MB reply: no byte budget bounds
-/// the small ranges yet.
+/// few megabytes.
 const SMALL_CONCURRENCY: usize = 96;
 
 /// Whether another range may start beside the `running` ones, `large` of them large.
