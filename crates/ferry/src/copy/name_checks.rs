@@ -55,21 +55,9 @@ struct Costs {
     single: Option<Duration>,
     together: Option<Duration>,
     turns: u32,
-    /// When the last turn's lookups started, and how long they took.
-    last: Option<(Instant, Duration)>,
 }
 
 const RETRY_EVERY: u32 = 16;
-
-/// A turn starts no sooner than `REST_FACTOR` times its predecessor's time after that one ended,
-/// so that a database's lookups take at most a quarter of the time, and each answers the names
-/// asked meanwhile; never more than `MAX_REST`. On a real server a lookup by equality takes a
-/// millisecond; on the test server a whole-catalog read took 43 ms, and copying 20,000
-/// collections the turns, one after the other, each answered 6 names (3,366 turns, measured):
-/// two thirds of the source's time. Resting, with 96 reads at a time (`migration::room`), 235
-/// turns answered 89 names each.
-const REST_FACTOR: u32 = 3;
-const MAX_REST: Duration = Duration::from_millis(500);
 
 /// How a turn asks its names.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -108,14 +96,6 @@ impl Costs {
             }
             _ => Way::Probe,
         }
-    }
-
-    /// How long a turn taken at `now` waits before it takes the names asked.
-    fn rest(&self, now: Instant) -> Duration {
-        self.last.map_or(Duration::ZERO, |(started, took)| {
-            let next = started + took + (took * REST_FACTOR).min(MAX_REST);
-            next.saturating_duration_since(now)
-        })
     }
 
     fn record(&mut self, together: bool, names: usize, took: Duration) {
@@ -172,12 +152,9 @@ impl NameChecks {
                 Ok(answer) => answer,
                 Err(TryRecvError::Closed) => None,
                 Err(TryRecvError::Empty) => {
-                    tokio::time::sleep(costs.rest(Instant::now())).await;
                     let asked =
                         std::mem::take(&mut *database.asked.lock().expect("name checks lock"));
-                    let started = Instant::now();
                     look_up(client, db, &mut costs, asked).await;
-                    costs.last = Some((started, started.elapsed()));
                     answered.try_recv().ok().flatten()
                 }
             }
@@ -269,24 +246,6 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_turn_rests_three_times_its_predecessors_time_after_it_ended() {
-        let ms = Duration::from_millis;
-        let mut costs = Costs::default();
-        let start = Instant::now();
-        assert_eq!(
-            costs.rest(start),
-            Duration::ZERO,
-            "the first turn starts at once"
-        );
-        costs.last = Some((start, ms(40)));
-        assert_eq!(costs.rest(start + ms(40)), ms(120));
-        assert_eq!(costs.rest(start + ms(100)), ms(60));
-        assert_eq!(costs.rest(start + ms(200)), Duration::ZERO);
-        costs.last = Some((start, ms(1_000)));
-        assert_eq!(costs.rest(start + ms(1_000)), MAX_REST);
-    }
 
     #[test]
     fn turns_probe_until_both_costs_are_known_then_ask_the_cheaper_way() {
