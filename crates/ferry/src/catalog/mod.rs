@@ -6,6 +6,7 @@
 pub mod indexes;
 pub mod relax;
 pub mod sizes;
+pub mod ttl;
 
 pub use relax::{has_collation, relax_coll_mod, relax_collection_options, relax_index};
 

@@ -104,6 +104,7 @@ impl Migration<'_> {
         };
         let stray = strays::after(
             &self.source,
+            &self.destination,
             from,
             Capture::of(version),
             commit.time,
@@ -162,6 +163,7 @@ impl Migration<'_> {
             documents = report.documents_checked,
             read_at_commit = report.documents_checked - report.documents_resumed,
             rechecked = report.rechecked,
+            expired = report.expired,
             equal = report.equal,
             "verification finished"
         );

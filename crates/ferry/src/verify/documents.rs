@@ -12,6 +12,7 @@ use mongodb::bson::{Bson, Document};
 use xxhash_rust::xxh3::Xxh3;
 
 use super::compare::{comparable_bytes, field_diff, id, id_of, mismatch, Sides};
+use super::expiry::Expiry;
 use super::recheck::RecheckQueue;
 use super::report::{Mismatch, NamespaceReport};
 use super::store::{Place, VerifyStore};
@@ -59,6 +60,7 @@ pub async fn verify_documents(
     coll: &str,
     store: &VerifyStore,
     differences: Differences<'_>,
+    expiry: &mut Expiry<'_>,
     report: &mut NamespaceReport,
 ) -> Result<()> {
     let scan = |filter: Document, limit: Option<i64>| Scan {
@@ -103,12 +105,19 @@ pub async fn verify_documents(
                 sides,
                 scan(range_on_source, Some(PARTITION)),
                 scan(range, None),
+                expiry,
             )
             .await?;
             match differences {
                 Differences::Report => found.into_iter().for_each(|(_, m)| report.record(m)),
                 Differences::Queue(queue) => {
-                    let entries = found.into_iter().map(|(id, _)| (ns.clone(), id)).collect();
+                    let mut entries = Vec::new();
+                    for (id, mismatch) in found {
+                        match mismatch.kind {
+                            "expired" => report.record(mismatch),
+                            _ => entries.push((ns.clone(), id)),
+                        }
+                    }
                     queue.queue(entries).await?;
                 }
             }
@@ -134,7 +143,9 @@ async fn descend(
     sides: &Sides<'_>,
     source_range: Scan<'_>,
     destination_range: Scan<'_>,
+    expiry: &mut Expiry<'_>,
 ) -> Result<Vec<(Bson, Mismatch)>> {
+    let namespace = Namespace::new(source_range.db, source_range.coll);
     let (source, source_at) = sides.side(true);
     let (destination, _) = sides.side(false);
     let mut a_session = reads::session(source, source_at).await?;
@@ -154,12 +165,16 @@ async fn descend(
         match order {
             Ordering::Less => {
                 let x = a.take().expect("compared");
-                found.push((id_of(&x)?, mismatch("missing", &x, Vec::new())?));
+                expiry.documents_read();
+                let judged = expiry.one_sided("missing", &namespace, &x).await?;
+                found.push((id_of(&x)?, judged));
                 a = a_side.next().await?;
             }
             Ordering::Greater => {
                 let y = b.take().expect("compared");
-                found.push((id_of(&y)?, mismatch("extra", &y, Vec::new())?));
+                expiry.documents_read();
+                let judged = expiry.one_sided("extra", &namespace, &y).await?;
+                found.push((id_of(&y)?, judged));
                 b = b_side.next().await?;
             }
             Ordering::Equal => {

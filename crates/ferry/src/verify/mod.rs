@@ -10,6 +10,7 @@
 
 mod compare;
 mod documents;
+mod expiry;
 mod metadata;
 mod recheck;
 pub mod report;
@@ -101,6 +102,7 @@ pub async fn verify(
         }
     };
     let mut report = Report::default();
+    let mut expiry = expiry::Expiry::new(sides);
     for (ns, (on_source, on_destination)) in namespaces {
         let mut checked = NamespaceReport {
             namespace: ns,
@@ -123,6 +125,7 @@ pub async fn verify(
                 &spec.name,
                 &store,
                 differences,
+                &mut expiry,
                 &mut checked,
             )
             .await

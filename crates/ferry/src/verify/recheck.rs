@@ -19,6 +19,7 @@ use mongodb::bson::{doc, Bson, Document, RawDocumentBuf};
 use mongodb::{Client, Collection, Database};
 
 use super::compare::{comparable_bytes, field_diff, id_of, mismatch, Sides};
+use super::expiry::Expiry;
 use super::report::Mismatch;
 use crate::copy::reader::{self, Order, Scan};
 use crate::namespace::Namespace;
@@ -84,13 +85,15 @@ impl RecheckQueue {
     }
 
     /// Compares every queued document on both sides, forgets the equal ones and hands each
-    /// difference to `found` (with its namespace). The differences stay queued.
+    /// difference to `found` (with its namespace). The differences stay queued; a document on
+    /// one side only that a TTL index has expired is handed over as `expired`, and forgotten.
     pub async fn recheck(
         &self,
         sides: &Sides<'_>,
         found: &mut (dyn FnMut(&str, Mismatch) + Send),
     ) -> Result<RecheckCounts> {
         let comparison = sides.comparison;
+        let mut expiry = Expiry::new(*sides);
         let mut counts = RecheckCounts::default();
         let mut after: Option<Bson> = None;
         loop {
@@ -133,12 +136,13 @@ impl RecheckQueue {
                 let on_destination = fetch(sides, false, &namespace, &ids)
                     .await
                     .with_context(reading)?;
+                expiry.documents_read();
                 for entry in entries {
                     let key = id_key(&entry.id)?;
                     let mismatch = match (on_source.get(&key), on_destination.get(&key)) {
                         (None, None) => None,
-                        (Some(a), None) => Some(mismatch("missing", a, Vec::new())?),
-                        (None, Some(b)) => Some(mismatch("extra", b, Vec::new())?),
+                        (Some(a), None) => Some(expiry.one_sided("missing", &namespace, a).await?),
+                        (None, Some(b)) => Some(expiry.one_sided("extra", &namespace, b).await?),
                         (Some(a), Some(b)) => {
                             if comparable_bytes(a, comparison)? == comparable_bytes(b, comparison)?
                             {
@@ -148,13 +152,17 @@ impl RecheckQueue {
                             }
                         }
                     };
-                    match mismatch {
-                        Some(mismatch) => found(&ns, mismatch),
-                        None => equal.push(doc! {
-                            "q": { "_id": entry.key, "v": entry.version },
-                            "limit": 1,
-                        }),
+                    if let Some(mismatch) = mismatch {
+                        let settled = mismatch.kind == "expired";
+                        found(&ns, mismatch);
+                        if !settled {
+                            continue;
+                        }
                     }
+                    equal.push(doc! {
+                        "q": { "_id": entry.key, "v": entry.version },
+                        "limit": 1,
+                    });
                 }
             }
             counts.cleared += equal.len() as u64;

@@ -11,7 +11,8 @@ pub const EXAMPLES: usize = 10;
 #[derive(Clone, Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Mismatch {
-    /// `missing` (not on the destination), `extra` (only on the destination) or `different`.
+    /// `missing` (not on the destination), `extra` (only on the destination), `different`, or
+    /// `expired` (on one side only, and expired under a TTL index: not a difference).
     pub kind: &'static str,
     /// The document's `_id`, as extended JSON.
     pub id: serde_json::Value,
@@ -30,6 +31,9 @@ pub struct NamespaceReport {
     pub missing: u64,
     pub extra: u64,
     pub different: u64,
+    /// Documents on one side only that a TTL index has expired: both servers remove them on
+    /// their own schedule, so they are not differences (see `expiry`).
+    pub expired: u64,
     pub examples: Vec<Mismatch>,
     /// Differences of options, indexes, view definitions, or existence.
     pub metadata: Vec<String>,
@@ -42,6 +46,10 @@ impl NamespaceReport {
 
     pub fn record(&mut self, mismatch: Mismatch) {
         match mismatch.kind {
+            "expired" => {
+                self.expired += 1;
+                return;
+            }
             "missing" => self.missing += 1,
             "extra" => self.extra += 1,
             _ => self.different += 1,
@@ -62,6 +70,8 @@ pub struct Report {
     pub documents_resumed: u64,
     /// Documents compared again from the re-check queue (during a migration).
     pub rechecked: u64,
+    /// Documents on one side only that a TTL index has expired (not differences).
+    pub expired: u64,
     pub namespaces: Vec<NamespaceReport>,
     /// The verifying process's peak resident memory, where the system reports it.
     pub peak_memory_bytes: Option<u64>,
@@ -72,6 +82,7 @@ impl Report {
         self.equal = self.namespaces.iter().all(NamespaceReport::is_equal);
         self.documents_checked = self.namespaces.iter().map(|n| n.documents_checked).sum();
         self.documents_resumed = self.namespaces.iter().map(|n| n.documents_resumed).sum();
+        self.expired = self.namespaces.iter().map(|n| n.expired).sum();
         self.peak_memory_bytes = peak_memory_bytes();
         self
     }
@@ -85,8 +96,12 @@ impl Report {
             } else {
                 "DIFFERENT"
             };
+            let expired = match ns.expired {
+                0 => String::new(),
+                n => format!("; {n} expired on one side, which its TTL index removes on both"),
+            };
             out.push_str(&format!(
-                "{status} {}  ({} documents checked, {} missing, {} extra, {} different)\n",
+                "{status} {}  ({} documents checked, {} missing, {} extra, {} different{expired})\n",
                 ns.namespace, ns.documents_checked, ns.missing, ns.extra, ns.different
             ));
             for difference in &ns.metadata {

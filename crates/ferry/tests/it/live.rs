@@ -137,3 +137,76 @@ async fn a_difference_rechecking_does_not_clear_refuses_the_commit() {
         );
     });
 }
+
+/// A source whose writes cannot be blocked keeps deleting expired documents through the commit,
+/// and the destination's restored TTL index deletes them on its own clock: neither is a
+/// difference, since both servers remove them. The commit must not be refused for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn documents_expiring_through_the_commit_do_not_refuse_it() {
+    let pair = Pair::start().await;
+    for server in [&pair.src, &pair.dst] {
+        server
+            .database("admin")
+            .run_command(doc! { "setParameter": 1, "ttlMonitorSleepSecs": 1 })
+            .await
+            .unwrap();
+    }
+    let sessions = pair.src.database("app").collection::<Document>("sessions");
+    pair.src
+        .database("app")
+        .run_command(doc! {
+            "createIndexes": "sessions",
+            "indexes": [{ "key": { "at": 1 }, "name": "at_ttl", "expireAfterSeconds": 0 }],
+        })
+        .await
+        .unwrap();
+    let now = mongodb::bson::DateTime::now().timestamp_millis();
+    let at = |ms: i64| mongodb::bson::DateTime::from_millis(now + ms);
+    let lasting: Vec<Document> = (0..2000)
+        .map(|i| doc! { "_id": i, "at": at(86_400_000), "pad": "x".repeat(100) })
+        .collect();
+    sessions.insert_many(lasting).await.unwrap();
+    let mut ferry = pair.migrate(&["--verify"]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    // Sessions that expire one every 5 ms from now on, through the whole commit: each side's
+    // TTL monitor deletes a few every second, each on its own schedule.
+    let start = mongodb::bson::DateTime::now().timestamp_millis() - now;
+    let expiring: Vec<Document> = (0..3000)
+        .map(|i| doc! { "_id": 10_000 + i, "at": at(start + 5 * i64::from(i)) })
+        .collect();
+    sessions.insert_many(expiring).await.unwrap();
+    tokio::task::block_in_place(|| {
+        ferry.wait_for("the sessions applied", Duration::from_secs(60), |p| {
+            p["eventsApplied"]["insert"].as_u64() >= Some(3000) && p["lagTimeSeconds"] == 0
+        });
+        ferry.commit_and_finish();
+    });
+    let finished = ferry.logged("verification finished").pop().unwrap();
+    assert_eq!(finished["equal"], true, "{finished}");
+    assert!(
+        finished["expired"].as_u64() > Some(0),
+        "no document expired between the two sides' reads: the commit was not tested\n{finished}"
+    );
+    // The source's TTL monitor went on deleting after the commit point: expiries, not stray
+    // writes (which would have made ferry exit 4).
+    let expiries: u64 = ferry
+        .logged("documents expired after the commit point: the source's TTL monitor deleted them, and the destination's TTL index deletes them too")
+        .iter()
+        .filter_map(|fields| fields["count"].as_u64())
+        .sum();
+    assert!(expiries > 0, "{}", ferry.output());
+    // Once every session has expired and both TTL monitors have run, the two sides are equal.
+    let gone = doc! { "_id": { "$gte": 10_000 } };
+    let destination = pair.dst.database("app").collection::<Document>("sessions");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sessions.count_documents(gone.clone()).await.unwrap() > 0
+        || destination.count_documents(gone.clone()).await.unwrap() > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sessions never expired"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    pair.assert_equal("after every session expired").await;
+}
