@@ -10,18 +10,20 @@
 //! the earliest is, older than `expireAfterSeconds` before now: the rule the monitors delete by.
 
 use anyhow::{Context, Result};
-use mongodb::bson::{RawBsonRef, RawDocument};
-use mongodb::Client;
+use mongodb::bson::{doc, Bson, Document, RawBsonRef, RawDocument, RawDocumentBuf};
+use mongodb::{Client, Collection};
 
 use super::{describe_one, CollectionSpec};
 use crate::namespace::Namespace;
 use crate::reply::number;
 
-/// One TTL index: the field it reads, and after how many milliseconds a date there expires.
+/// One TTL index: the field it reads, after how many milliseconds a date there expires, and, for
+/// a partial index, the filter a document must match to expire.
 #[derive(Clone, Debug, PartialEq)]
 struct Rule {
     path: Vec<String>,
     after_ms: f64,
+    partial: Option<Document>,
 }
 
 /// The TTL rules of one collection (none for most).
@@ -41,7 +43,11 @@ impl Ttl {
                 let key = index.get_document("key").ok()?;
                 // The TTL monitor reads only single-field indexes.
                 let (field, _) = key.iter().next().filter(|_| key.len() == 1)?;
-                Some(rule(field, seconds))
+                let partial = index.get_document("partialFilterExpression").ok().cloned();
+                Some(Rule {
+                    partial,
+                    ..rule(field, seconds)
+                })
             })
             .collect();
         if spec.options.contains_key("clusteredIndex") {
@@ -69,9 +75,39 @@ impl Ttl {
         self.rules.is_empty()
     }
 
-    /// Whether a TTL monitor may delete `document` at `now_ms` (ms since the epoch).
-    pub fn expired(&self, document: &RawDocument, now_ms: i64) -> bool {
-        self.rules.iter().any(|rule| {
+    /// Whether a TTL monitor may delete `document`, held in `collection`, at `now_ms` (ms since
+    /// the epoch): its date is past a rule's, and it matches that rule's partial filter, which
+    /// the server holding it evaluates.
+    pub async fn expired(
+        &self,
+        collection: &Collection<RawDocumentBuf>,
+        document: &RawDocument,
+        now_ms: i64,
+    ) -> Result<bool> {
+        for rule in self.due(document, now_ms) {
+            let Some(filter) = &rule.partial else {
+                return Ok(true);
+            };
+            let id: Bson = document
+                .get("_id")?
+                .context("a document without _id")?
+                .to_raw_bson()
+                .try_into()?;
+            let matching = doc! { "$and": [{ "_id": id }, filter.clone()] };
+            if collection.count_documents(matching).await? > 0 {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The rules whose date `document` is past at `now_ms`.
+    fn due<'a>(
+        &'a self,
+        document: &'a RawDocument,
+        now_ms: i64,
+    ) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.rules.iter().filter(move |rule| {
             let path: Vec<&str> = rule.path.iter().map(String::as_str).collect();
             earliest_date(RawBsonRef::Document(document), &path)
                 .is_some_and(|date| (date as f64) + rule.after_ms < now_ms as f64)
@@ -99,6 +135,7 @@ fn rule(field: &str, seconds: f64) -> Rule {
     Rule {
         path: field.split('.').map(str::to_string).collect(),
         after_ms: seconds * 1000.0,
+        partial: None,
     }
 }
 
@@ -121,7 +158,7 @@ fn earliest_date(value: RawBsonRef<'_>, path: &[&str]) -> Option<i64> {
 mod tests {
     use super::*;
     use crate::catalog::Kind;
-    use mongodb::bson::{doc, rawdoc, DateTime, Document};
+    use mongodb::bson::{rawdoc, DateTime};
 
     const NOW: i64 = 1_800_000_000_000;
 
@@ -160,13 +197,19 @@ mod tests {
             ttl(indexes, clustered),
             rules(&[("at", 60.0), ("a.b", 1.5), ("_id", 10.0)])
         );
+        // A partial TTL index expires only what its filter matches.
+        let partial = doc! { "v": 2, "key": { "at": 1 }, "name": "at_1", "expireAfterSeconds": 60, "partialFilterExpression": { "kind": "temp" } };
+        assert_eq!(
+            ttl(vec![partial], doc! {}).rules[0].partial,
+            Some(doc! { "kind": "temp" })
+        );
         assert!(ttl(Vec::new(), doc! { "expireAfterSeconds": 10 }).is_empty());
     }
 
     #[test]
     fn a_document_is_expired_by_its_earliest_date_past_the_rule() {
         let ttl = rules(&[("at", 60.0)]);
-        let expired = |document: &RawDocument| ttl.expired(document, NOW);
+        let expired = |document: &RawDocument| ttl.due(document, NOW).count() > 0;
         assert!(expired(&rawdoc! { "_id": 1, "at": at(61_000) }));
         assert!(!expired(&rawdoc! { "_id": 1, "at": at(59_000) }));
         // The earliest date of an array; other values never expire.
@@ -178,10 +221,9 @@ mod tests {
         assert!(!expired(&rawdoc! { "_id": 1 }));
         // Dotted paths, through arrays of documents.
         let nested = rules(&[("a.b", 1.0)]);
-        assert!(nested.expired(
-            &rawdoc! { "_id": 1, "a": [{ "b": at(0) }, { "b": at(5_000) }] },
-            NOW
-        ));
-        assert!(!nested.expired(&rawdoc! { "_id": 1, "a": { "b": at(0) } }, NOW));
+        let document = rawdoc! { "_id": 1, "a": [{ "b": at(0) }, { "b": at(5_000) }] };
+        assert_eq!(nested.due(&document, NOW).count(), 1);
+        let document = rawdoc! { "_id": 1, "a": { "b": at(0) } };
+        assert_eq!(nested.due(&document, NOW).count(), 0);
     }
 }

@@ -140,7 +140,10 @@ async fn expired_deletes(
         }
         for (id, _) in chunk {
             let key = mongodb::bson::to_vec(&doc! { "id": id.clone() })?;
-            expired.push(by_id.get(&key).is_none_or(|d| rules.expired(d, now_ms)));
+            expired.push(match by_id.get(&key) {
+                None => true,
+                Some(document) => rules.expired(&collection, document, now_ms).await?,
+            });
         }
     }
     Ok(expired)

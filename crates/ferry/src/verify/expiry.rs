@@ -59,7 +59,11 @@ impl<'a> Expiry<'a> {
                 .now_ms
                 .insert(ttl::later_clock(self.sides.source, self.sides.destination).await?),
         };
-        let kind = if rules.expired(document, now_ms) {
+        let (holder, _) = self.sides.side(kind == "missing");
+        let collection = holder
+            .database(&ns.db)
+            .collection::<RawDocumentBuf>(&ns.coll);
+        let kind = if rules.expired(&collection, document, now_ms).await? {
             "expired"
         } else {
             kind
