@@ -45,6 +45,19 @@ pub struct CollectionSpec {
 }
 
 impl CollectionSpec {
+    /// Collection `d.c` with `options` and `indexes`, for tests that need only its shape.
+    #[cfg(test)]
+    pub fn shaped(options: Document, indexes: Vec<Document>) -> Self {
+        CollectionSpec {
+            db: "d".into(),
+            name: "c".into(),
+            kind: Kind::Collection,
+            options,
+            uuid: None,
+            indexes,
+        }
+    }
+
     pub fn ns(&self) -> String {
         self.namespace().to_string()
     }

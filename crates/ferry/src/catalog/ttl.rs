@@ -157,7 +157,6 @@ fn earliest_date(value: RawBsonRef<'_>, path: &[&str]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::Kind;
     use mongodb::bson::{rawdoc, DateTime};
 
     const NOW: i64 = 1_800_000_000_000;
@@ -167,14 +166,7 @@ mod tests {
     }
 
     fn ttl(indexes: Vec<Document>, options: Document) -> Ttl {
-        Ttl::of(&CollectionSpec {
-            db: "d".into(),
-            name: "c".into(),
-            kind: Kind::Collection,
-            options,
-            uuid: None,
-            indexes,
-        })
+        Ttl::of(&CollectionSpec::shaped(options, indexes))
     }
 
     fn rules(rules: &[(&str, f64)]) -> Ttl {

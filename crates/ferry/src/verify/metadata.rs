@@ -106,14 +106,7 @@ mod tests {
     use mongodb::bson::doc;
 
     fn spec(options: Document, indexes: Vec<Document>) -> CollectionSpec {
-        CollectionSpec {
-            db: "d".into(),
-            name: "c".into(),
-            kind: Kind::Collection,
-            options,
-            uuid: None,
-            indexes,
-        }
+        CollectionSpec::shaped(options, indexes)
     }
 
     #[test]
