@@ -23,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
-use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use mongodb::bson::Timestamp;
 use mongodb::{Client, ClientSession};
 use tokio::sync::oneshot::{self, error::TryRecvError};
@@ -58,6 +58,11 @@ struct Costs {
 }
 
 const RETRY_EVERY: u32 = 16;
+
+/// Lookups by equality of one turn run at once: with many reads waiting a turn may answer a
+/// hundred names, and more lookups than the driver's connections (ten by default) would wait
+/// for one, their waits counted as their cost.
+const LOOKUPS_AT_ONCE: usize = 8;
 
 /// How a turn asks its names.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -199,19 +204,18 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
         Way::Together => vec![(true, names)],
         Way::Probe => vec![(false, vec![names[0]]), (true, names)],
     };
-    let replies = lookups.iter().map(|(together, names)| async move {
-        let mut session = reads::session(client, None).await?;
-        let started = Instant::now();
-        let held = catalog::uuids_of(client, &mut session, db, names).await?;
-        Ok::<_, anyhow::Error>(Reply {
-            together: *together,
-            names: names.len(),
-            took: started.elapsed(),
-            time: session.operation_time(),
-            held,
+    // By position: a closure over borrowed names cannot be proven `Send` for every lifetime,
+    // which spawning the migration needs.
+    let lookups = &lookups;
+    let replies: Result<Vec<Reply>> = futures_util::stream::iter(0..lookups.len())
+        .map(|at| {
+            let (together, names) = &lookups[at];
+            look_up_one(client, db, *together, names)
         })
-    });
-    let held = match try_join_all(replies).await {
+        .buffer_unordered(LOOKUPS_AT_ONCE)
+        .try_collect()
+        .await;
+    let held = match replies {
         Ok(replies) => {
             for together in [false, true] {
                 let (names, took) = replies
@@ -241,6 +245,20 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
         // A read that stopped waiting needs no answer.
         let _ = check.answer.send(answer);
     }
+}
+
+/// One lookup of `names`, in a session of its own.
+async fn look_up_one(client: &Client, db: &str, together: bool, names: &[&str]) -> Result<Reply> {
+    let mut session = reads::session(client, None).await?;
+    let started = Instant::now();
+    let held = catalog::uuids_of(client, &mut session, db, names).await?;
+    Ok(Reply {
+        together,
+        names: names.len(),
+        took: started.elapsed(),
+        time: session.operation_time(),
+        held,
+    })
 }
 
 #[cfg(test)]

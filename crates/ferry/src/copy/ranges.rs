@@ -62,6 +62,43 @@ pub async fn estimated_count(source: &Client, spec: &CollectionSpec) -> Option<u
         .ok()
 }
 
+/// What a collection holds by its server's metadata.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Size {
+    pub documents: u64,
+    /// The documents' total BSON size; `None` when the server did not say.
+    pub bytes: Option<u64>,
+}
+
+/// A collection's count and data size from `$collStats`' storage statistics (metadata on a real
+/// server, as the count is), or its count alone where the server does not give those (a view
+/// of buckets, or a role without `collStats`); `None` when it cannot say either.
+pub async fn estimated_size(source: &Client, spec: &CollectionSpec) -> Option<Size> {
+    let stats = source
+        .database(&spec.db)
+        .collection::<Document>(&spec.name)
+        .aggregate([doc! { "$collStats": { "storageStats": {} } }])
+        .await;
+    let stats: Option<Document> = match stats {
+        Ok(mut cursor) => cursor.try_next().await.ok().flatten(),
+        Err(_) => None,
+    };
+    let storage = stats
+        .as_ref()
+        .and_then(|s| s.get_document("storageStats").ok());
+    let number = |field| storage.and_then(|s| crate::reply::number(s, field));
+    match (number("count"), number("size")) {
+        (Some(documents), bytes) => Some(Size {
+            documents: documents as u64,
+            bytes: bytes.map(|b| b as u64),
+        }),
+        _ => estimated_count(source, spec).await.map(|documents| Size {
+            documents,
+            bytes: None,
+        }),
+    }
+}
+
 /// Cuts a collection into `count` ranges before its copy: by value between its first and last
 /// `_id` when both are numbers or both ObjectIds, else at quantiles of a sample of its `_id`s.
 /// With the bounds, how far it reaches, for cutting its ranges again as they run.

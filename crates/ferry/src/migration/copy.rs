@@ -248,7 +248,7 @@ impl Migration<'_> {
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
     /// incarnation, else new ones, with how far the collection reaches when that was read, and
-    /// whether one read batch holds it whole (by the server's count; not known when resuming);
+    /// whether it is small (`room::is_small`; not known when resuming);
     /// `None` when it is copied already.
     pub(super) async fn plan_copy(
         &self,
@@ -273,8 +273,8 @@ impl Migration<'_> {
             }
             CopyPlan::New => {}
         }
-        let counted = copy::ranges::estimated_count(&self.source, spec).await;
-        let documents = counted.unwrap_or(0);
+        let size = copy::ranges::estimated_size(&self.source, spec).await;
+        let documents = size.map_or(0, |s| s.documents);
         self.progress.update(|s| {
             if let Some(c) = s.collections.get_mut(&ns) {
                 c.estimated_total_documents = documents;
@@ -293,9 +293,7 @@ impl Migration<'_> {
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        // A count the server could not give is not a small one.
-        let small = counted.is_some_and(|n| n <= u64::from(copy::reader::BATCH));
-        Ok(Some((ranges, reach, small)))
+        Ok(Some((ranges, reach, super::room::is_small(size))))
     }
 
     /// The incarnations the copy left on the destination: each copied namespace holds the

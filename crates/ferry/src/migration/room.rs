@@ -1,22 +1,36 @@
 //! Which of the copy pool's ranges may start: at most four large ones at a time (their
 //! inserts are what the destination's write limit paces, and each holds a few batches), and
-//! twelve in all when the others are ranges of small collections, whose time goes to round
-//! trips. Ranges wait apart by kind, so that a small collection's range starts while four large
-//! ones run.
+//! 96 in all when the others are ranges of small collections, whose time goes to round trips
+//! and to waiting for their name checks. Ranges wait apart by kind, so that a small
+//! collection's range starts while four large ones run.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::copy::write_limit;
+use crate::copy::ranges::Size;
+use crate::copy::{reader, write_limit};
 
 /// `_id` ranges copied at the same time; how many of their inserts are in flight at once is
 /// adapted to the destination (`write_limit`). More ranges than that only add source reads.
 pub(super) const COPY_CONCURRENCY: usize = write_limit::MAX;
-/// Ranges copied at the same time when the others are of small collections (one read batch
-/// each): their time goes to round trips, not to reading or writing, and their name checks
-/// share lookups (`copy::name_checks`). Copying 3,000 collections of 20 documents, 12 at a time
-/// took 12.8 and 11.9 s against 18.4 and 14.8 s 4 at a time (measured).
-const SMALL_CONCURRENCY: usize = 12;
+/// Ranges copied at the same time when the others are of small collections (`is_small`):
+/// their time goes to round trips, not to reading or writing, and their name checks share
+/// lookups (`copy::name_checks`), which answer more names the more reads wait. Copying 20,000
+/// collections of 20 documents to canCommit took 206.1 s 12 at a time and 87.3 s 96 at a time
+/// (`cargo xtask bench`, one run).
+const SMALL_CONCURRENCY: usize = 96;
+/// The most data a small collection holds. Each small range holds its first batch (the whole
+/// collection) while its name is checked, so at most `SMALL_CONCURRENCY` times this: 24 MB.
+const SMALL_BYTES: u64 = 256 * 1024;
+
+/// Whether a collection is small: one read batch holds it (`copy::reader::BATCH`), and so
+/// little data that `SMALL_CONCURRENCY` of them held at once stay within a few tens of
+/// megabytes, by its server's metadata. A size the server could not give is not a small one.
+pub(super) fn is_small(size: Option<Size>) -> bool {
+    size.is_some_and(|s| {
+        s.documents <= u64::from(reader::BATCH) && s.bytes.is_some_and(|b| b <= SMALL_BYTES)
+    })
+}
 
 /// Whether another range may start beside the `running` ones, `large` of them large.
 pub(super) fn has_room(large: &AtomicUsize, running: usize) -> bool {
@@ -90,11 +104,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_small_collection_is_one_batch_of_little_data_by_its_servers_metadata() {
+        let size = |documents, bytes| {
+            Some(Size {
+                documents,
+                bytes: Some(bytes),
+            })
+        };
+        assert!(is_small(size(20, 2_440)));
+        assert!(is_small(size(1_000, SMALL_BYTES)));
+        assert!(!is_small(size(1_001, 1_000)), "more than one read batch");
+        assert!(
+            !is_small(size(20, 20 * 1024 * 1024)),
+            "twenty 1 MB documents are not small"
+        );
+        let counted_only = Some(Size {
+            documents: 20,
+            bytes: None,
+        });
+        assert!(!is_small(counted_only), "a size the server did not give");
+        assert!(!is_small(None));
+    }
+
+    #[test]
     fn four_large_ranges_run_at_most_and_small_ones_start_beside_them() {
         let large = AtomicUsize::new(0);
         let mut waiting = Waiting::new();
         for n in 0..10 {
             waiting.add(("large", n), false);
+        }
+        for n in 0..SMALL_CONCURRENCY {
             waiting.add(("small", n), true);
         }
         let mut started = Vec::new();
@@ -102,7 +141,7 @@ mod tests {
             started.push(next);
         }
         let kinds = |kind| started.iter().filter(|((k, _), _)| *k == kind).count();
-        assert_eq!((kinds("large"), kinds("small")), (4, 8));
+        assert_eq!((kinds("large"), kinds("small")), (4, SMALL_CONCURRENCY - 4));
         assert_eq!(large.load(Ordering::SeqCst), 4);
         // A large range that ends gives its place to the next large one.
         let ended = started
