@@ -22,7 +22,7 @@ pub const CAPPED_POSITION_LOST: i32 = 136;
 /// A write the server applied but could not confirm to the write concern (a `writeConcernError`
 /// in an `ok: 1` reply): during an election it may still be rolled back, so it counts as not
 /// acknowledged.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct WriteConcernFailed {
     pub code: i32,
     pub message: String,

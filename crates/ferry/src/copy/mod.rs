@@ -127,6 +127,8 @@ pub async fn copy_documents(
     let write_ns = ns.clone();
     // The writer runs on its own thread while this task reads; dropping the copy (a stop)
     // aborts it too.
+    // The range's totals acknowledged so far, from where a resumed range had got to.
+    let (mut range_documents, mut range_bytes) = (range.documents, range.bytes);
     let write = async move {
         let mut written = 0u64;
         while let Some(batch) = incoming.recv().await {
@@ -157,11 +159,19 @@ pub async fn copy_documents(
                         .with_context(|| format!("writing documents of {write_ns}"))
                 }
             }
+            range_documents += documents;
+            range_bytes += bytes;
             if let (Some((store, partition)), Some(last_id), true) = (&checkpoint, last_id, ordered)
             {
                 let last_id: Bson = last_id.try_into()?;
                 store
-                    .copied_up_to(&write_ns, *partition, &last_id, documents, bytes)
+                    .copied_up_to(
+                        &write_ns,
+                        *partition,
+                        &last_id,
+                        range_documents,
+                        range_bytes,
+                    )
                     .await?;
                 write_progress.checkpointed();
             }

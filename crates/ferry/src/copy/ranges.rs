@@ -324,7 +324,7 @@ mod tests {
             lo: Some(Bson::Int32(10)),
             hi: Some(Bson::Int32(20)),
             last_id: Some(Bson::Int32(15)),
-            done: false,
+            ..Default::default()
         };
         assert_eq!(
             remaining(&resumed, resumed.last_id.as_ref()),

@@ -401,3 +401,54 @@ async fn restarted_servers_are_ridden_out_mid_copy_and_mid_stream() {
     pair.dst = Client::with_uri_str(pair.destination.uri()).await.unwrap();
     pair.assert_equal(&format!("seed {seed}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_checkpoint_sent_again_after_a_write_concern_error_counts_its_batch_once() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "d", "c", 3_000).await;
+    let (_, destination) = pair.proxies().await;
+    // The first three checkpoints of the copy are written, but their majority confirmation
+    // fails: each is sent again in place.
+    let checkpoint = |c: &Recorded| {
+        c.name == "update"
+            && c.db == "__ferry"
+            && c.body.get_array("updates").is_ok_and(|updates| {
+                updates.iter().any(|u| {
+                    u.as_document()
+                        .and_then(|u| u.get_document("u").ok())
+                        .and_then(|u| u.get_document("$set").ok())
+                        .is_some_and(|set| set.keys().any(|k| k.ends_with(".lastId")))
+                })
+            })
+    };
+    let failed = destination.add_rule(
+        Rule::new(
+            checkpoint,
+            Action::WriteConcernError {
+                code: 189,
+                retryable: false,
+            },
+        )
+        .times(3),
+    );
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    assert_eq!(failed.fired(), 3, "{}", ferry.output());
+    let state = pair
+        .dst
+        .database("__ferry")
+        .collection::<Document>("collections")
+        .find_one(doc! { "_id": "d.c" })
+        .await
+        .unwrap()
+        .expect("the copy state of d.c");
+    let ranges = state.get_array("partitions").unwrap();
+    let counted: i64 = state.get_i64("copiedDocuments").unwrap_or(0)
+        + ranges
+            .iter()
+            .filter_map(|p| p.as_document()?.get_i64("documents").ok())
+            .sum::<i64>();
+    assert_eq!(counted, 3_000, "{state}");
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("checkpoints sent again").await;
+}

@@ -359,3 +359,45 @@ async fn small_collections_are_copied_more_than_four_at_a_time() {
         sent.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn copy_state_writes_asked_together_go_in_one_command() {
+    const COLLECTIONS: usize = 40;
+    let pair = Pair::start().await;
+    for c in 0..COLLECTIONS {
+        pair.src
+            .database("many")
+            .collection::<Document>(&format!("c{c:02}"))
+            .insert_many((0..5).map(|i| doc! { "_id": i }))
+            .await
+            .unwrap();
+    }
+    // Each write to the copy states is held a little, so that others are asked meanwhile.
+    let (_, destination) = pair.proxies().await;
+    let state_write = |c: &Recorded| {
+        c.name == "update" && c.db == "__ferry" && c.body.get_str("update") == Ok("collections")
+    };
+    destination.add_rule(Rule::new(
+        state_write,
+        Action::Delay(Duration::from_millis(100)),
+    ));
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("small collections").await;
+    let sent: Vec<usize> = destination
+        .commands()
+        .into_iter()
+        .filter(|c| state_write(c))
+        .map(|c| c.body.get_array("updates").map_or(1, |u| u.len()))
+        .collect();
+    let statements: usize = sent.iter().sum();
+    assert!(
+        statements >= 3 * COLLECTIONS,
+        "{statements} copy-state writes for {COLLECTIONS} collections"
+    );
+    assert!(
+        sent.len() * 5 <= statements * 3,
+        "{statements} copy-state writes went in {} commands",
+        sent.len()
+    );
+}

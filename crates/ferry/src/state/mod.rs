@@ -5,13 +5,17 @@
 //!
 //! Two collections: `migration` holds one document (state, phase, plan, T0, the change-stream
 //! checkpoint, the commit point); `collections` holds one document per copied collection (its
-//! source UUID, copy status and the last `_id` written).
+//! source UUID, copy status and the last `_id` written). Its absolute writes to the copy states
+//! go together with the others asked at the same time (`group`).
+
+mod group;
 
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
 use mongodb::options::{ReadConcern, WriteConcern};
 use mongodb::{Client, Collection};
+use std::sync::Arc;
 
 use crate::incarnations::Incarnations;
 use crate::lifecycle::{Phase, State};
@@ -24,6 +28,8 @@ const STATE_ID: &str = "migration";
 pub struct StateStore {
     migration: Collection<Document>,
     collections: Collection<Document>,
+    /// The copy states' absolute writes, sent together.
+    grouped: Arc<group::Group>,
 }
 
 /// Where change application stands: the resume token of the last acknowledged round, the
@@ -101,6 +107,10 @@ pub struct Partition {
     /// The greatest `_id` of this range acknowledged by the destination.
     pub last_id: Option<Bson>,
     pub done: bool,
+    /// The documents and bytes of this range acknowledged by the destination: totals, so that
+    /// their write is absolute (and can go with others, `group`).
+    pub documents: u64,
+    pub bytes: u64,
 }
 
 /// The stored copy state of one collection.
@@ -124,6 +134,7 @@ impl StateStore {
         Self {
             migration: db.collection_with_options("migration", options.clone()),
             collections: db.collection_with_options("collections", options),
+            grouped: Arc::new(group::Group::new(db, "collections")),
         }
     }
 
@@ -286,12 +297,23 @@ impl StateStore {
                                 hi: p.get("hi").cloned().filter(|b| *b != Bson::Null),
                                 last_id: p.get("lastId").cloned().filter(|b| *b != Bson::Null),
                                 done: p.get_bool("done").unwrap_or(false),
+                                documents: count(p, "documents"),
+                                bytes: count(p, "bytes"),
                             })
-                            .collect()
+                            .collect::<Vec<_>>()
                     })
                     .unwrap_or_default(),
-                copied_documents: d.get_i64("copiedDocuments").unwrap_or(0) as u64,
-                copied_bytes: d.get_i64("copiedBytes").unwrap_or(0) as u64,
+                copied_documents: count(&d, "copiedDocuments"),
+                copied_bytes: count(&d, "copiedBytes"),
+            })
+            // The collection's counts are its ranges' (a copy recorded before counts were kept
+            // per range has them in its own fields).
+            .map_ok(|mut state| {
+                for p in &state.partitions {
+                    state.copied_documents += p.documents;
+                    state.copied_bytes += p.bytes;
+                }
+                state
             })
             .try_collect()
             .await
@@ -309,20 +331,16 @@ impl StateStore {
     ) -> Result<()> {
         let partitions: Vec<Document> = partitions
             .iter()
-            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false })
+            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 })
             .collect();
-        self.collections
-            .replace_one(
-                doc! { "_id": ns },
-                doc! {
-                    "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
-                    "partitions": partitions, "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
-                },
-            )
-            .upsert(true)
+        let state = doc! {
+            "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
+            "partitions": partitions, "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
+        };
+        self.grouped
+            .update(doc! { "q": { "_id": ns }, "u": state, "upsert": true })
             .await
-            .with_context(|| format!("recording the copy of {ns}"))?;
-        Ok(())
+            .with_context(|| format!("recording the copy of {ns}"))
     }
 
     /// Forgets a collection's copy (its destination copy is gone).
@@ -334,7 +352,8 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records documents of partition `index` of `ns` acknowledged up to `last_id`.
+    /// Records the documents of partition `index` of `ns` acknowledged up to `last_id`:
+    /// `documents` and `bytes` in all, for the partition.
     pub async fn copied_up_to(
         &self,
         ns: &str,
@@ -343,17 +362,14 @@ impl StateStore {
         documents: u64,
         bytes: u64,
     ) -> Result<()> {
-        self.collections
-            .update_one(
-                doc! { "_id": ns },
-                doc! {
-                    "$set": { format!("partitions.{index}.lastId"): last_id.clone() },
-                    "$inc": { "copiedDocuments": documents as i64, "copiedBytes": bytes as i64 },
-                },
-            )
+        let set = doc! {
+            format!("partitions.{index}.lastId"): last_id.clone(),
+            format!("partitions.{index}.documents"): documents as i64,
+            format!("partitions.{index}.bytes"): bytes as i64,
+        };
+        self.set_copy_fields(ns, set)
             .await
-            .with_context(|| format!("recording the copy progress of {ns}"))?;
-        Ok(())
+            .with_context(|| format!("recording the copy progress of {ns}"))
     }
 
     /// Records a cut of partition `index` of `ns` at `cut`: it now ends there, and partition
@@ -367,17 +383,13 @@ impl StateStore {
         taken: usize,
         hi: Option<&Bson>,
     ) -> Result<()> {
-        self.collections
-            .update_one(
-                doc! { "_id": ns },
-                doc! { "$set": {
-                    format!("partitions.{index}.hi"): cut.clone(),
-                    format!("partitions.{taken}"): { "lo": cut.clone(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false },
-                } },
-            )
+        let set = doc! {
+            format!("partitions.{index}.hi"): cut.clone(),
+            format!("partitions.{taken}"): { "lo": cut.clone(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 },
+        };
+        self.set_copy_fields(ns, set)
             .await
-            .with_context(|| format!("recording the copy progress of {ns}"))?;
-        Ok(())
+            .with_context(|| format!("recording the copy progress of {ns}"))
     }
 
     /// Records that partition `index` of `ns` is copied. When it was the last one left, of
@@ -391,23 +403,28 @@ impl StateStore {
             }
             set.insert("status", CopyStatus::Copied.as_str());
         }
-        self.collections
-            .update_one(doc! { "_id": ns }, doc! { "$set": set })
+        self.set_copy_fields(ns, set)
             .await
-            .with_context(|| format!("recording the copy progress of {ns}"))?;
-        Ok(())
+            .with_context(|| format!("recording the copy progress of {ns}"))
     }
 
     pub async fn set_copy_status(&self, ns: &str, status: CopyStatus) -> Result<()> {
-        self.collections
-            .update_one(
-                doc! { "_id": ns },
-                doc! { "$set": { "status": status.as_str() } },
-            )
+        self.set_copy_fields(ns, doc! { "status": status.as_str() })
             .await
-            .with_context(|| format!("recording the copy status of {ns}"))?;
-        Ok(())
+            .with_context(|| format!("recording the copy status of {ns}"))
     }
+
+    /// Sets `fields` of the copy state of `ns`, with the other writes asked meanwhile.
+    async fn set_copy_fields(&self, ns: &str, fields: Document) -> Result<()> {
+        self.grouped
+            .update(doc! { "q": { "_id": ns }, "u": { "$set": fields } })
+            .await
+    }
+}
+
+/// A stored count, 0 when absent.
+fn count(document: &Document, field: &str) -> u64 {
+    document.get_i64(field).unwrap_or(0).max(0) as u64
 }
 
 fn incarnations_bson(incarnations: &Incarnations) -> Vec<Document> {
