@@ -504,6 +504,18 @@ pub fn seed(test: &str) -> u64 {
 }
 
 /// Inserts `count` documents of about 1 KB into `db.coll`.
+/// `collections` small collections `many.c00`, `many.c01`, ..., of `documents` documents each.
+pub async fn small_collections(client: &Client, collections: usize, documents: i32) {
+    for c in 0..collections {
+        client
+            .database("many")
+            .collection::<Document>(&format!("c{c:02}"))
+            .insert_many((0..documents).map(|i| doc! { "_id": i }))
+            .await
+            .unwrap();
+    }
+}
+
 pub async fn fill(client: &Client, db: &str, coll: &str, count: i64) {
     let collection = client.database(db).collection::<Document>(coll);
     let mut batch = Vec::new();

@@ -558,14 +558,7 @@ async fn bad_input_is_refused_with_exit_2_and_nothing_written() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_server_that_checks_no_access_is_read_once_to_prove_the_read_privilege() {
     let pair = Pair::start().await;
-    for c in 0..30 {
-        pair.src
-            .database("many")
-            .collection::<Document>(&format!("c{c:02}"))
-            .insert_one(doc! { "_id": 1 })
-            .await
-            .unwrap();
-    }
+    crate::harness::small_collections(&pair.src, 30, 1).await;
     let (source, _) = pair.proxies().await;
     let mut ferry = Ferry::start(&source.uri(), &pair.destination.uri(), &[]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());

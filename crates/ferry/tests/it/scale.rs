@@ -12,7 +12,8 @@ use serde_json::Value;
 use testkit::proxy::{on, Action, Recorded, Rule};
 
 use crate::harness::{
-    call_api, fill, http, recorded_ranges, unique_index, until_fired, Ferry, Pair,
+    call_api, fill, http, recorded_ranges, small_collections, unique_index, until_fired, Ferry,
+    Pair,
 };
 
 /// Whether the reply's array `field` holds a row for `namespace` matching `also`.
@@ -325,14 +326,7 @@ async fn reads_share_their_name_checks_and_each_reads_its_own_collection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_collections_are_copied_more_than_four_at_a_time() {
     let pair = Pair::start().await;
-    for c in 0..12 {
-        pair.src
-            .database("many")
-            .collection::<Document>(&format!("c{c:02}"))
-            .insert_many((0..20).map(|i| doc! { "_id": i }))
-            .await
-            .unwrap();
-    }
+    small_collections(&pair.src, 12, 20).await;
     // Each copy read takes a second: four ranges at a time would send four reads in the first
     // second, and the next only as those end.
     let (source, destination) = pair.proxies().await;
@@ -364,14 +358,7 @@ async fn small_collections_are_copied_more_than_four_at_a_time() {
 async fn copy_state_writes_asked_together_go_in_one_command() {
     const COLLECTIONS: usize = 40;
     let pair = Pair::start().await;
-    for c in 0..COLLECTIONS {
-        pair.src
-            .database("many")
-            .collection::<Document>(&format!("c{c:02}"))
-            .insert_many((0..5).map(|i| doc! { "_id": i }))
-            .await
-            .unwrap();
-    }
+    small_collections(&pair.src, COLLECTIONS, 5).await;
     // Each write to the copy states is held a little, so that others are asked meanwhile.
     let (_, destination) = pair.proxies().await;
     let state_write = |c: &Recorded| {
