@@ -28,6 +28,32 @@ pub struct WriteConcernFailed {
     pub message: String,
 }
 
+/// A statement of a write command the server refused (a `writeErrors` entry in an `ok: 1`
+/// reply, for a command run by hand), with its code, so that a transient one (a stepdown
+/// between statements) is retried like any other.
+#[derive(Clone, Debug)]
+pub struct WriteRefused {
+    pub code: i32,
+    pub message: String,
+}
+
+impl fmt::Display for WriteRefused {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the write was refused ({}: {})", self.code, self.message)
+    }
+}
+
+impl std::error::Error for WriteRefused {}
+
+/// The code of a write error Ferry read out of a reply itself.
+fn reply_code(error: &anyhow::Error) -> Option<i32> {
+    error.chain().find_map(|e| {
+        e.downcast_ref::<WriteConcernFailed>()
+            .map(|c| c.code)
+            .or_else(|| e.downcast_ref::<WriteRefused>().map(|r| r.code))
+    })
+}
+
 impl fmt::Display for WriteConcernFailed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
@@ -68,11 +94,8 @@ pub fn already(error: &anyhow::Error, what: Already) -> bool {
 
 /// The server's error code carried by an error, if any.
 pub fn code_of(error: &anyhow::Error) -> Option<i32> {
-    if let Some(concern) = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<WriteConcernFailed>())
-    {
-        return Some(concern.code);
+    if let Some(code) = reply_code(error) {
+        return Some(code);
     }
     let driver = error
         .chain()
@@ -144,11 +167,8 @@ const TRANSIENT_CODES: [i32; 15] = [
 /// Whether an error is a fault worth riding out (retry with backoff) rather than a reason to
 /// fail: lost connections, unreachable servers, elections and restarts.
 pub fn is_transient(error: &anyhow::Error) -> bool {
-    if let Some(concern) = error
-        .chain()
-        .find_map(|e| e.downcast_ref::<WriteConcernFailed>())
-    {
-        return TRANSIENT_CODES.contains(&concern.code);
+    if let Some(code) = reply_code(error) {
+        return TRANSIENT_CODES.contains(&code);
     }
     let Some(driver) = error
         .chain()

@@ -388,3 +388,34 @@ async fn copy_state_writes_asked_together_go_in_one_command() {
         sent.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cut_recorded_while_other_ranges_write_their_state_does_not_stall_the_copy() {
+    let pair = Pair::start().await;
+    fill(&pair.src, "big", "items", 20_000).await;
+    small_collections(&pair.src, 20, 5).await;
+    // Every write to the copy states is slow: a cut is recorded while the other ranges' states
+    // are still being written, and theirs wait for it.
+    let (_, destination) = pair.proxies().await;
+    destination.add_rule(Rule::new(
+        |c: &Recorded| c.name == "update" && c.db == "__ferry",
+        Action::Delay(Duration::from_millis(200)),
+    ));
+    destination.add_rule(Rule::new(
+        on("insert", "big.items"),
+        Action::Delay(Duration::from_millis(100)),
+    ));
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| {
+        ferry.wait_for("canCommit", Duration::from_secs(120), |p| {
+            p["canCommit"] == true
+        })
+    });
+    assert!(
+        recorded_ranges(&pair, "big.items").await >= 2,
+        "big.items was never cut:\n{}",
+        ferry.output()
+    );
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("cuts beside state writes").await;
+}
