@@ -18,6 +18,8 @@ pub const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 pub const QUERY_PLAN_KILLED: i32 = 175;
 /// A capped collection overwrote the position a natural-order read had reached.
 pub const CAPPED_POSITION_LOST: i32 = 136;
+/// No answer in time (transient).
+pub const NETWORK_TIMEOUT: i32 = 89;
 
 /// A write the server applied but could not confirm to the write concern (a `writeConcernError`
 /// in an `ok: 1` reply): during an election it may still be rolled back, so it counts as not

@@ -192,6 +192,8 @@ const OLDEST_SOURCE: Version = Version::new(6, 0, 0);
 impl Migration<'_> {
     /// One attempt: start, then every stage not done yet.
     async fn attempt(&self) -> Result<Outcome> {
+        // An ended attempt's copy-state writes may still be on their way.
+        self.store.settle().await;
         let stored = self.start().await?;
         // Reconnected: no longer retrying (the retry window still counts from the last progress).
         self.progress.update(|s| s.retrying = None);

@@ -12,7 +12,8 @@
 //! transiently is sent again in place (`majority::command`), which must leave the same result.
 
 use std::collections::VecDeque;
-use std::sync::OnceLock;
+use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{anyhow, Result};
 use mongodb::bson::{doc, Document};
@@ -20,7 +21,7 @@ use mongodb::Database;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::majority;
-use crate::server_error::{WriteConcernFailed, WriteRefused};
+use crate::server_error::{WriteConcernFailed, WriteRefused, NETWORK_TIMEOUT};
 
 /// Statements sent in one command at most, by count and by size (a server takes 100,000 and
 /// 16 MB; a copy state's statement is small, but an `_id` may be large).
@@ -33,8 +34,16 @@ const GROUP_BYTES: usize = 8 * 1024 * 1024;
 pub(super) struct Group {
     database: Database,
     collection: String,
-    /// Started by the first write, inside the runtime; it ends when the group is dropped.
-    sender: OnceLock<mpsc::UnboundedSender<Asked>>,
+    /// Started by the first write, inside the runtime (again if it has ended); it ends when the
+    /// group is dropped.
+    sender: Mutex<Option<mpsc::UnboundedSender<Ask>>>,
+}
+
+/// What the task is asked: a statement to write, or to answer once everything asked before is
+/// settled.
+enum Ask {
+    Write(Asked),
+    Settle(oneshot::Sender<()>),
 }
 
 /// One statement, its size, and where its outcome goes.
@@ -44,50 +53,67 @@ struct Asked {
     answer: oneshot::Sender<Result<()>>,
 }
 
+/// How long one command may take, resends in place included, before its writers are answered
+/// with a transient failure (their attempt then retries from its checkpoints).
+const SEND_LIMIT: Duration = Duration::from_secs(4 * 60);
+
 impl Group {
     pub fn new(database: Database, collection: &str) -> Self {
         Group {
             database,
             collection: collection.to_string(),
-            sender: OnceLock::new(),
+            sender: Mutex::new(None),
         }
     }
 
-    /// Applies update statement `statement` (`{q, u, upsert}`), with the other statements
-    /// asked meanwhile, once a majority has acknowledged it.
-    pub async fn update(&self, statement: Document) -> Result<()> {
-        let sender = self.sender.get_or_init(|| {
-            let (sender, asked) = mpsc::unbounded_channel();
+    fn ask(&self, ask: Ask) -> Result<()> {
+        let mut sender = self.sender.lock().expect("state group lock");
+        let running = sender.as_ref().filter(|s| !s.is_closed()).cloned();
+        let sender = running.unwrap_or_else(|| {
+            let (started, asked) = mpsc::unbounded_channel();
             tokio::spawn(send_all(
                 self.database.clone(),
                 self.collection.clone(),
                 asked,
             ));
-            sender
+            *sender = Some(started.clone());
+            started
         });
+        sender
+            .send(ask)
+            .map_err(|_| anyhow!("the state writer has stopped"))
+    }
+
+    /// Applies update statement `statement` (`{q, u, upsert}`), with the other statements
+    /// asked meanwhile, once a majority has acknowledged it.
+    pub async fn update(&self, statement: Document) -> Result<()> {
         let bytes = mongodb::bson::to_vec(&statement).map_or(0, |b| b.len());
         let (answer, answered) = oneshot::channel();
-        sender
-            .send(Asked {
-                statement,
-                bytes,
-                answer,
-            })
-            .map_err(|_| anyhow!("the state writer has stopped"))?;
+        self.ask(Ask::Write(Asked {
+            statement,
+            bytes,
+            answer,
+        }))?;
         answered
             .await
             .unwrap_or_else(|_| Err(anyhow!("the state writer stopped before it answered")))
+    }
+
+    /// Returns once every statement asked before is written, refused or given up: a new
+    /// attempt starts after an ended one's last writes, which could otherwise land over what it
+    /// reads and records.
+    pub async fn settle(&self) {
+        let (settled, done) = oneshot::channel();
+        if self.ask(Ask::Settle(settled)).is_ok() {
+            let _ = done.await;
+        }
     }
 }
 
 /// Sends the statements as they are asked: everything asked while a command was out goes in
 /// the next one.
-async fn send_all(
-    database: Database,
-    collection: String,
-    mut asked: mpsc::UnboundedReceiver<Asked>,
-) {
-    let mut waiting: VecDeque<Asked> = VecDeque::new();
+async fn send_all(database: Database, collection: String, mut asked: mpsc::UnboundedReceiver<Ask>) {
+    let mut waiting: VecDeque<Ask> = VecDeque::new();
     loop {
         if waiting.is_empty() {
             match asked.recv().await {
@@ -100,19 +126,53 @@ async fn send_all(
         }
         // A writer that stopped waiting (its attempt ended) is not written for: a later attempt
         // decides again what to record.
-        waiting.retain(|a| !a.answer.is_closed());
+        waiting.retain(|ask| !matches!(ask, Ask::Write(a) if a.answer.is_closed()));
+        if let Some(Ask::Settle(_)) = waiting.front() {
+            if let Some(Ask::Settle(settled)) = waiting.pop_front() {
+                let _ = settled.send(());
+            }
+            continue;
+        }
+        // The statements up to the next settle, within the limits.
         let (mut count, mut bytes) = (0, 0);
-        while count < waiting.len().min(GROUP_MOST) {
-            if count > 0 && bytes + waiting[count].bytes > GROUP_BYTES {
+        while let Some(Ask::Write(next)) = waiting.get(count) {
+            if count == GROUP_MOST || (count > 0 && bytes + next.bytes > GROUP_BYTES) {
                 break;
             }
-            bytes += waiting[count].bytes;
+            bytes += next.bytes;
             count += 1;
         }
-        let group: Vec<Asked> = waiting.drain(..count).collect();
+        let group: Vec<Asked> = waiting
+            .drain(..count)
+            .filter_map(|ask| match ask {
+                Ask::Write(asked) => Some(asked),
+                Ask::Settle(_) => None,
+            })
+            .collect();
         for unsent in send(&database, &collection, group).await.into_iter().rev() {
-            waiting.push_front(unsent);
+            waiting.push_front(Ask::Write(unsent));
         }
+    }
+}
+
+/// What became of statement `at` of `len` sent in one ordered command whose reply refused the
+/// one at `refused`, if any.
+#[derive(Debug, PartialEq)]
+enum Fate {
+    Written,
+    Refused,
+    /// After the refused one: the server never ran it.
+    Unsent,
+}
+
+fn fate(at: usize, len: usize, refused: Option<usize>) -> Fate {
+    match refused {
+        None => Fate::Written,
+        // A position the command did not have: nothing in it is known written.
+        Some(failed) if failed >= len => Fate::Refused,
+        Some(failed) if at < failed => Fate::Written,
+        Some(failed) if at == failed => Fate::Refused,
+        Some(_) => Fate::Unsent,
     }
 }
 
@@ -124,20 +184,29 @@ async fn send(database: &Database, collection: &str, group: Vec<Asked>) -> Vec<A
     }
     let statements: Vec<Document> = group.iter().map(|a| a.statement.clone()).collect();
     let command = doc! { "update": collection, "updates": statements, "ordered": true };
-    let reply = majority::command(database, command).await;
+    let reply = match tokio::time::timeout(SEND_LIMIT, majority::command(database, command)).await {
+        Ok(reply) => reply,
+        Err(_) => Err(anyhow::Error::from(WriteConcernFailed {
+            code: NETWORK_TIMEOUT,
+            message: format!("no answer to the state writes within {SEND_LIMIT:?}"),
+        })),
+    };
     let refused = reply.as_ref().ok().and_then(first_write_error);
+    let len = group.len();
     let mut unsent = Vec::new();
     for (at, asked) in group.into_iter().enumerate() {
         let outcome = match (&reply, &refused) {
             (Err(e), _) => Err(shared(e)),
-            (Ok(_), Some((failed, refusal))) if at == *failed => {
-                Err(anyhow::Error::from(refusal.clone()))
-            }
-            (Ok(_), Some((failed, _))) if at > *failed => {
-                unsent.push(asked);
-                continue;
-            }
-            (Ok(_), _) => Ok(()),
+            (Ok(_), refused) => match fate(at, len, refused.as_ref().map(|r| r.0)) {
+                Fate::Written => Ok(()),
+                Fate::Refused => Err(anyhow::Error::from(
+                    refused.as_ref().expect("a refusal").1.clone(),
+                )),
+                Fate::Unsent => {
+                    unsent.push(asked);
+                    continue;
+                }
+            },
         };
         // A writer that stopped waiting needs no answer.
         let _ = asked.answer.send(outcome);
@@ -207,6 +276,18 @@ mod tests {
         assert!(
             server_error::is_transient(&anyhow::Error::from(refusal)),
             "a stepdown between statements is retried"
+        );
+    }
+
+    #[test]
+    fn statements_after_a_refused_one_are_sent_again_and_a_position_out_of_range_refuses_all() {
+        let fates = |refused| (0..3).map(|at| fate(at, 3, refused)).collect::<Vec<_>>();
+        assert_eq!(fates(None), [Fate::Written, Fate::Written, Fate::Written]);
+        assert_eq!(fates(Some(1)), [Fate::Written, Fate::Refused, Fate::Unsent]);
+        assert_eq!(fates(Some(0)), [Fate::Refused, Fate::Unsent, Fate::Unsent]);
+        assert_eq!(
+            fates(Some(7)),
+            [Fate::Refused, Fate::Refused, Fate::Refused]
         );
     }
 

@@ -5,9 +5,10 @@
 //!
 //! Two collections: `migration` holds one document (state, phase, plan, T0, the change-stream
 //! checkpoint, the commit point); `collections` holds one document per copied collection (its
-//! source UUID, copy status and the last `_id` written). Its absolute writes to the copy states
-//! go together with the others asked at the same time (`group`).
+//! source UUID, copy status and the last `_id` written). The copy states are written in `copies`,
+//! with the others asked at the same time (`group`).
 
+mod copies;
 mod group;
 
 use anyhow::{Context, Result};
@@ -319,106 +320,6 @@ impl StateStore {
             .await
             .context("reading Ferry's copy state")?;
         Ok(states)
-    }
-
-    /// Registers a collection to copy in the given `_id` ranges (or restarts its copy for a
-    /// new incarnation).
-    pub async fn begin_copy(
-        &self,
-        ns: &str,
-        uuid: Option<&Bson>,
-        partitions: &[Partition],
-    ) -> Result<()> {
-        let partitions: Vec<Document> = partitions
-            .iter()
-            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 })
-            .collect();
-        let state = doc! {
-            "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
-            "partitions": partitions, "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
-        };
-        self.grouped
-            .update(doc! { "q": { "_id": ns }, "u": state, "upsert": true })
-            .await
-            .with_context(|| format!("recording the copy of {ns}"))
-    }
-
-    /// Forgets a collection's copy (its destination copy is gone).
-    pub async fn forget_copy(&self, ns: &str) -> Result<()> {
-        self.collections
-            .delete_one(doc! { "_id": ns })
-            .await
-            .with_context(|| format!("forgetting the copy of {ns}"))?;
-        Ok(())
-    }
-
-    /// Records the documents of partition `index` of `ns` acknowledged up to `last_id`:
-    /// `documents` and `bytes` in all, for the partition.
-    pub async fn copied_up_to(
-        &self,
-        ns: &str,
-        index: usize,
-        last_id: &Bson,
-        documents: u64,
-        bytes: u64,
-    ) -> Result<()> {
-        let set = doc! {
-            format!("partitions.{index}.lastId"): last_id.clone(),
-            format!("partitions.{index}.documents"): documents as i64,
-            format!("partitions.{index}.bytes"): bytes as i64,
-        };
-        self.set_copy_fields(ns, set)
-            .await
-            .with_context(|| format!("recording the copy progress of {ns}"))
-    }
-
-    /// Records a cut of partition `index` of `ns` at `cut`: it now ends there, and partition
-    /// `taken` (the next free index) holds the rest, up to `hi`. One update, so that a crash
-    /// leaves both or neither.
-    pub async fn split_partition(
-        &self,
-        ns: &str,
-        index: usize,
-        cut: &Bson,
-        taken: usize,
-        hi: Option<&Bson>,
-    ) -> Result<()> {
-        let set = doc! {
-            format!("partitions.{index}.hi"): cut.clone(),
-            format!("partitions.{taken}"): { "lo": cut.clone(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 },
-        };
-        self.set_copy_fields(ns, set)
-            .await
-            .with_context(|| format!("recording the copy progress of {ns}"))
-    }
-
-    /// Records that partition `index` of `ns` is copied. When it was the last one left, of
-    /// `all` partitions, every partition's documents are written: all of them are marked done
-    /// and the collection copied, in one write.
-    pub async fn partition_done(&self, ns: &str, index: usize, all: Option<usize>) -> Result<()> {
-        let mut set = doc! { format!("partitions.{index}.done"): true };
-        if let Some(all) = all {
-            for other in 0..all {
-                set.insert(format!("partitions.{other}.done"), true);
-            }
-            set.insert("status", CopyStatus::Copied.as_str());
-        }
-        self.set_copy_fields(ns, set)
-            .await
-            .with_context(|| format!("recording the copy progress of {ns}"))
-    }
-
-    pub async fn set_copy_status(&self, ns: &str, status: CopyStatus) -> Result<()> {
-        self.set_copy_fields(ns, doc! { "status": status.as_str() })
-            .await
-            .with_context(|| format!("recording the copy status of {ns}"))
-    }
-
-    /// Sets `fields` of the copy state of `ns`, with the other writes asked meanwhile.
-    async fn set_copy_fields(&self, ns: &str, fields: Document) -> Result<()> {
-        self.grouped
-            .update(doc! { "q": { "_id": ns }, "u": { "$set": fields } })
-            .await
     }
 }
 

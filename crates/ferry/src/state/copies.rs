@@ -1,0 +1,116 @@
+//! The copy states' writes: each collection's registration with its `_id` ranges, the ranges'
+//! checkpoints and cuts, and its status, all absolute and sent with the others asked at the same
+//! time (`group`).
+
+use anyhow::{Context, Result};
+use mongodb::bson::{doc, Bson, Document};
+
+use super::{CopyStatus, Partition, StateStore};
+
+impl StateStore {
+    /// Registers a collection to copy in the given `_id` ranges (or restarts its copy for a
+    /// new incarnation).
+    pub async fn begin_copy(
+        &self,
+        ns: &str,
+        uuid: Option<&Bson>,
+        partitions: &[Partition],
+    ) -> Result<()> {
+        let partitions: Vec<Document> = partitions
+            .iter()
+            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 })
+            .collect();
+        let state = doc! {
+            "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
+            "partitions": partitions, "copiedDocuments": 0_i64, "copiedBytes": 0_i64,
+        };
+        self.grouped
+            .update(doc! { "q": { "_id": ns }, "u": state, "upsert": true })
+            .await
+            .with_context(|| format!("recording the copy of {ns}"))
+    }
+
+    /// Forgets a collection's copy (its destination copy is gone).
+    pub async fn forget_copy(&self, ns: &str) -> Result<()> {
+        self.collections
+            .delete_one(doc! { "_id": ns })
+            .await
+            .with_context(|| format!("forgetting the copy of {ns}"))?;
+        Ok(())
+    }
+
+    /// Records the documents of partition `index` of `ns` acknowledged up to `last_id`:
+    /// `documents` and `bytes` in all, for the partition.
+    pub async fn copied_up_to(
+        &self,
+        ns: &str,
+        index: usize,
+        last_id: &Bson,
+        documents: u64,
+        bytes: u64,
+    ) -> Result<()> {
+        let set = doc! {
+            format!("partitions.{index}.lastId"): last_id.clone(),
+            format!("partitions.{index}.documents"): documents as i64,
+            format!("partitions.{index}.bytes"): bytes as i64,
+        };
+        self.set_copy_fields(ns, set)
+            .await
+            .with_context(|| format!("recording the copy progress of {ns}"))
+    }
+
+    /// Records a cut of partition `index` of `ns` at `cut`: it now ends there, and partition
+    /// `taken` (the next free index) holds the rest, up to `hi`. One update, so that a crash
+    /// leaves both or neither.
+    pub async fn split_partition(
+        &self,
+        ns: &str,
+        index: usize,
+        cut: &Bson,
+        taken: usize,
+        hi: Option<&Bson>,
+    ) -> Result<()> {
+        let set = doc! {
+            format!("partitions.{index}.hi"): cut.clone(),
+            format!("partitions.{taken}"): { "lo": cut.clone(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 },
+        };
+        self.set_copy_fields(ns, set)
+            .await
+            .with_context(|| format!("recording the copy progress of {ns}"))
+    }
+
+    /// Records that partition `index` of `ns` is copied. When it was the last one left, of
+    /// `all` partitions, every partition's documents are written: all of them are marked done
+    /// and the collection copied, in one write.
+    pub async fn partition_done(&self, ns: &str, index: usize, all: Option<usize>) -> Result<()> {
+        let mut set = doc! { format!("partitions.{index}.done"): true };
+        if let Some(all) = all {
+            for other in 0..all {
+                set.insert(format!("partitions.{other}.done"), true);
+            }
+            set.insert("status", CopyStatus::Copied.as_str());
+        }
+        self.set_copy_fields(ns, set)
+            .await
+            .with_context(|| format!("recording the copy progress of {ns}"))
+    }
+
+    /// Waits until every copy-state write asked before has been written, refused or given up
+    /// (`group`): a new attempt reads and records after the ended one's last writes.
+    pub async fn settle(&self) {
+        self.grouped.settle().await;
+    }
+
+    pub async fn set_copy_status(&self, ns: &str, status: CopyStatus) -> Result<()> {
+        self.set_copy_fields(ns, doc! { "status": status.as_str() })
+            .await
+            .with_context(|| format!("recording the copy status of {ns}"))
+    }
+
+    /// Sets `fields` of the copy state of `ns`, with the other writes asked meanwhile.
+    async fn set_copy_fields(&self, ns: &str, fields: Document) -> Result<()> {
+        self.grouped
+            .update(doc! { "q": { "_id": ns }, "u": { "$set": fields } })
+            .await
+    }
+}
