@@ -125,10 +125,10 @@ pub async fn copy_documents(
     let (batches, mut incoming) = mpsc::channel::<Vec<RawDocumentBuf>>(BATCHES_IN_FLIGHT);
     let write_progress = progress.clone();
     let write_ns = ns.clone();
-    // The writer runs on its own thread while this task reads; dropping the copy (a stop)
-    // aborts it too.
     // The range's totals acknowledged so far, from where a resumed range had got to.
     let (mut range_documents, mut range_bytes) = (range.documents, range.bytes);
+    // The writer runs on its own thread while this task reads; dropping the copy (a stop)
+    // aborts it too.
     let write = async move {
         let mut written = 0u64;
         while let Some(batch) = incoming.recv().await {

@@ -60,10 +60,12 @@ async fn proven_readable(source: &Client) -> Readable {
         .database("admin")
         .run_command(doc! { "connectionStatus": 1, "showPrivileges": true })
         .await;
-    let Ok(auth) = status.as_ref().map(|s| s.get_document("authInfo")) else {
-        return Readable::Databases(HashSet::new());
-    };
-    readable_by(auth.ok())
+    readable_by(
+        status
+            .as_ref()
+            .ok()
+            .and_then(|s| s.get_document("authInfo").ok()),
+    )
 }
 
 /// [`proven_readable`] from a `connectionStatus` reply's `authInfo`.
