@@ -72,6 +72,21 @@ impl Recorded {
     pub fn namespace(&self) -> Option<String> {
         Some(format!("{}.{}", self.db, self.collection.as_ref()?))
     }
+
+    /// How many elements the body's array `field` holds, whether it was recorded whole or
+    /// elided for its size (`elide`).
+    pub fn array_len(&self, field: &str) -> Option<usize> {
+        match self.body.get(field)? {
+            Bson::Array(array) => Some(array.len()),
+            Bson::String(elided) => elided
+                .strip_prefix("<array of ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok(),
+            _ => None,
+        }
+    }
 }
 
 /// What a matching rule does to a command.
@@ -815,6 +830,35 @@ mod tests {
         let length = message.len() as i32;
         message[0..4].copy_from_slice(&length.to_le_bytes());
         message
+    }
+
+    #[test]
+    fn an_arrays_length_is_read_whole_or_elided() {
+        let updates = |n: usize| -> Vec<Document> {
+            (0..n)
+                .map(|i| doc! { "q": { "_id": format!("db.c{i:05}") }, "u": { "$set": { "done": true } } })
+                .collect()
+        };
+        for n in [2, 500] {
+            let body = doc! { "update": "c", "updates": updates(n), "$db": "db" };
+            let raw = mongodb::bson::to_vec(&body).unwrap();
+            let recorded = Recorded {
+                name: "update".into(),
+                db: "db".into(),
+                collection: Some("c".into()),
+                read_concern: None,
+                write_concern: None,
+                has_session: false,
+                txn_number: None,
+                bytes: raw.len(),
+                body: elide(RawDocument::from_bytes(&raw).unwrap()).unwrap(),
+                sequence_documents: 0,
+                at: Instant::now(),
+            };
+            assert_eq!(recorded.body.get_array("updates").is_ok(), n == 2);
+            assert_eq!(recorded.array_len("updates"), Some(n));
+            assert_eq!(recorded.array_len("update"), None);
+        }
     }
 
     #[test]

@@ -375,7 +375,7 @@ async fn copy_state_writes_asked_together_go_in_one_command() {
         .commands()
         .into_iter()
         .filter(|c| state_write(c))
-        .map(|c| c.body.get_array("updates").map_or(1, |u| u.len()))
+        .map(|c| c.array_len("updates").expect("an update's statements"))
         .collect();
     let statements: usize = sent.iter().sum();
     assert!(
