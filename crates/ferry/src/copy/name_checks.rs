@@ -17,6 +17,12 @@
 //! asking one name that way beside the turn's lookup, never the whole turn's names: copying
 //! 20,000 collections, turns asked again all by equality (every 16th, about 8 names each) made
 //! a third of the source's lookups (1,483 of 4,459, measured).
+//!
+//! A lookup of names together costs the same however many names it asks, so after one the
+//! database's turn rests as long as the lookup took before it looks up again, and the reads
+//! asking meanwhile share the next: lookups then take at most half of the database's time.
+//! Copying 20,000 collections in 10 databases, the source made 173 lookups instead of 504, and
+//! spent 21.6 s of CPU instead of 28.0 s (measured beside more reads at once, `room`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -55,6 +61,8 @@ struct Costs {
     single: Option<Duration>,
     together: Option<Duration>,
     turns: u32,
+    /// Until when the turn rests after a lookup together.
+    rest_until: Option<Instant>,
 }
 
 const RETRY_EVERY: u32 = 16;
@@ -100,6 +108,20 @@ impl Costs {
                 }
             }
             _ => Way::Probe,
+        }
+    }
+
+    /// After a turn that asked as `way` and took `took`: a lookup together costs the same for
+    /// any number of names, so the next turn waits as long, and answers the reads asking
+    /// meanwhile with one lookup; lookups by equality cost by the name, and do not wait.
+    fn rest_after(&mut self, way: Way, took: Duration) {
+        self.rest_until = (way != Way::Each).then(|| Instant::now() + took);
+    }
+
+    /// Waits out the rest after the last turn's lookup together.
+    async fn rest(&mut self) {
+        if let Some(until) = self.rest_until.take() {
+            tokio::time::sleep_until(until.into()).await;
         }
     }
 
@@ -157,6 +179,7 @@ impl NameChecks {
                 Ok(answer) => answer,
                 Err(TryRecvError::Closed) => None,
                 Err(TryRecvError::Empty) => {
+                    costs.rest().await;
                     let asked =
                         std::mem::take(&mut *database.asked.lock().expect("name checks lock"));
                     look_up(client, db, &mut costs, asked).await;
@@ -198,6 +221,7 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
     names.dedup();
     // Each lookup: whether its names are asked together, and the names.
     let way = costs.choose(names.len());
+    let started = Instant::now();
     tracing::debug!(db, names = names.len(), ?way, "name checks: a turn");
     let lookups: Vec<(bool, Vec<&str>)> = match way {
         Way::Each => names.into_iter().map(|name| (false, vec![name])).collect(),
@@ -237,6 +261,7 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
             None
         }
     };
+    costs.rest_after(way, started.elapsed());
     for check in asked {
         let answer = held.as_ref().map(|(held, time)| {
             let holds = held.get(&check.name).is_some_and(|u| *u == check.uuid);
@@ -295,5 +320,29 @@ mod tests {
         assert_eq!(ways.iter().filter(|&&w| w == Way::Together).count(), 15);
         assert_eq!(ways.iter().filter(|&&w| w == Way::Probe).count(), 1);
         assert!(!ways.contains(&Way::Each));
+    }
+
+    #[tokio::test]
+    async fn a_turn_after_a_lookup_together_rests_as_long_as_it_took() {
+        let mut costs = Costs::default();
+        for (way, rests) in [
+            (Way::Together, true),
+            (Way::Probe, true),
+            (Way::Each, false),
+        ] {
+            costs.rest_after(way, Duration::from_millis(30));
+            let started = Instant::now();
+            costs.rest().await;
+            let rested = started.elapsed();
+            assert_eq!(
+                rested >= Duration::from_millis(30),
+                rests,
+                "{way:?} rested {rested:?}"
+            );
+            // A rest is waited out once.
+            let again = Instant::now();
+            costs.rest().await;
+            assert!(again.elapsed() < Duration::from_millis(30));
+        }
     }
 }

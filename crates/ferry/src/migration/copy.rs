@@ -27,8 +27,11 @@ use crate::progress::CollectionProgress;
 use crate::source::clock;
 use crate::state::{CollectionState, CopyStatus, Partition};
 
-/// Collections planned at the same time (their first reads, creation and stored ranges).
-const PLAN_CONCURRENCY: usize = 8;
+/// Collections planned at the same time (their first reads, creation and stored ranges): with
+/// many small collections the plans are what feeds the pool. Copying 20,000 collections of 20
+/// documents to canCommit took 28.7 s and 32.2 s 32 at a time, against 34.2 s and 34.3 s 8 at
+/// a time (alternating runs on one machine).
+const PLAN_CONCURRENCY: usize = 32;
 
 /// What a collection's copy does, given what is stored of it.
 #[derive(Debug, PartialEq)]
@@ -248,14 +251,14 @@ impl Migration<'_> {
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
     /// incarnation, else new ones, with how far the collection reaches when that was read, and
-    /// whether it is small (`room::is_small`; not known when resuming);
+    /// what it holds when it is small (`room::small_bytes`; not known when resuming);
     /// `None` when it is copied already.
     pub(super) async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         at: Timestamp,
-    ) -> Result<Option<(Vec<Partition>, Reach, bool)>> {
+    ) -> Result<Option<(Vec<Partition>, Reach, Option<u64>)>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
             CopyPlan::Done => {
@@ -265,7 +268,7 @@ impl Migration<'_> {
             CopyPlan::Resume(partitions) => {
                 let done = partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
-                return Ok(Some((partitions, Reach::Unknown, false)));
+                return Ok(Some((partitions, Reach::Unknown, None)));
             }
             CopyPlan::StartOver => {
                 // The source holds a new incarnation: start this collection over.
@@ -293,7 +296,7 @@ impl Migration<'_> {
         self.store
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
-        Ok(Some((ranges, reach, super::room::is_small(size))))
+        Ok(Some((ranges, reach, super::room::small_bytes(size))))
     }
 
     /// The incarnations the copy left on the destination: each copied namespace holds the

@@ -4,7 +4,7 @@
 //! whose last range ends has its indexes built at once, beside the copies still running.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use anyhow::Result;
@@ -12,7 +12,7 @@ use futures_util::{FutureExt, StreamExt};
 use mongodb::bson::Timestamp;
 use tokio::sync::mpsc;
 
-use super::room::{self, Large, Waiting, COPY_CONCURRENCY};
+use super::room::{self, Held, Waiting, COPY_CONCURRENCY};
 use super::Migration;
 use crate::catalog::CollectionSpec;
 use crate::copy::name_checks::NameChecks;
@@ -40,9 +40,9 @@ pub(super) struct Tracked {
     /// How far its `_id`s reach, once looked at, and whether that is being looked at.
     pub reach: Reach,
     pub looking: bool,
-    /// Whether one read batch holds the whole collection: its ranges run beside the large ones
-    /// (`room`).
-    pub small: bool,
+    /// What the collection holds when one read batch holds it whole: its ranges run beside
+    /// the large ones (`room`).
+    pub small: Option<u64>,
 }
 
 /// `_id`s drawn to cut a collection whose `_id`s have no value to cut by.
@@ -56,8 +56,10 @@ pub(super) struct Pool<'a> {
     /// Where a collection whose copy ended is announced, for its index build.
     copied: mpsc::UnboundedSender<&'a CollectionSpec>,
     limit: Arc<write_limit::WriteLimit>,
-    /// Ranges running now that are not of small collections.
-    large: AtomicUsize,
+    /// Ranges running now that are not of small collections, and the data the running ranges
+    /// of small collections hold.
+    large: AtomicU64,
+    small: AtomicU64,
     /// A source time read after the catalog the ranges' specs came from was listed.
     listed: Timestamp,
     checks: NameChecks,
@@ -73,7 +75,8 @@ impl<'a> Pool<'a> {
             running: Mutex::new(Vec::new()),
             copied,
             limit: Arc::new(write_limit::WriteLimit::new()),
-            large: AtomicUsize::new(0),
+            large: AtomicU64::new(0),
+            small: AtomicU64::new(0),
             listed,
             checks: NameChecks::default(),
         };
@@ -117,7 +120,7 @@ impl<'a> Pool<'a> {
     fn queue(&self, waiting: &mut Waiting<Job<'a>>, job: Job<'a>) {
         let small = {
             let tracked = self.tracked.lock().expect("pool lock");
-            tracked.get(&job.0.ns()).is_some_and(|t| t.small)
+            tracked.get(&job.0.ns()).and_then(|t| t.small)
         };
         waiting.add(job, small);
     }
@@ -161,8 +164,8 @@ impl Migration<'_> {
             while let Ok(job) = planned.try_recv() {
                 pool.queue(&mut waiting, job);
             }
-            while let Some((job, large)) = waiting.next(&pool.large, running.len()) {
-                running.push(self.copy_range(job, at, pool, large));
+            while let Some((job, held)) = waiting.next((&pool.large, &pool.small), running.len()) {
+                running.push(self.copy_range(job, at, pool, held));
             }
             // A worker with nothing queued takes over half of the largest running range; a
             // range that has read enough has its collection's reach looked at, beside.
@@ -176,8 +179,8 @@ impl Migration<'_> {
                     }
                     break;
                 };
-                let large = Large::take(&pool.large);
-                running.push(self.copy_range(job, at, pool, Some(large)));
+                let large = Held::take(&pool.large, 1);
+                running.push(self.copy_range(job, at, pool, large));
             }
             tokio::select! {
                 job = planned.recv(), if planning => {
@@ -276,15 +279,15 @@ impl Migration<'_> {
         (spec, reach)
     }
 
-    /// Copies one `_id` range of a collection, holding its place among the large ones while it
-    /// reads (`large`, unless small); the last range of a collection to finish records the
+    /// Copies one `_id` range of a collection, holding its share of what the ranges of its kind
+    /// may hold (`held`) while it reads; the last range of a collection to finish records the
     /// collection as copied.
     fn copy_range<'a: 'p, 'p>(
         &'p self,
         (spec, index, range): Job<'a>,
         at: Timestamp,
         pool: &'p Pool<'a>,
-        large: Option<Large<'p>>,
+        held: Held<'p>,
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
@@ -325,7 +328,7 @@ impl Migration<'_> {
                 },
             )
             .await;
-            drop(large);
+            drop(held);
             pool.running
                 .lock()
                 .expect("pool lock")
