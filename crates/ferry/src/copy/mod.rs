@@ -1,6 +1,6 @@
 //! The copy's primitives: create a namespace on the destination with its (relaxed) options, and
 //! copy one `_id` range of a collection as raw BSON, a reader and a writer joined through a
-//! bounded channel, checkpointing each acknowledged batch. The orchestration (sizes, ranges,
+//! bounded channel, checkpointing each acknowledged batch (the last with the range's done mark). The orchestration (sizes, ranges,
 //! the pool) is the migration's copy stage; the reader is shared with the verifier.
 
 pub mod name_checks;
@@ -26,7 +26,7 @@ use crate::server_error::{
     QUERY_PLAN_KILLED,
 };
 use crate::source::{clock, reads};
-use crate::state::{Partition, StateStore};
+use crate::state::{CopiedUpTo, Partition, StateStore};
 use name_checks::NameChecks;
 use reader::{Order, Scan};
 use write_limit::WriteLimit;
@@ -88,10 +88,16 @@ const CAPPED_RESTARTS: usize = 3;
 /// it) before the error stops the attempt.
 const KILLED_READS: usize = 10;
 
+/// How a range's copy ended: the documents it wrote, and how far it got when its last batch was
+/// left for the range's done mark to record (`StateStore::partition_done`).
+pub struct Copied {
+    pub documents: u64,
+    pub last: Option<CopiedUpTo>,
+}
+
 /// Copies the documents of one `_id` range of a collection into the destination collection
 /// `target` of the same database, in `_id` order (natural order for capped ones, whose insertion
-/// order is part of their content), continuing after the range's last copied `_id`. Returns the
-/// number of documents copied.
+/// order is part of their content), continuing after the range's last copied `_id`.
 ///
 /// The collection is read as the incarnation the spec names (its UUID), wherever a rename has
 /// moved it, and reading stops when that incarnation is gone (its drop or rename is in the
@@ -101,7 +107,7 @@ pub async fn copy_documents(
     destination: &Client,
     progress: &Progress,
     job: RangeCopy<'_>,
-) -> Result<u64> {
+) -> Result<Copied> {
     let RangeCopy {
         spec,
         target,
@@ -130,7 +136,7 @@ pub async fn copy_documents(
     // The writer runs on its own thread while this task reads; dropping the copy (a stop)
     // aborts it too.
     let write = async move {
-        let mut written = 0u64;
+        let (mut written, mut last) = (0u64, None);
         while let Some(batch) = incoming.recv().await {
             let documents = batch.len() as u64;
             let bytes: u64 = batch.iter().map(|d| d.as_bytes().len() as u64).sum();
@@ -163,22 +169,29 @@ pub async fn copy_documents(
             range_bytes += bytes;
             if let (Some((store, partition)), Some(last_id), true) = (&checkpoint, last_id, ordered)
             {
-                let last_id: Bson = last_id.try_into()?;
-                store
-                    .copied_up_to(
-                        &write_ns,
-                        *partition,
-                        &last_id,
-                        range_documents,
-                        range_bytes,
-                    )
-                    .await?;
-                write_progress.checkpointed();
+                let at = CopiedUpTo {
+                    last_id: last_id.try_into()?,
+                    documents: range_documents,
+                    bytes: range_bytes,
+                };
+                // The reader has ended and no batch follows: the range's done mark records this
+                // one (`Copied::last`), a write fewer for each collection one batch holds. A
+                // reader that ended on an error leaves it unrecorded, and a resumed copy writes
+                // the batch again, refused as duplicates.
+                if incoming.is_closed() && incoming.is_empty() {
+                    last = Some(at);
+                } else {
+                    store.copied_up_to(&write_ns, *partition, &at).await?;
+                    write_progress.checkpointed();
+                }
             }
             written += documents;
             write_progress.add_copied(&write_ns, documents, bytes);
         }
-        Ok::<u64, anyhow::Error>(written)
+        Ok::<Copied, anyhow::Error>(Copied {
+            documents: written,
+            last,
+        })
     };
     let write = background::spawn_owned(write);
 
@@ -275,9 +288,9 @@ pub async fn copy_documents(
     };
     let read = read.await;
     // The writer's error first: a failed writer closes the channel, which fails the reader too.
-    let written = write.join().await??;
+    let copied = write.join().await??;
     read?;
-    Ok(written)
+    Ok(copied)
 }
 
 /// The name the spec's collection incarnation has now in its database, `None` once it is gone.

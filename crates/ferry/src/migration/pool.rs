@@ -338,13 +338,15 @@ impl Migration<'_> {
                 let mut tracked = pool.tracked.lock().expect("pool lock");
                 let t = tracked.get_mut(&ns).expect("a tracked collection");
                 t.unfinished -= 1;
-                t.copied += copied;
+                t.copied += copied.documents;
                 (t.unfinished == 0).then_some((t.copied, t.ranges))
             };
             // The last range's end and the collection's are one write, which marks every range
             // done: the other ranges' own marks may still be on their way.
             let all = finished.map(|(_, ranges)| ranges);
-            self.store.partition_done(&ns, index, all).await?;
+            self.store
+                .partition_done(&ns, index, copied.last.as_ref(), all)
+                .await?;
             self.progress.checkpointed();
             if let Some((total, _)) = finished {
                 self.finish_copy(spec, total, pool, true).await?;

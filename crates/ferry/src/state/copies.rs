@@ -7,6 +7,26 @@ use mongodb::bson::{doc, Bson, Document};
 
 use super::{CopyStatus, Partition, StateStore};
 
+/// Where a range's copy stands: the greatest `_id` the destination acknowledged, and the
+/// range's documents and bytes acknowledged in all.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CopiedUpTo {
+    pub last_id: Bson,
+    pub documents: u64,
+    pub bytes: u64,
+}
+
+impl CopiedUpTo {
+    /// The fields that record it for partition `index`.
+    fn fields(&self, index: usize) -> Document {
+        doc! {
+            format!("partitions.{index}.lastId"): self.last_id.clone(),
+            format!("partitions.{index}.documents"): self.documents as i64,
+            format!("partitions.{index}.bytes"): self.bytes as i64,
+        }
+    }
+}
+
 impl StateStore {
     /// Registers a collection to copy in the given `_id` ranges (or restarts its copy for a
     /// new incarnation).
@@ -39,22 +59,9 @@ impl StateStore {
         Ok(())
     }
 
-    /// Records the documents of partition `index` of `ns` acknowledged up to `last_id`:
-    /// `documents` and `bytes` in all, for the partition.
-    pub async fn copied_up_to(
-        &self,
-        ns: &str,
-        index: usize,
-        last_id: &Bson,
-        documents: u64,
-        bytes: u64,
-    ) -> Result<()> {
-        let set = doc! {
-            format!("partitions.{index}.lastId"): last_id.clone(),
-            format!("partitions.{index}.documents"): documents as i64,
-            format!("partitions.{index}.bytes"): bytes as i64,
-        };
-        self.set_copy_fields(ns, set)
+    /// Records how far partition `index` of `ns` is copied.
+    pub async fn copied_up_to(&self, ns: &str, index: usize, at: &CopiedUpTo) -> Result<()> {
+        self.set_copy_fields(ns, at.fields(index))
             .await
             .with_context(|| format!("recording the copy progress of {ns}"))
     }
@@ -79,11 +86,19 @@ impl StateStore {
             .with_context(|| format!("recording the copy progress of {ns}"))
     }
 
-    /// Records that partition `index` of `ns` is copied. When it was the last one left, of
-    /// `all` partitions, every partition's documents are written: all of them are marked done
-    /// and the collection copied, in one write.
-    pub async fn partition_done(&self, ns: &str, index: usize, all: Option<usize>) -> Result<()> {
-        let mut set = doc! { format!("partitions.{index}.done"): true };
+    /// Records that partition `index` of `ns` is copied, with how far it got when its last
+    /// batch was not recorded on its own (`last`). When it was the last one left, of `all`
+    /// partitions, every partition's documents are written: all of them are marked done and
+    /// the collection copied, in one write.
+    pub async fn partition_done(
+        &self,
+        ns: &str,
+        index: usize,
+        last: Option<&CopiedUpTo>,
+        all: Option<usize>,
+    ) -> Result<()> {
+        let mut set = last.map_or_else(Document::new, |last| last.fields(index));
+        set.insert(format!("partitions.{index}.done"), true);
         if let Some(all) = all {
             for other in 0..all {
                 set.insert(format!("partitions.{other}.done"), true);

@@ -9,6 +9,7 @@
 //! with the others asked at the same time (`group`).
 
 mod copies;
+pub use copies::CopiedUpTo;
 mod group;
 
 use anyhow::{Context, Result};

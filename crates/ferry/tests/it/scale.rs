@@ -390,6 +390,31 @@ async fn copy_state_writes_asked_together_go_in_one_command() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_collection_one_batch_holds_records_its_last_batch_with_its_done_mark() {
+    const COLLECTIONS: usize = 40;
+    let pair = Pair::start().await;
+    small_collections(&pair.src, COLLECTIONS, 5).await;
+    let (_, destination) = pair.proxies().await;
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("small collections").await;
+    let statements: usize = destination
+        .commands()
+        .into_iter()
+        .filter(|c| {
+            c.name == "update" && c.db == "__ferry" && c.body.get_str("update") == Ok("collections")
+        })
+        .map(|c| c.array_len("updates").expect("an update's statements"))
+        .sum();
+    // Registered, copied with its one batch, indexed: three writes each. Its batch recorded on
+    // its own made four (a writer that finishes before its reader has ended still does).
+    assert!(
+        (3 * COLLECTIONS..4 * COLLECTIONS).contains(&statements),
+        "{statements} copy-state writes for {COLLECTIONS} collections"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cut_recorded_while_other_ranges_write_their_state_does_not_stall_the_copy() {
     let pair = Pair::start().await;
     fill(&pair.src, "big", "items", 20_000).await;
