@@ -324,6 +324,54 @@ async fn reads_share_their_name_checks_and_each_reads_its_own_collection() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_databases_next_name_check_waits_as_long_as_its_lookup_of_names_together_took() {
+    const LOOKUP: Duration = Duration::from_millis(200);
+    let pair = Pair::start().await;
+    small_collections(&pair.src, 128, 2).await;
+    let (source, destination) = pair.proxies().await;
+    let together = |c: &Recorded| {
+        let names = c
+            .body
+            .get_document("filter")
+            .and_then(|f| f.get_document("name"));
+        c.name == "listCollections" && names.is_ok_and(|n| n.contains_key("$in"))
+    };
+    source.add_rule(Rule::new(together, Action::Delay(LOOKUP)));
+    // Lookups by equality cost more a name, so that turns ask together.
+    source.add_rule(Rule::new(
+        |c: &Recorded| {
+            let name = c
+                .body
+                .get_document("filter")
+                .and_then(|f| f.get_str("name"));
+            c.name == "listCollections" && c.db == "many" && name.is_ok()
+        },
+        Action::Delay(LOOKUP / 2),
+    ));
+    // The collections are created a few waves apart, so that their reads ask over a second.
+    destination.add_rule(Rule::new(
+        |c: &Recorded| c.name == "create" && c.db == "many",
+        Action::Delay(Duration::from_millis(150)),
+    ));
+    let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("small collections").await;
+    let asked: Vec<Instant> = source
+        .commands()
+        .into_iter()
+        .filter(|c| together(c))
+        .map(|c| c.at)
+        .collect();
+    assert!(asked.len() >= 2, "{} lookups together", asked.len());
+    // Each lookup took at least LOOKUP, and the next waited as long again.
+    let gaps: Vec<Duration> = asked.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|gap| *gap >= LOOKUP * 7 / 4),
+        "lookups together {gaps:?} apart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn small_collections_are_copied_more_than_four_at_a_time() {
     let pair = Pair::start().await;
     small_collections(&pair.src, 12, 20).await;
