@@ -72,6 +72,10 @@ const RETRY_EVERY: u32 = 16;
 /// for one, their waits counted as their cost.
 const LOOKUPS_AT_ONCE: usize = 8;
 
+/// The longest a turn rests: a lookup that took long waiting for a connection or a server (an
+/// election) says little about what the next one costs.
+const MOST_REST: Duration = Duration::from_secs(1);
+
 /// How a turn asks its names.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Way {
@@ -111,11 +115,12 @@ impl Costs {
         }
     }
 
-    /// After a turn that asked as `way` and took `took`: a lookup together costs the same for
-    /// any number of names, so the next turn waits as long, and answers the reads asking
-    /// meanwhile with one lookup; lookups by equality cost by the name, and do not wait.
+    /// After a turn that asked as `way` and was answered in `took`: a lookup together costs the
+    /// same for any number of names, so the next turn waits as long (`MOST_REST` at most), and
+    /// answers the reads asking meanwhile with one lookup; lookups by equality cost by the name,
+    /// and do not wait. A failed turn does not rest: its reads ask on their own.
     fn rest_after(&mut self, way: Way, took: Duration) {
-        self.rest_until = (way != Way::Each).then(|| Instant::now() + took);
+        self.rest_until = (way != Way::Each).then(|| Instant::now() + took.min(MOST_REST));
     }
 
     /// Waits out the rest after the last turn's lookup together.
@@ -241,6 +246,7 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
         .await;
     let held = match replies {
         Ok(replies) => {
+            costs.rest_after(way, started.elapsed());
             for together in [false, true] {
                 let (names, took) = replies
                     .iter()
@@ -261,7 +267,6 @@ async fn look_up(client: &Client, db: &str, costs: &mut Costs, asked: Vec<Asked>
             None
         }
     };
-    costs.rest_after(way, started.elapsed());
     for check in asked {
         let answer = held.as_ref().map(|(held, time)| {
             let holds = held.get(&check.name).is_some_and(|u| *u == check.uuid);
@@ -344,5 +349,7 @@ mod tests {
             costs.rest().await;
             assert!(again.elapsed() < Duration::from_millis(30));
         }
+        costs.rest_after(Way::Together, Duration::from_secs(3600));
+        assert!(costs.rest_until.unwrap() <= Instant::now() + MOST_REST);
     }
 }

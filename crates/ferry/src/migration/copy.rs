@@ -1,4 +1,4 @@
-//! The copy stage: every collection not copied yet is planned, a few at a time, and its ranges
+//! The copy stage: every collection not copied yet is planned, 32 at a time, and its ranges
 //! join one bounded pool with the other collections' at once (`pool`): a small collection is
 //! one `_id` range, a large one (by the server's document count) is cut into bounded ranges
 //! first, and the pool cuts ranges again as they run; a resumed one continues its stored
@@ -27,8 +27,9 @@ use crate::progress::CollectionProgress;
 use crate::source::clock;
 use crate::state::{CollectionState, CopyStatus, Partition};
 
-/// Collections planned at the same time (their first reads, creation and stored ranges): with
-/// many small collections the plans are what feeds the pool. Copying 20,000 collections of 20
+/// Collections planned at the same time (their sizes, creation and stored ranges; fewer cut a
+/// large collection at once, `pool::PLAN_READS`): with many small collections the plans are
+/// what feeds the pool. Copying 20,000 collections of 20
 /// documents to canCommit took 28.7 s and 32.2 s 32 at a time, against 34.2 s and 34.3 s 8 at
 /// a time (alternating runs on one machine).
 const PLAN_CONCURRENCY: usize = 32;
@@ -185,7 +186,7 @@ impl Migration<'_> {
     ) -> futures_util::future::BoxFuture<'p, Result<()>> {
         async move {
             let ns = spec.ns();
-            let Some((ranges, reach, small)) = self.plan_copy(spec, stored, at).await? else {
+            let Some((ranges, reach, small)) = self.plan_copy(spec, stored, at, pool).await? else {
                 return Ok(());
             };
             let recorded = ranges.len();
@@ -251,13 +252,15 @@ impl Migration<'_> {
 
     /// The `_id` ranges of a collection's copy: the stored ones when resuming the same
     /// incarnation, else new ones, with how far the collection reaches when that was read, and
-    /// what it holds when it is small (`room::small_bytes`; not known when resuming);
-    /// `None` when it is copied already.
+    /// what it holds when it is small (`room::small_bytes`; a resumed copy of several ranges is
+    /// not); `None` when it is copied already. Cutting a large collection reads its ends or a
+    /// sample under `pool`'s limit on such reads.
     pub(super) async fn plan_copy(
         &self,
         spec: &CollectionSpec,
         stored: Option<&CollectionState>,
         at: Timestamp,
+        pool: &Pool<'_>,
     ) -> Result<Option<(Vec<Partition>, Reach, Option<u64>)>> {
         let ns = spec.ns();
         match copy_plan(spec, stored) {
@@ -268,7 +271,16 @@ impl Migration<'_> {
             CopyPlan::Resume(partitions) => {
                 let done = partitions.iter().filter(|p| p.done).count();
                 tracing::info!(namespace = %ns, partitions = partitions.len(), done, "resuming the copy");
-                return Ok(Some((partitions, Reach::Unknown, None)));
+                // One range left of a small collection runs beside the large ones as a new one
+                // would: a retry of many small collections' copy is not four at a time.
+                let small = match partitions.len() {
+                    1 => {
+                        let size = copy::ranges::estimated_size(&self.source, spec).await;
+                        super::room::small_bytes(size)
+                    }
+                    _ => None,
+                };
+                return Ok(Some((partitions, Reach::Unknown, small)));
             }
             CopyPlan::StartOver => {
                 // The source holds a new incarnation: start this collection over.
@@ -286,6 +298,7 @@ impl Migration<'_> {
         let (ranges, reach) = match copy::ranges::range_count(spec, documents) {
             1 => (vec![Partition::default()], Reach::Unknown),
             count => {
+                let _reading = pool.plan_reads.acquire().await?;
                 let (bounds, reach) = copy::ranges::plan(&self.source, spec, count, at).await?;
                 (copy::ranges::ranges_between(&bounds), reach)
             }

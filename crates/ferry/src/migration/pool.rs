@@ -24,6 +24,10 @@ use crate::state::{CopyStatus, Partition};
 /// How often an idle worker looks for a range to cut.
 const CUT_RETRY: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// Plans reading a large collection's ends or a sample of its `_id`s at once, to cut it: on the
+/// test server each such read holds the whole collection in memory.
+const PLAN_READS: usize = 8;
+
 /// Index builds running beside the copy (each builds one collection's indexes).
 const INDEX_CONCURRENCY: usize = 2;
 
@@ -63,6 +67,8 @@ pub(super) struct Pool<'a> {
     /// A source time read after the catalog the ranges' specs came from was listed.
     listed: Timestamp,
     checks: NameChecks,
+    /// Turns to read a large collection's ends or sample while planning its ranges.
+    pub plan_reads: tokio::sync::Semaphore,
 }
 
 impl<'a> Pool<'a> {
@@ -79,6 +85,7 @@ impl<'a> Pool<'a> {
             small: AtomicU64::new(0),
             listed,
             checks: NameChecks::default(),
+            plan_reads: tokio::sync::Semaphore::new(PLAN_READS),
         };
         (pool, finished)
     }

@@ -18,9 +18,10 @@ pub(super) const COPY_CONCURRENCY: usize = write_limit::MAX;
 /// their time goes to round trips, not to reading or writing, and their name checks share
 /// lookups (`copy::name_checks`), which answer more names the more reads wait. Copying 20,000
 /// collections of 20 documents to canCommit took 206.1 s 12 at a time and 87.3 s 96 at a time
-/// (`cargo xtask bench`, one run); 384 at a time, with the name checks' lookups spaced and 32
-/// plans at once, 28.7 s and 32.2 s against 34.2 s and 34.3 s with 8 plans at once (alternating
-/// runs on one machine).
+/// (`cargo xtask bench`, one run). Beside 32 plans at once and the name checks' spaced
+/// lookups, 192 and 384 at a time took the same (29.7 s and 28.7 s, against 28.7 s twice), the
+/// source spending less on lookups with more reads waiting (21.3 s and 21.0 s of CPU, against
+/// 19.5 s and 19.2 s; alternating runs on one machine).
 const SMALL_CONCURRENCY: usize = 384;
 /// The most data a small collection holds.
 const SMALL_BYTES: u64 = 256 * 1024;
@@ -88,8 +89,8 @@ impl<J> Waiting<J> {
 
     /// The next range that has room beside the `running` ones: a large one first (a large
     /// collection's copy is the long one), with its place among the `large` ones, or a small
-    /// one with its data among what the small ones hold (`small`); one small range starts
-    /// whatever the others hold.
+    /// one with its data among what the small ones hold (`small`); a small range larger than
+    /// the budget starts when the running ones hold nothing.
     pub fn next<'p>(
         &mut self,
         (large, small): (&'p AtomicU64, &'p AtomicU64),
@@ -202,7 +203,7 @@ mod tests {
         // One that ends makes room for the next.
         started.pop();
         assert!(waiting.next((&large, &small), started.len()).is_some());
-        // Whatever it holds, one small range starts when no other does.
+        // Whatever it holds, a small range starts when the running ones hold nothing.
         let mut huge = Waiting::new();
         huge.add(0, Some(2 * SMALL_BUDGET));
         assert!(huge.next((&large, &AtomicU64::new(0)), 0).is_some());
