@@ -341,6 +341,22 @@ impl Migration<'_> {
                 .expect("pool lock")
                 .retain(|(_, _, r)| !Arc::ptr_eq(r, &running));
             let copied = copied?;
+            // The collection's last range records its last batch with the mark that sets every
+            // range done. Another range records it before it counts as finished: should its own
+            // mark then be refused, the last range's must not mark it done without its totals.
+            let alone = pool
+                .tracked
+                .lock()
+                .expect("pool lock")
+                .get(&ns)
+                .is_some_and(|t| t.unfinished == 1);
+            let last = match copied.last {
+                Some(last) if !alone => {
+                    self.store.copied_up_to(&ns, index, &last).await?;
+                    None
+                }
+                last => last,
+            };
             let finished = {
                 let mut tracked = pool.tracked.lock().expect("pool lock");
                 let t = tracked.get_mut(&ns).expect("a tracked collection");
@@ -352,7 +368,7 @@ impl Migration<'_> {
             // done: the other ranges' own marks may still be on their way.
             let all = finished.map(|(_, ranges)| ranges);
             self.store
-                .partition_done(&ns, index, copied.last.as_ref(), all)
+                .partition_done(&ns, index, last.as_ref(), all)
                 .await?;
             self.progress.checkpointed();
             if let Some((total, _)) = finished {
