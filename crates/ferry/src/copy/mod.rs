@@ -1,7 +1,8 @@
 //! The copy's primitives: create a namespace on the destination with its (relaxed) options, and
 //! copy one `_id` range of a collection as raw BSON, a reader and a writer joined through a
-//! bounded channel, checkpointing each acknowledged batch (the last with the range's done mark). The orchestration (sizes, ranges,
-//! the pool) is the migration's copy stage; the reader is shared with the verifier.
+//! bounded channel, checkpointing each acknowledged batch (the last may go with the range's done
+//! mark). The orchestration (sizes, ranges, the pool) is the migration's copy stage; the reader
+//! is shared with the verifier.
 
 pub mod name_checks;
 pub mod ranges;

@@ -29,9 +29,9 @@ use crate::state::{CollectionState, CopyStatus, Partition};
 
 /// Collections planned at the same time (their sizes, creation and stored ranges; fewer cut a
 /// large collection at once, `pool::PLAN_READS`): with many small collections the plans are
-/// what feeds the pool. Copying 20,000 collections of 20
-/// documents to canCommit took 28.7 s and 32.2 s 32 at a time, against 34.2 s and 34.3 s 8 at
-/// a time (alternating runs on one machine).
+/// what feeds the pool. Copying 20,000 collections of 20 documents to canCommit took 28.7 s and
+/// 32.2 s 32 at a time, against 34.2 s and 34.3 s 8 at a time (alternating runs on one
+/// machine).
 const PLAN_CONCURRENCY: usize = 32;
 
 /// What a collection's copy does, given what is stored of it.

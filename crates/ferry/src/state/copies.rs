@@ -27,6 +27,11 @@ impl CopiedUpTo {
     }
 }
 
+/// A range not begun, after `lo` (exclusive) up to `hi` (inclusive), as stored.
+fn new_range(lo: Option<&Bson>, hi: Option<&Bson>) -> Document {
+    doc! { "lo": lo.cloned(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 }
+}
+
 impl StateStore {
     /// Registers a collection to copy in the given `_id` ranges (or restarts its copy for a
     /// new incarnation).
@@ -38,7 +43,7 @@ impl StateStore {
     ) -> Result<()> {
         let partitions: Vec<Document> = partitions
             .iter()
-            .map(|p| doc! { "lo": p.lo.clone(), "hi": p.hi.clone(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 })
+            .map(|p| new_range(p.lo.as_ref(), p.hi.as_ref()))
             .collect();
         let state = doc! {
             "_id": ns, "uuid": uuid.cloned(), "status": CopyStatus::Copying.as_str(),
@@ -61,9 +66,7 @@ impl StateStore {
 
     /// Records how far partition `index` of `ns` is copied.
     pub async fn copied_up_to(&self, ns: &str, index: usize, at: &CopiedUpTo) -> Result<()> {
-        self.set_copy_fields(ns, at.fields(index))
-            .await
-            .with_context(|| format!("recording the copy progress of {ns}"))
+        self.set_copy_fields(ns, at.fields(index), "progress").await
     }
 
     /// Records a cut of partition `index` of `ns` at `cut`: it now ends there, and partition
@@ -79,11 +82,9 @@ impl StateStore {
     ) -> Result<()> {
         let set = doc! {
             format!("partitions.{index}.hi"): cut.clone(),
-            format!("partitions.{taken}"): { "lo": cut.clone(), "hi": hi.cloned(), "lastId": Bson::Null, "done": false, "documents": 0_i64, "bytes": 0_i64 },
+            format!("partitions.{taken}"): new_range(Some(cut), hi),
         };
-        self.set_copy_fields(ns, set)
-            .await
-            .with_context(|| format!("recording the copy progress of {ns}"))
+        self.set_copy_fields(ns, set, "progress").await
     }
 
     /// Records that partition `index` of `ns` is copied, with how far it got when its last
@@ -105,9 +106,7 @@ impl StateStore {
             }
             set.insert("status", CopyStatus::Copied.as_str());
         }
-        self.set_copy_fields(ns, set)
-            .await
-            .with_context(|| format!("recording the copy progress of {ns}"))
+        self.set_copy_fields(ns, set, "progress").await
     }
 
     /// Waits until every copy-state write asked before has been written, refused or given up
@@ -117,15 +116,16 @@ impl StateStore {
     }
 
     pub async fn set_copy_status(&self, ns: &str, status: CopyStatus) -> Result<()> {
-        self.set_copy_fields(ns, doc! { "status": status.as_str() })
+        self.set_copy_fields(ns, doc! { "status": status.as_str() }, "status")
             .await
-            .with_context(|| format!("recording the copy status of {ns}"))
     }
 
-    /// Sets `fields` of the copy state of `ns`, with the other writes asked meanwhile.
-    async fn set_copy_fields(&self, ns: &str, fields: Document) -> Result<()> {
+    /// Sets `fields` of the copy state of `ns`, with the other writes asked meanwhile; `what`
+    /// they record names the copy's progress or status in an error.
+    async fn set_copy_fields(&self, ns: &str, fields: Document, what: &str) -> Result<()> {
         self.grouped
             .update(doc! { "q": { "_id": ns }, "u": { "$set": fields } })
             .await
+            .with_context(|| format!("recording the copy {what} of {ns}"))
     }
 }

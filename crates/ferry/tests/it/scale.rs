@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mongodb::bson::{doc, Document};
 use serde_json::Value;
-use testkit::proxy::{on, Action, Recorded, Rule};
+use testkit::proxy::{on, Action, Proxy, Recorded, Rule};
 
 use crate::harness::{
     call_api, fill, http, recorded_ranges, small_collections, unique_index, until_fired, Ferry,
@@ -17,6 +17,16 @@ use crate::harness::{
 };
 
 /// Whether the reply's array `field` holds a row for `namespace` matching `also`.
+/// When the proxy received each command `which` matches, in order.
+fn sent_at(proxy: &Proxy, which: impl Fn(&Recorded) -> bool) -> Vec<Instant> {
+    proxy
+        .commands()
+        .into_iter()
+        .filter(|c| which(c))
+        .map(|c| c.at)
+        .collect()
+}
+
 fn lists(p: &Value, field: &str, namespace: &str, also: impl Fn(&Value) -> bool) -> bool {
     p[field]
         .as_array()
@@ -356,12 +366,7 @@ async fn a_databases_next_name_check_waits_as_long_as_its_lookup_of_names_togeth
     let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("small collections").await;
-    let asked: Vec<Instant> = source
-        .commands()
-        .into_iter()
-        .filter(|c| together(c))
-        .map(|c| c.at)
-        .collect();
+    let asked = sent_at(&source, together);
     assert!(asked.len() >= 2, "{} lookups together", asked.len());
     // Each lookup took at least LOOKUP, and the next waited as long again.
     let gaps: Vec<Duration> = asked.windows(2).map(|w| w[1] - w[0]).collect();
@@ -384,12 +389,7 @@ async fn small_collections_are_copied_more_than_four_at_a_time() {
     let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("small collections").await;
-    let sent: Vec<Instant> = source
-        .commands()
-        .into_iter()
-        .filter(|c| copy_read(c))
-        .map(|c| c.at)
-        .collect();
+    let sent = sent_at(&source, copy_read);
     let first = *sent.iter().min().expect("copy reads");
     let together = sent
         .iter()
