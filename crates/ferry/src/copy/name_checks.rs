@@ -352,4 +352,40 @@ mod tests {
         costs.rest_after(Way::Together, Duration::from_secs(3600));
         assert!(costs.rest_until.unwrap() <= Instant::now() + MOST_REST);
     }
+
+    #[tokio::test]
+    async fn a_failed_lookup_together_answers_nothing_and_does_not_rest() {
+        // Nothing listens on port 1: the lookup fails once server selection gives up.
+        let client = Client::with_uri_str(
+            "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=300&directConnection=true",
+        )
+        .await
+        .unwrap();
+        let mut costs = Costs::default();
+        let mut answers = Vec::new();
+        let asked: Vec<Asked> = ["a", "b"]
+            .into_iter()
+            .map(|name| {
+                let (answer, answered) = oneshot::channel();
+                answers.push(answered);
+                Asked {
+                    name: name.to_string(),
+                    uuid: vec![1],
+                    answer,
+                }
+            })
+            .collect();
+        look_up(&client, "db", &mut costs, asked).await;
+        for answered in answers {
+            assert_eq!(
+                answered.await.unwrap(),
+                None,
+                "a failed lookup answers nothing"
+            );
+        }
+        assert!(
+            costs.rest_until.is_none(),
+            "a failed lookup's reads ask on their own at once; the turn rests for nothing"
+        );
+    }
 }
