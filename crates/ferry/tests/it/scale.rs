@@ -403,6 +403,48 @@ async fn small_collections_are_copied_more_than_four_at_a_time() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn small_collections_resumed_after_a_crash_are_copied_more_than_four_at_a_time() {
+    const COLLECTIONS: usize = 12;
+    let pair = Pair::start().await;
+    small_collections(&pair.src, COLLECTIONS, 20).await;
+    let (source, destination) = pair.proxies().await;
+    let copy_read =
+        |c: &Recorded| c.name == "find" && c.db == "many" && c.body.contains_key("sort");
+    // Killed while every collection's one range is stored and its read held: each is resumed.
+    let held = source.add_rule(Rule::new(copy_read, Action::Delay(Duration::from_secs(30))));
+    let mut first = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sent_at(&source, copy_read).len() < COLLECTIONS {
+        assert!(
+            Instant::now() < deadline,
+            "{} copy reads sent:\n{}",
+            sent_at(&source, copy_read).len(),
+            first.output()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first.kill9();
+    held.remove();
+    source.clear_record();
+    // As in the test above: four ranges at a time would send four reads in the first second.
+    source.add_rule(Rule::new(copy_read, Action::Delay(Duration::from_secs(1))));
+    let mut second = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| second.commit_and_finish());
+    pair.assert_equal("small collections resumed").await;
+    let sent = sent_at(&source, copy_read);
+    let first_read = *sent.iter().min().expect("copy reads");
+    let together = sent
+        .iter()
+        .filter(|&&at| at < first_read + Duration::from_millis(800))
+        .count();
+    assert!(
+        together >= 8,
+        "{together} of {} resumed copy reads were sent in the first 0.8 s",
+        sent.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn copy_state_writes_asked_together_go_in_one_command() {
     const COLLECTIONS: usize = 40;
     let pair = Pair::start().await;
