@@ -20,7 +20,6 @@ use crate::background;
 use crate::catalog::{CollectionSpec, Kind};
 use crate::copy;
 use crate::copy::ranges::Reach;
-use crate::incarnations::Incarnations;
 use crate::majority;
 use crate::namespace::Namespace;
 use crate::progress::CollectionProgress;
@@ -310,18 +309,6 @@ impl Migration<'_> {
             .begin_copy(&ns, spec.uuid.as_ref(), &ranges)
             .await?;
         Ok(Some((ranges, reach, super::room::small_bytes(size))))
-    }
-
-    /// The incarnations the copy left on the destination: each copied namespace holds the
-    /// source UUID it was copied from.
-    pub(super) async fn copied_incarnations(&self) -> Result<Incarnations> {
-        let mut incarnations = Incarnations::default();
-        for state in self.store.collections().await? {
-            if let Some(uuid) = uuid_bytes(&state.uuid) {
-                incarnations.hold(&state.ns, uuid.to_vec());
-            }
-        }
-        Ok(incarnations)
     }
 }
 

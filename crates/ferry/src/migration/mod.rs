@@ -269,7 +269,7 @@ impl Migration<'_> {
                 from: StreamFrom::Time(stored.start_time),
                 settled: rounds::just_before(stored.start_time),
                 incarnations: match self.plan.direction {
-                    Direction::Forward => self.copied_incarnations().await?,
+                    Direction::Forward => self.store.copied_incarnations().await?,
                     Direction::Reverse => self.reverse_point().await?.incarnations,
                 },
                 commit: stored.commit,

@@ -292,17 +292,21 @@ impl StateStore {
                 partitions: d
                     .get_array("partitions")
                     .map(|ps| {
-                        ps.iter()
-                            .filter_map(Bson::as_document)
-                            .map(|p| Partition {
+                        // Sized to the stored ranges: collected from a filter, a collection's
+                        // one range took room for four (29 of the 35 MB that 20,000 states
+                        // held, measured with heaptrack).
+                        let mut partitions = Vec::with_capacity(ps.len());
+                        partitions.extend(ps.iter().filter_map(Bson::as_document).map(|p| {
+                            Partition {
                                 lo: p.get("lo").cloned().filter(|b| *b != Bson::Null),
                                 hi: p.get("hi").cloned().filter(|b| *b != Bson::Null),
                                 last_id: p.get("lastId").cloned().filter(|b| *b != Bson::Null),
                                 done: p.get_bool("done").unwrap_or(false),
                                 documents: count(p, "documents"),
                                 bytes: count(p, "bytes"),
-                            })
-                            .collect::<Vec<_>>()
+                            }
+                        }));
+                        partitions
                     })
                     .unwrap_or_default(),
                 copied_documents: count(&d, "copiedDocuments"),
@@ -321,6 +325,31 @@ impl StateStore {
             .await
             .context("reading Ferry's copy state")?;
         Ok(states)
+    }
+}
+
+impl StateStore {
+    /// The incarnation each stored copy is of: its namespace and the source UUID it was copied
+    /// from, read without its ranges. Read once the copy has ended, beside the whole catalog:
+    /// at 20,000 collections the whole states read then were a third of the run's peak memory.
+    pub async fn copied_incarnations(&self) -> Result<Incarnations> {
+        let mut incarnations = Incarnations::default();
+        let mut states = self
+            .collections
+            .find(doc! {})
+            .projection(doc! { "uuid": 1 })
+            .await
+            .context("reading Ferry's copy state")?;
+        while let Some(state) = states
+            .try_next()
+            .await
+            .context("reading Ferry's copy state")?
+        {
+            if let (Ok(ns), Some(Bson::Binary(uuid))) = (state.get_str("_id"), state.get("uuid")) {
+                incarnations.hold(ns, uuid.bytes.clone());
+            }
+        }
+        Ok(incarnations)
     }
 }
 
