@@ -20,7 +20,7 @@ use crate::incarnations::Incarnations;
 use crate::lifecycle;
 use crate::source::clock::seconds_between;
 use crate::source::info::{self, Version};
-use crate::state::{Checkpoint, CommitPoint};
+use crate::state::CommitPoint;
 use crate::verify;
 
 /// Checkpoints are written at most this often while applying changes.
@@ -121,6 +121,9 @@ impl Migration<'_> {
         let mut settled = start.settled;
         let mut commit = start.commit;
         let mut last_checkpoint = Instant::now();
+        // What the incarnations had when this run last recorded them (`Incarnations::changes`):
+        // a checkpoint leaves them as they are unless they changed since.
+        let mut recorded = None;
         let fcv = info::fcv(&self.source).await;
         let mut last_fcv_check = Instant::now();
         // Without expanded events, catalog changes are found by comparing catalogs (from the
@@ -149,7 +152,8 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(token.clone(), settled, &applier).await?;
+                self.checkpoint(token.clone(), settled, &applier, &mut recorded)
+                    .await?;
                 return Ok(Ended::Before(Outcome::Stopped));
             }
             let mut round = rounds
@@ -186,7 +190,8 @@ impl Migration<'_> {
                 (s.commit_requested, closed && !s.commit_requested)
             });
             if window_closed {
-                self.checkpoint(token.clone(), settled, &applier).await?;
+                self.checkpoint(token.clone(), settled, &applier, &mut recorded)
+                    .await?;
                 return Ok(Ended::Before(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
                 )));
@@ -195,7 +200,8 @@ impl Migration<'_> {
                 commit = Some(self.begin_commit(version).await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit.is_some() {
-                self.checkpoint(token.clone(), settled, &applier).await?;
+                self.checkpoint(token.clone(), settled, &applier, &mut recorded)
+                    .await?;
                 last_checkpoint = Instant::now();
             }
             if let Some(point) = commit.take_if(|c| settled >= c.time) {
@@ -212,17 +218,17 @@ impl Migration<'_> {
         token: Option<Bson>,
         settled: Timestamp,
         applier: &Applier,
+        recorded: &mut Option<u64>,
     ) -> Result<()> {
         let Some(resume_token) = token else {
             return Ok(());
         };
+        let incarnations = applier.incarnations();
+        let changed = *recorded != Some(incarnations.changes());
         self.store
-            .checkpoint(&Checkpoint {
-                resume_token,
-                applied_time: settled,
-                incarnations: applier.incarnations().clone(),
-            })
+            .checkpoint(&resume_token, settled, changed.then_some(incarnations))
             .await?;
+        *recorded = Some(incarnations.changes());
         self.progress.checkpointed();
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The copy at scale: a collection's indexes are built as soon as its copy ends, beside the
 //! copies still running, and reported while they build; many collections keep the progress
 //! reply small, with their detail paged; the reads of one database share the lookups that
-//! prove each reads its own collection.
+//! prove each reads its own collection; and a checkpoint writes the incarnations of every
+//! collection only when they changed.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -533,4 +534,68 @@ async fn a_cut_recorded_while_other_ranges_write_their_state_does_not_stall_the_
     );
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal("cuts beside state writes").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_checkpoint_writes_the_incarnations_only_when_they_changed() {
+    const COLLECTIONS: usize = 40;
+    let pair = Pair::start().await;
+    small_collections(&pair.src, COLLECTIONS, 5).await;
+    let (_, destination) = pair.proxies().await;
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &[]);
+    tokio::task::block_in_place(|| ferry.wait_can_commit());
+    // A checkpoint a second: several with nothing to change, then a drop to record.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    pair.src
+        .database("many")
+        .collection::<Document>("c00")
+        .drop()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pair
+        .dst
+        .database("many")
+        .list_collection_names()
+        .await
+        .unwrap()
+        .contains(&"c00".to_string())
+    {
+        assert!(Instant::now() < deadline, "the drop was not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    tokio::task::block_in_place(|| ferry.commit_and_finish());
+    pair.assert_equal("after a drop").await;
+    // Each checkpoint, and how many incarnations it wrote (`None`: it left them as they were).
+    let checkpoints: Vec<Option<usize>> = destination
+        .commands()
+        .into_iter()
+        .filter(|c| c.name == "update" && c.db == "__ferry")
+        .filter_map(|c| {
+            let update = c.body.get_array("updates").ok()?.first()?.as_document()?;
+            let set = update.get_document("u").ok()?.get_document("$set").ok()?;
+            // 40 incarnations are well under the size the proxy elides.
+            let written = set.get_array("incarnations").ok().map(Vec::len);
+            set.contains_key("resumeToken").then_some(written)
+        })
+        .collect();
+    assert!(checkpoints.len() >= 6, "{checkpoints:?}");
+    let written: Vec<usize> = checkpoints.iter().flatten().copied().collect();
+    assert_eq!(
+        written.first(),
+        Some(&COLLECTIONS),
+        "the first checkpoint writes every incarnation: {checkpoints:?}"
+    );
+    assert_eq!(
+        written.last(),
+        Some(&(COLLECTIONS - 1)),
+        "the drop is recorded: {checkpoints:?}"
+    );
+    assert!(
+        written.len() <= 3,
+        "{} of {} checkpoints rewrote the unchanged incarnations: {checkpoints:?}",
+        written.len(),
+        checkpoints.len()
+    );
 }
