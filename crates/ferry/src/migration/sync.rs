@@ -20,7 +20,7 @@ use crate::incarnations::Incarnations;
 use crate::lifecycle;
 use crate::source::clock::seconds_between;
 use crate::source::info::{self, Version};
-use crate::state::CommitPoint;
+use crate::state::{Checkpoints, CommitPoint};
 use crate::verify;
 
 /// Checkpoints are written at most this often while applying changes.
@@ -121,9 +121,7 @@ impl Migration<'_> {
         let mut settled = start.settled;
         let mut commit = start.commit;
         let mut last_checkpoint = Instant::now();
-        // What the incarnations had when this run last recorded them (`Incarnations::changes`):
-        // a checkpoint leaves them as they are unless they changed since.
-        let mut recorded = None;
+        let mut checkpoints = Checkpoints::new_run();
         let fcv = info::fcv(&self.source).await;
         let mut last_fcv_check = Instant::now();
         // Without expanded events, catalog changes are found by comparing catalogs (from the
@@ -152,7 +150,7 @@ impl Migration<'_> {
                 }
             }
             if self.stop.is_cancelled() {
-                self.checkpoint(token.clone(), settled, &applier, &mut recorded)
+                self.checkpoint(token.clone(), settled, &applier, &mut checkpoints)
                     .await?;
                 return Ok(Ended::Before(Outcome::Stopped));
             }
@@ -190,7 +188,7 @@ impl Migration<'_> {
                 (s.commit_requested, closed && !s.commit_requested)
             });
             if window_closed {
-                self.checkpoint(token.clone(), settled, &applier, &mut recorded)
+                self.checkpoint(token.clone(), settled, &applier, &mut checkpoints)
                     .await?;
                 return Ok(Ended::Before(Outcome::Paused(
                     "the cutover window ran out before a commit: Ferry stopped syncing rather than run unattended; resume to continue (and extend the window), or commit after resuming".into(),
@@ -200,7 +198,7 @@ impl Migration<'_> {
                 commit = Some(self.begin_commit(version).await?);
             }
             if last_checkpoint.elapsed() >= CHECKPOINT_INTERVAL || commit.is_some() {
-                self.checkpoint(token.clone(), settled, &applier, &mut recorded)
+                self.checkpoint(token.clone(), settled, &applier, &mut checkpoints)
                     .await?;
                 last_checkpoint = Instant::now();
             }
@@ -218,17 +216,14 @@ impl Migration<'_> {
         token: Option<Bson>,
         settled: Timestamp,
         applier: &Applier,
-        recorded: &mut Option<u64>,
+        checkpoints: &mut Checkpoints,
     ) -> Result<()> {
         let Some(resume_token) = token else {
             return Ok(());
         };
-        let incarnations = applier.incarnations();
-        let changed = *recorded != Some(incarnations.changes());
         self.store
-            .checkpoint(&resume_token, settled, changed.then_some(incarnations))
+            .checkpoint(checkpoints, &resume_token, settled, applier.incarnations())
             .await?;
-        *recorded = Some(incarnations.changes());
         self.progress.checkpointed();
         Ok(())
     }

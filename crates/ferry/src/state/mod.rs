@@ -6,8 +6,10 @@
 //! Two collections: `migration` holds one document (state, phase, plan, T0, the change-stream
 //! checkpoint, the commit point); `collections` holds one document per copied collection (its
 //! source UUID, copy status and the last `_id` written). The copy states are written in `copies`,
-//! with the others asked at the same time (`group`).
+//! with the others asked at the same time (`group`); the checkpoints in `checkpoint`.
 
+mod checkpoint;
+pub use checkpoint::Checkpoints;
 mod copies;
 pub use copies::CopiedUpTo;
 mod group;
@@ -256,22 +258,6 @@ impl StateStore {
             "reverseIncarnations": incarnations_bson(&point.incarnations),
         })
         .await
-    }
-
-    /// Records how far change application has got, with the incarnations when they changed
-    /// since the last checkpoint this run recorded (`None`: the stored ones still hold). At
-    /// 20,000 collections they are a megabyte, and a checkpoint is recorded every second.
-    pub async fn checkpoint(
-        &self,
-        resume_token: &Bson,
-        applied_time: Timestamp,
-        incarnations: Option<&Incarnations>,
-    ) -> Result<()> {
-        let mut fields = doc! { "resumeToken": resume_token, "appliedTime": applied_time };
-        if let Some(incarnations) = incarnations {
-            fields.insert("incarnations", incarnations_bson(incarnations));
-        }
-        self.set(fields).await
     }
 
     async fn set(&self, mut fields: Document) -> Result<()> {
