@@ -19,6 +19,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use mongodb::bson::{doc, Document, RawDocumentBuf};
+use mongodb::options::{Acknowledgment, WriteConcern};
 use mongodb::Database;
 
 use crate::server_error::{self, WriteConcernFailed};
@@ -41,6 +42,17 @@ pub fn resent() -> u64 {
 /// (transient, so the write is sent again): a destination that lost its majority makes the
 /// migration retry, and fail when the retry window runs out, rather than wait forever.
 pub const MAJORITY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The write concern of the driver's own write helpers: journaled majority, within
+/// [`MAJORITY_TIMEOUT`]. Ferry's state and verification writes name it, so that a connection
+/// string's `w` never lowers it.
+pub fn write_concern() -> WriteConcern {
+    WriteConcern::builder()
+        .w(Acknowledgment::Majority)
+        .journal(true)
+        .w_timeout(MAJORITY_TIMEOUT)
+        .build()
+}
 
 /// Runs a write command with majority write concern; fails on a write concern error.
 pub async fn command(database: &Database, mut command: Document) -> Result<Document> {

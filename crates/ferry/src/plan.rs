@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use mongodb::options::{ClientOptions, WriteConcern};
+use mongodb::options::ClientOptions;
 use mongodb::Client;
 
 use crate::filter::{NamespaceFilter, NsPattern};
@@ -59,13 +59,9 @@ impl Endpoint {
         options
             .server_selection_timeout
             .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options.write_concern.get_or_insert(
-            WriteConcern::builder()
-                .w(mongodb::options::Acknowledgment::Majority)
-                .journal(true)
-                .w_timeout(crate::majority::MAJORITY_TIMEOUT)
-                .build(),
-        );
+        options
+            .write_concern
+            .get_or_insert_with(crate::majority::write_concern);
         if let Some(mongodb::options::Tls::Enabled(tls)) = &options.tls {
             for (file, option) in [
                 (&tls.ca_file_path, "tlsCAFile"),

@@ -17,7 +17,7 @@ mod group;
 use anyhow::{Context, Result};
 use futures_util::TryStreamExt;
 use mongodb::bson::{doc, Bson, DateTime, Document, Timestamp};
-use mongodb::options::{ReadConcern, WriteConcern};
+use mongodb::options::ReadConcern;
 use mongodb::{Client, Collection};
 use std::sync::Arc;
 
@@ -131,7 +131,7 @@ pub struct CollectionState {
 impl StateStore {
     pub fn new(destination: &Client, state_db: &str) -> Self {
         let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(WriteConcern::majority())
+            .write_concern(crate::majority::write_concern())
             .read_concern(ReadConcern::majority())
             .build();
         let db = destination.database(state_db);

@@ -6,7 +6,6 @@
 
 use anyhow::{Context, Result};
 use mongodb::bson::{doc, Bson, Document};
-use mongodb::options::WriteConcern;
 use mongodb::{Client, Collection};
 
 use super::report::NamespaceReport;
@@ -38,7 +37,7 @@ impl VerifyStore {
             collection: destination.database(state_db).collection_with_options(
                 collection,
                 mongodb::options::CollectionOptions::builder()
-                    .write_concern(WriteConcern::majority())
+                    .write_concern(crate::majority::write_concern())
                     .build(),
             ),
         }

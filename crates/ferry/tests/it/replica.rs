@@ -84,19 +84,30 @@ async fn copy_reads_see_t0_and_every_write_is_majority() {
             .unwrap_or_else(|_| panic!("a copy read without afterClusterTime: {read:?}"));
         assert!(after >= t0, "a copy read before T0 {t0}: {read:?}");
     }
-    // Every write to the destination waits for a majority.
+    // Every write to the destination, Ferry's own state included, waits for a journaled
+    // majority, and for a bounded time: a destination that lost its majority fails the write
+    // rather than hold the migration forever.
     let writes: Vec<Recorded> = destination
         .commands()
         .into_iter()
         .filter(is_write)
         .collect();
     assert!(writes.len() > 10, "{} writes", writes.len());
+    assert!(
+        writes.iter().any(|w| w.db == "__ferry"),
+        "no write to Ferry's state"
+    );
     for write in writes {
-        let w = write
-            .write_concern
-            .as_ref()
-            .and_then(|w| w.get_str("w").ok());
-        assert_eq!(w, Some("majority"), "{write:?}");
+        let concern = write.write_concern.clone().unwrap_or_default();
+        assert_eq!(concern.get_str("w"), Ok("majority"), "{write:?}");
+        assert_eq!(concern.get_bool("j"), Ok(true), "{write:?}");
+        let timeout = concern.get("wtimeout").and_then(Bson::as_i64).or_else(|| {
+            concern
+                .get("wtimeout")
+                .and_then(Bson::as_i32)
+                .map(i64::from)
+        });
+        assert!(timeout.is_some_and(|t| t > 0), "{write:?}");
     }
 }
 
