@@ -44,8 +44,7 @@ pub fn resent() -> u64 {
 pub const MAJORITY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The write concern of the driver's own write helpers: journaled majority, within
-/// [`MAJORITY_TIMEOUT`]. Ferry's state and verification writes name it, so that a connection
-/// string's `w` never lowers it.
+/// [`MAJORITY_TIMEOUT`], set on every client whatever its connection string asks.
 pub fn write_concern() -> WriteConcern {
     WriteConcern::builder()
         .w(Acknowledgment::Majority)

@@ -46,7 +46,7 @@ impl fmt::Debug for Endpoint {
 const SERVER_SELECTION_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl Endpoint {
-    /// Parses a connection string. Writes default to majority write concern.
+    /// Parses a connection string. Writes wait for a journaled majority, whatever it asks.
     pub async fn parse(role: &'static str, uri: &str) -> Result<Self, InputError> {
         let redacted = redact_uri(uri);
         let mut options = ClientOptions::parse(uri).await.map_err(|e| {
@@ -59,9 +59,9 @@ impl Endpoint {
         options
             .server_selection_timeout
             .get_or_insert(SERVER_SELECTION_TIMEOUT);
-        options
-            .write_concern
-            .get_or_insert_with(crate::majority::write_concern);
+        // Whatever the connection string asks (`w=1`, say): a write an election can roll back
+        // must never be named by a checkpoint (DESIGN rule 5).
+        options.write_concern = Some(crate::majority::write_concern());
         if let Some(mongodb::options::Tls::Enabled(tls)) = &options.tls {
             for (file, option) in [
                 (&tls.ca_file_path, "tlsCAFile"),

@@ -60,7 +60,9 @@ async fn copy_reads_see_t0_and_every_write_is_majority() {
     fill(&pair.src, "big", "items", 40_000).await;
     let (source, destination) = pair.proxies().await;
     let app = App::start(&pair.src, seed);
-    let mut ferry = Ferry::start(&source.uri(), &destination.uri(), &[]);
+    // A connection string's own write concern does not lower Ferry's.
+    let weak = format!("{}&w=1", destination.uri());
+    let mut ferry = Ferry::start(&source.uri(), &weak, &[]);
     tokio::task::block_in_place(|| ferry.wait_can_commit());
     app.stop().await;
     tokio::task::block_in_place(|| ferry.commit_and_finish());
