@@ -58,16 +58,21 @@ impl StateStore {
             if kept.matched_count == 1 {
                 return Ok(());
             }
-            tracing::info!(
+            // Seen again and again: two Ferrys are writing to this destination.
+            tracing::warn!(
                 "the stored incarnations are not this run's any more; writing them again"
             );
         }
         fields.insert("incarnations", incarnations_bson(incarnations));
         fields.insert("incarnationsStamp", stamp);
-        self.migration
+        let written = self
+            .migration
             .update_one(doc! { "_id": STATE_ID }, doc! { "$set": fields })
             .await
             .context("writing Ferry's checkpoint on the destination")?;
+        if written.matched_count == 0 {
+            anyhow::bail!("Ferry's state on the destination is gone (its state database was dropped during the run); start the migration again with --drop");
+        }
         checkpoints.recorded = Some(changes);
         Ok(())
     }
