@@ -183,14 +183,11 @@ impl RecheckQueue {
     }
 
     async fn write(&self, command: &str, field: &str, statements: Vec<Document>) -> Result<()> {
-        let reply = self
-            .database
-            .run_command(doc! {
-                command: COLLECTION,
-                field: statements,
-                "ordered": false,
-            })
-            .await?;
+        let reply = crate::majority::command(
+            &self.database,
+            doc! { command: COLLECTION, field: statements, "ordered": false },
+        )
+        .await?;
         if let Ok(errors) = reply.get_array("writeErrors") {
             anyhow::bail!("the destination refused re-check queue writes: {errors:?}");
         }

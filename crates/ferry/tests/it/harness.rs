@@ -6,11 +6,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use mongodb::bson::{doc, Document};
+use mongodb::bson::{doc, Bson, Document};
 use mongodb::Client;
 use serde_json::Value;
 use testkit::compare::Scope;
-use testkit::proxy::{Proxy, RuleHandle};
+use testkit::proxy::{Proxy, Recorded, RuleHandle};
 use testkit::workload::{self, Workload};
 use testkit::Server;
 
@@ -574,4 +574,18 @@ pub async fn until_fired(rule: &RuleHandle, times: usize, ferry: &Ferry) {
         assert!(std::time::Instant::now() < deadline, "{}", ferry.output());
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// Checks that `write` waits for a journaled majority, and for a bounded time: a destination
+/// that lost its majority fails the write rather than hold the migration forever.
+pub fn assert_waits_for_majority(write: &Recorded) {
+    let concern = write.write_concern.clone().unwrap_or_default();
+    assert_eq!(concern.get_str("w"), Ok("majority"), "{write:?}");
+    assert_eq!(concern.get_bool("j"), Ok(true), "{write:?}");
+    let timeout = match concern.get("wtimeout") {
+        Some(Bson::Int32(t)) => i64::from(*t),
+        Some(Bson::Int64(t)) => *t,
+        _ => 0,
+    };
+    assert!(timeout > 0, "{write:?}");
 }

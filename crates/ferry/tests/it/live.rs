@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use mongodb::bson::{doc, Document};
 
-use crate::harness::{seed, Pair};
+use crate::harness::{assert_waits_for_majority, seed, Ferry, Pair};
+use testkit::proxy::Recorded;
 use testkit::workload::{self, Workload};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -17,7 +18,8 @@ async fn random_workload_during_copy_and_streaming_converges_exactly() {
     let writer = tokio::spawn(
         Workload::new(pair.src.clone(), seed ^ 0x5eed).run_steps(4000, Duration::from_millis(1)),
     );
-    let mut ferry = pair.migrate(&["--verify"]);
+    let (_, destination) = pair.proxies().await;
+    let mut ferry = Ferry::start(&pair.source.uri(), &destination.uri(), &["--verify"]);
     let progress = tokio::task::block_in_place(|| ferry.wait_can_commit());
     assert_eq!(progress["info"], "change event application");
     // Keep writing while changes are applied: the first verification pass runs alongside, and
@@ -56,6 +58,17 @@ async fn random_workload_during_copy_and_streaming_converges_exactly() {
     );
     tokio::task::block_in_place(|| ferry.commit_and_finish());
     pair.assert_equal(&format!("seed {seed}")).await;
+    // The re-check queue is durable like the rest of Ferry's state.
+    let queued: Vec<Recorded> = destination
+        .commands()
+        .into_iter()
+        .filter(|c| c.namespace().as_deref() == Some("__ferry.migration.recheck"))
+        .filter(|c| c.name == "update" || c.name == "delete")
+        .collect();
+    assert!(!queued.is_empty(), "no re-check queue writes");
+    for write in &queued {
+        assert_waits_for_majority(write);
+    }
     let output = ferry.output();
     let finished = ferry
         .logged("verification finished")

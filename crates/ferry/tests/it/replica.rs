@@ -12,7 +12,9 @@ use serde_json::Value;
 use testkit::proxy::{Action, Proxy, Recorded, Rule};
 use testkit::workload;
 
-use crate::harness::{fill, seed, unique_index, until_fired, App, Ferry, Pair};
+use crate::harness::{
+    assert_waits_for_majority, fill, seed, unique_index, until_fired, App, Ferry, Pair,
+};
 
 /// The commands that write.
 const WRITES: [&str; 10] = [
@@ -99,17 +101,8 @@ async fn copy_reads_see_t0_and_every_write_is_majority() {
         writes.iter().any(|w| w.db == "__ferry"),
         "no write to Ferry's state"
     );
-    for write in writes {
-        let concern = write.write_concern.clone().unwrap_or_default();
-        assert_eq!(concern.get_str("w"), Ok("majority"), "{write:?}");
-        assert_eq!(concern.get_bool("j"), Ok(true), "{write:?}");
-        let timeout = concern.get("wtimeout").and_then(Bson::as_i64).or_else(|| {
-            concern
-                .get("wtimeout")
-                .and_then(Bson::as_i32)
-                .map(i64::from)
-        });
-        assert!(timeout.is_some_and(|t| t > 0), "{write:?}");
+    for write in &writes {
+        assert_waits_for_majority(write);
     }
 }
 
