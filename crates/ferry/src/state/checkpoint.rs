@@ -7,10 +7,10 @@
 //! that the stored stamp is still its own: another writer's map (a second Ferry on this
 //! destination, an earlier run's write landing late) is never paired with this run's token.
 
-use anyhow::{Context, Result};
-use mongodb::bson::{doc, oid::ObjectId, Bson, DateTime, Timestamp};
+use anyhow::Result;
+use mongodb::bson::{doc, oid::ObjectId, Bson, Document, Timestamp};
 
-use super::{incarnations_bson, StateStore, STATE_ID};
+use super::{incarnations_bson, StateStore};
 use crate::incarnations::Incarnations;
 
 /// One run's checkpoints: the run, and the count of changes of the incarnations it last wrote.
@@ -41,21 +41,10 @@ impl StateStore {
     ) -> Result<()> {
         let changes = incarnations.changes();
         let stamp = doc! { "run": checkpoints.run, "changes": changes as i64 };
-        let mut fields = doc! {
-            "resumeToken": resume_token,
-            "appliedTime": applied_time,
-            "updatedAt": DateTime::now(),
-        };
+        let mut fields = doc! { "resumeToken": resume_token, "appliedTime": applied_time };
         if checkpoints.recorded == Some(changes) {
-            let kept = self
-                .migration
-                .update_one(
-                    doc! { "_id": STATE_ID, "incarnationsStamp": &stamp },
-                    doc! { "$set": fields.clone() },
-                )
-                .await
-                .context("writing Ferry's checkpoint on the destination")?;
-            if kept.matched_count == 1 {
+            let own = doc! { "incarnationsStamp": &stamp };
+            if self.set_where(own, fields.clone()).await? {
                 return Ok(());
             }
             // Seen again and again: two Ferrys are writing to this destination.
@@ -65,12 +54,7 @@ impl StateStore {
         }
         fields.insert("incarnations", incarnations_bson(incarnations));
         fields.insert("incarnationsStamp", stamp);
-        let written = self
-            .migration
-            .update_one(doc! { "_id": STATE_ID }, doc! { "$set": fields })
-            .await
-            .context("writing Ferry's checkpoint on the destination")?;
-        if written.matched_count == 0 {
+        if !self.set_where(Document::new(), fields).await? {
             anyhow::bail!("Ferry's state on the destination is gone (its state database was dropped during the run); start the migration again with --drop");
         }
         checkpoints.recorded = Some(changes);

@@ -260,13 +260,21 @@ impl StateStore {
         .await
     }
 
-    async fn set(&self, mut fields: Document) -> Result<()> {
+    async fn set(&self, fields: Document) -> Result<()> {
+        self.set_where(Document::new(), fields).await.map(drop)
+    }
+
+    /// Sets `fields` of the migration's document when it also matches `filter`; whether it did.
+    async fn set_where(&self, filter: Document, mut fields: Document) -> Result<bool> {
+        let mut query = doc! { "_id": STATE_ID };
+        query.extend(filter);
         fields.insert("updatedAt", DateTime::now());
-        self.migration
-            .update_one(doc! { "_id": STATE_ID }, doc! { "$set": fields })
+        let written = self
+            .migration
+            .update_one(query, doc! { "$set": fields })
             .await
             .context("writing Ferry's state on the destination")?;
-        Ok(())
+        Ok(written.matched_count == 1)
     }
 
     /// Every collection's stored copy state, each document turned into its state as it
@@ -318,9 +326,7 @@ impl StateStore {
             .context("reading Ferry's copy state")?;
         Ok(states)
     }
-}
 
-impl StateStore {
     /// The incarnation each stored copy is of: its namespace and the source UUID it was copied
     /// from, read without its ranges. Read once the copy has ended, beside the whole catalog:
     /// at 20,000 collections the whole states read then were a third of the run's peak memory.
