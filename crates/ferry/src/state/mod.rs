@@ -130,8 +130,8 @@ pub struct CollectionState {
 
 impl StateStore {
     pub fn new(destination: &Client, state_db: &str) -> Self {
+        // Written with the client's write concern, a journaled majority (`Endpoint::parse`).
         let options = mongodb::options::CollectionOptions::builder()
-            .write_concern(crate::majority::write_concern())
             .read_concern(ReadConcern::majority())
             .build();
         let db = destination.database(state_db);

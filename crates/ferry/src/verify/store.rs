@@ -33,13 +33,9 @@ pub struct VerifyStore {
 
 impl VerifyStore {
     pub fn new(destination: &Client, state_db: &str, collection: &str) -> Self {
+        // Written with the client's write concern, a journaled majority (`Endpoint::parse`).
         Self {
-            collection: destination.database(state_db).collection_with_options(
-                collection,
-                mongodb::options::CollectionOptions::builder()
-                    .write_concern(crate::majority::write_concern())
-                    .build(),
-            ),
+            collection: destination.database(state_db).collection(collection),
         }
     }
 
